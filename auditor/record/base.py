@@ -1,0 +1,95 @@
+"""One small interface for tracer backends, and the registry that finds them by name.
+
+A backend wraps the kernel's launch command so the kernel (and everything it starts) runs
+under the tracer, writing a raw record into the audit's record folder. Later, the same
+backend turns that raw record into the event stream of `auditor.events`, without running
+anything: outputs can be re-derived from a saved audit.
+"""
+
+from __future__ import annotations
+
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+from ..errors import TracerUnavailable, UsageError
+from ..events import Event
+
+
+class Tracer(ABC):
+    """Base class: subclasses set `name`/`cannot_see` and write `wrap` and `events`."""
+
+    name: ClassVar[str]
+    #: One line shown when this backend is chosen as a fallback: what it cannot see.
+    cannot_see: ClassVar[str] = ""
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """None when the backend can run here, else the reason it cannot."""
+        return None
+
+    @abstractmethod
+    def wrap(self, argv: list[str], record_dir: Path) -> list[str]:
+        """The command that runs `argv` under this tracer, recording into `record_dir`."""
+
+    @abstractmethod
+    def events(self, record_dir: Path) -> Iterator[Event]:
+        """Parse the raw record in `record_dir` into events, in the order they happened."""
+
+    def warnings(self, record_dir: Path) -> list[str]:
+        """Problems the record itself reveals (a silent seccomp-bpf fallback, lost events)."""
+        return []
+
+
+_REGISTRY: dict[str, type[Tracer]] = {}
+#: Order of preference for `--backend auto`.
+AUTO_ORDER = ("strace", "ptrace", "hooks")
+
+
+def register(cls: type[Tracer]) -> type[Tracer]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_backends() -> None:
+    # Imported here so that each backend module registers itself.
+    from . import hooks, ptrace, strace  # noqa: F401
+
+
+def get_tracer(name: str) -> type[Tracer]:
+    _load_backends()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown tracer backend {name!r}; choose one of: "
+                         + ", ".join(["auto", *AUTO_ORDER])) from None
+
+
+def choose_tracer(name: str = "auto") -> tuple[Tracer, list[str]]:
+    """The backend to use and the warnings to show (one line per fallback taken)."""
+    _load_backends()
+    if name != "auto":
+        cls = get_tracer(name)
+        reason = cls.unavailable()
+        if reason:
+            raise TracerUnavailable(f"backend {name!r} cannot run here: {reason}; "
+                                    "try --backend auto")
+        return cls(), []
+    skipped: list[str] = []
+    for candidate in AUTO_ORDER:
+        cls = _REGISTRY[candidate]
+        reason = cls.unavailable()
+        if reason is None:
+            warnings = []
+            if skipped:
+                warnings.append(f"using the {cls.name} backend ({'; '.join(skipped)}): "
+                                f"{cls.cannot_see}")
+            return cls(), warnings
+        skipped.append(f"{candidate}: {reason}")
+    raise TracerUnavailable("no tracer backend can run here: " + "; ".join(skipped))
+
+
+def which(program: str) -> str | None:
+    return shutil.which(program)
