@@ -1,0 +1,438 @@
+"""flo-audit diff: what changed between two audits, or between a backpack and an interpreter.
+
+Each side is a backpack folder, an audit folder, or a single environment.yml / data.yml. Sides
+are read into `Side` models (environments per role, data entries, per-cell use) and compared
+into a flat list of `Change` rows; rendering (table, markdown, JSON) is separate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from .errors import UsageError
+
+ROLES = ("manager", "worker")
+ENV_FILES = {"manager": "environment.yml", "worker": "worker-environment.yml"}
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One package of an environment spec, as pinned."""
+
+    name: str
+    version: str | None  # None when unpinned; the URL for direct references
+    source: str  # "conda" | "pip"
+    channel: str | None = None
+
+    @property
+    def key(self) -> str:
+        return canonicalize_name(self.name)
+
+
+@dataclass
+class EnvSpec:
+    python: str | None
+    pins: dict[str, Pin]
+
+
+@dataclass(frozen=True)
+class DataItem:
+    name: str
+    target: str
+    checksum: str | None
+    size: int | None
+
+
+@dataclass
+class Side:
+    label: str
+    envs: dict[str, EnvSpec] = field(default_factory=dict)
+    data: dict[tuple[str, str], DataItem] | None = None
+    cells: list[dict] | None = None  # [{"index", "source", "packages", "files"}] from summary.json
+
+
+@dataclass(frozen=True)
+class Change:
+    section: str  # "python" | "package" | "data" | "cell"
+    role: str  # "manager" | "worker" | "" for data
+    name: str
+    change: str  # added, removed, upgraded, downgraded, moved, changed
+    before: str = ""
+    after: str = ""
+
+
+@dataclass
+class DiffResult:
+    a: str
+    b: str
+    changes: list[Change]
+
+    @property
+    def same(self) -> bool:
+        return not self.changes
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.same else 1
+
+    def to_dict(self) -> dict:
+        return {"a": self.a, "b": self.b, "same": self.same,
+                "changes": [asdict(c) for c in self.changes]}
+
+
+# ---------------------------------------------------------------- reading sides
+
+def _load_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UsageError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+def parse_conda_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """`channel::name==1.2`, `name=1.2=build`, `name>=1` -> (name, version or None, channel)."""
+    channel = None
+    if "::" in spec:
+        channel, spec = spec.split("::", 1)
+    spec = spec.strip()
+    for i, ch in enumerate(spec):
+        if ch in "=<>!~ ":
+            name, rest = spec[:i], spec[i:].strip()
+            break
+    else:
+        return spec, None, channel
+    if rest.startswith("=="):
+        version: str | None = rest[2:].split("=")[0].strip()
+    elif rest.startswith("=") and not rest.startswith("=>"):
+        version = rest[1:].split("=")[0].strip().rstrip("*").rstrip(".")
+    else:
+        version = None  # a range: not a pin
+    return name, version or None, channel
+
+
+def parse_environment(path: Path) -> EnvSpec:
+    """Read a conda-format environment.yml into pins by canonical name."""
+    doc = _load_yaml(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("dependencies"), list):
+        raise UsageError(f"{path}: key 'dependencies': expected a list of packages "
+                         "(is this a conda environment.yml?)")
+    python: str | None = None
+    pins: dict[str, Pin] = {}
+    for item in doc["dependencies"]:
+        if isinstance(item, dict):
+            pip_list = item.get("pip")
+            if not isinstance(pip_list, list):
+                raise UsageError(f"{path}: key 'dependencies': a mapping entry must be "
+                                 "'pip: [requirements]'")
+            for line in pip_list:
+                pin = _parse_pip_line(str(line), path)
+                if pin:
+                    pins[pin.key] = pin
+            continue
+        if not isinstance(item, str):
+            raise UsageError(f"{path}: key 'dependencies': expected strings, found {item!r}")
+        name, version, channel = parse_conda_spec(item)
+        if canonicalize_name(name) == "python":
+            python = version
+        elif canonicalize_name(name) != "pip" or version:
+            pin = Pin(name, version, "conda", channel)
+            pins[pin.key] = pin
+    return EnvSpec(python, pins)
+
+
+def parse_requirements(path: Path) -> EnvSpec:
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        pin = _parse_pip_line(line, path)
+        if pin:
+            pins[pin.key] = pin
+    return EnvSpec(None, pins)
+
+
+def _parse_pip_line(line: str, path: Path) -> Pin | None:
+    line = line.split(" #", 1)[0].strip()
+    if not line or line.startswith("#"):
+        return None
+    if line.startswith("-e "):
+        url = line[3:].strip()
+        return Pin(Path(url.rstrip("/")).name, url, "pip")
+    if line.startswith("-"):
+        return None  # pip options (--index-url, ...) are not packages
+    try:
+        req = Requirement(line)
+    except InvalidRequirement as exc:
+        raise UsageError(f"{path}: not a pip requirement: {line!r} ({exc})") from None
+    if req.url:
+        return Pin(req.name, req.url, "pip")
+    exact = [s.version for s in req.specifier if s.operator in ("==", "===")]
+    return Pin(req.name, exact[0] if exact else None, "pip")
+
+
+def parse_data(path: Path) -> dict[tuple[str, str], DataItem]:
+    """Data entries of a data.yml (profiles schema, or the legacy flat `data:` list)."""
+    doc = _load_yaml(path)
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: expected a mapping with 'profiles' or 'data'")
+    entries: list = []
+    if isinstance(doc.get("profiles"), dict):
+        for profile in doc["profiles"].values():
+            if isinstance(profile, dict):
+                entries.extend(profile.get("data") or [])
+    elif isinstance(doc.get("data"), list):
+        entries = doc["data"]
+    else:
+        raise UsageError(f"{path}: key 'profiles': expected a mapping of profiles "
+                         "(or a legacy top-level 'data' list)")
+    items: dict[tuple[str, str], DataItem] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise UsageError(f"{path}: each data entry needs a 'name', found {entry!r}")
+        target = str(entry.get("target_location", entry.get("source", "")))
+        size = entry.get("expected_size")
+        items[(str(entry["name"]), target)] = DataItem(
+            str(entry["name"]), target, entry.get("checksum"),
+            int(size) if isinstance(size, int) else None)
+    return items
+
+
+def load_side(path: str | Path) -> Side:
+    """Read one side of a diff: a backpack, an audit folder, or one spec file."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no such file or folder: {p}")
+    side = Side(str(p))
+    if p.is_file():
+        if p.suffix == ".txt":
+            side.envs["manager"] = parse_requirements(p)
+        elif p.name.startswith("data") or _looks_like_data(p):
+            side.data = parse_data(p)
+        elif p.name == ENV_FILES["worker"]:
+            side.envs["worker"] = parse_environment(p)
+        else:
+            side.envs["manager"] = parse_environment(p)
+        return side
+    root = p.parent if (p / "summary.json").exists() and not (p / "software").exists() else p
+    software = root / "software"
+    if not software.is_dir() and not (p / "summary.json").exists():
+        raise UsageError(f"{p}: not a backpack (no software/) nor an audit folder "
+                         "(no summary.json)")
+    if (software / ENV_FILES["manager"]).exists():
+        side.envs["manager"] = parse_environment(software / ENV_FILES["manager"])
+        worker = software / ENV_FILES["worker"]
+        side.envs["worker"] = parse_environment(worker) if worker.exists() \
+            else side.envs["manager"]
+    data = root / "data" / "data.yml"
+    if data.exists():
+        side.data = parse_data(data)
+    summary = root / "audit" / "summary.json" if (root / "audit").is_dir() else p / "summary.json"
+    if summary.exists():
+        side.cells = _cells_of(summary)
+    return side
+
+
+def _looks_like_data(path: Path) -> bool:
+    doc = _load_yaml(path)
+    return isinstance(doc, dict) and ("profiles" in doc or "data" in doc) \
+        and "dependencies" not in doc
+
+
+def _cells_of(summary: Path) -> list[dict] | None:
+    try:
+        doc = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{summary}: not readable JSON: {exc}") from None
+    cells = doc.get("cells")
+    return cells if isinstance(cells, list) else None
+
+
+# ---------------------------------------------------------------- comparing
+
+def _version(text: str | None) -> Version | None:
+    try:
+        return Version(text) if text else None
+    except InvalidVersion:
+        return None
+
+
+def _is_patch_change(a: Version, b: Version) -> bool:
+    return a.release[:2] == b.release[:2]
+
+
+def compare_envs(role: str, a: EnvSpec, b: EnvSpec, ignore_patch: bool) -> list[Change]:
+    changes: list[Change] = []
+    if a.python != b.python and a.python and b.python:
+        va, vb = _version(a.python), _version(b.python)
+        if not (ignore_patch and va and vb and _is_patch_change(va, vb)):
+            changes.append(Change("python", role, "python", "changed", a.python, b.python))
+    for key in sorted(a.pins.keys() | b.pins.keys()):
+        pa, pb = a.pins.get(key), b.pins.get(key)
+        if pa is None and pb is not None:
+            changes.append(Change("package", role, pb.name, "added", "", _show(pb)))
+        elif pb is None and pa is not None:
+            changes.append(Change("package", role, pa.name, "removed", _show(pa), ""))
+        elif pa is not None and pb is not None:
+            changes.extend(_compare_pin(role, pa, pb, ignore_patch))
+    return changes
+
+
+def _compare_pin(role: str, pa: Pin, pb: Pin, ignore_patch: bool) -> list[Change]:
+    out = []
+    if pa.source != pb.source or (pa.channel or "") != (pb.channel or ""):
+        out.append(Change("package", role, pb.name, "moved", _where(pa), _where(pb)))
+    if pa.version != pb.version:
+        va, vb = _version(pa.version), _version(pb.version)
+        if va is not None and vb is not None:
+            if va == vb:
+                return out
+            if ignore_patch and _is_patch_change(va, vb):
+                return out
+            kind = "upgraded" if vb > va else "downgraded"
+        else:
+            kind = "changed"
+        out.append(Change("package", role, pb.name, kind, pa.version or "", pb.version or ""))
+    return out
+
+
+def _show(pin: Pin) -> str:
+    return f"{pin.version or '(unpinned)'} ({_where(pin)})"
+
+
+def _where(pin: Pin) -> str:
+    return f"conda:{pin.channel}" if pin.source == "conda" and pin.channel else pin.source
+
+
+def compare_data(a: dict[tuple[str, str], DataItem],
+                 b: dict[tuple[str, str], DataItem]) -> list[Change]:
+    changes = []
+    for key in sorted(a.keys() | b.keys()):
+        da, db = a.get(key), b.get(key)
+        label = f"{key[0]} -> {key[1]}"
+        if da is None:
+            changes.append(Change("data", "", label, "added", "", _data_desc(db)))
+        elif db is None:
+            changes.append(Change("data", "", label, "removed", _data_desc(da), ""))
+        elif (da.checksum, da.size) != (db.checksum, db.size):
+            changes.append(Change("data", "", label, "changed", _data_desc(da), _data_desc(db)))
+    return changes
+
+
+def _data_desc(item: DataItem | None) -> str:
+    if item is None:
+        return ""
+    parts = [f"{item.size} B" if item.size is not None else "", item.checksum or ""]
+    return " ".join(p for p in parts if p)
+
+
+def compare_cells(a: list[dict], b: list[dict]) -> list[Change]:
+    """Per cell (matched by position and source): packages and files that came or went."""
+    changes = []
+    for ca, cb in zip(a, b, strict=False):  # cells added at the end are not compared
+        if ca.get("source") != cb.get("source"):
+            continue  # the cell itself changed: not the same cell to compare
+        label = f"cell {cb.get('index')}"
+        for what in ("packages", "files"):
+            before, after = set(ca.get(what) or ()), set(cb.get(what) or ())
+            for item in sorted(after - before):
+                changes.append(Change("cell", "manager", label, f"{what[:-1]} appeared", "", item))
+            for item in sorted(before - after):
+                changes.append(Change("cell", "manager", label, f"{what[:-1]} disappeared",
+                                      item, ""))
+    return changes
+
+
+def diff(a: str | Path, b: str | Path, ignore_patch: bool = False) -> DiffResult:
+    """Compare two sides; the result lists every change, per role."""
+    sa, sb = load_side(a), load_side(b)
+    if not (sa.envs or sa.data is not None) or not (sb.envs or sb.data is not None):
+        raise UsageError(f"nothing to compare: {sa.label if not sa.envs else sb.label} "
+                         "has no environment or data spec")
+    changes: list[Change] = []
+    for role in ROLES:
+        if role in sa.envs and role in sb.envs:
+            changes.extend(compare_envs(role, sa.envs[role], sb.envs[role], ignore_patch))
+    if sa.data is not None or sb.data is not None:
+        changes.extend(compare_data(sa.data or {}, sb.data or {}))
+    if sa.cells is not None and sb.cells is not None:
+        changes.extend(compare_cells(sa.cells, sb.cells))
+    return DiffResult(sa.label, sb.label, changes)
+
+
+def diff_here(backpack: str | Path, python: str | None = None) -> DiffResult:
+    """Will this backpack run here? Compare its environments with an installed interpreter."""
+    import sys
+
+    from .resolve import Environment, index_environment
+
+    side = load_side(backpack)
+    if not side.envs:
+        raise UsageError(f"{backpack}: has no environment spec to compare")
+    interpreter = python or sys.executable
+    env = Environment.of_interpreter(interpreter)
+    index = index_environment(env)
+    here = EnvSpec(env.version, {d.key: Pin(d.name, d.version, d.kind, d.channel)
+                                 for d in index.distributions()})
+    changes: list[Change] = []
+    for role in ROLES:
+        spec = side.envs.get(role)
+        if spec is None or (role == "worker" and spec is side.envs.get("manager")):
+            continue
+        for change in compare_envs(role, spec, here, ignore_patch=False):
+            if change.change == "added":
+                continue  # installed here but not needed by the backpack: irrelevant
+            if change.change == "removed":
+                change = Change(change.section, role, change.name, "missing", change.before, "")
+            if change.change == "moved":
+                continue  # conda vs pip origin does not matter for running
+            changes.append(change)
+    return DiffResult(side.label, f"{interpreter} (Python {env.version})", changes)
+
+
+# ---------------------------------------------------------------- rendering
+
+def render_markdown(result: DiffResult) -> str:
+    if result.same:
+        return f"No differences between `{result.a}` and `{result.b}`.\n"
+    lines = [f"Differences between `{result.a}` (before) and `{result.b}` (after):", "",
+             "| section | role | name | change | before | after |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for c in result.changes:
+        cells = [c.section, c.role, c.name, c.change, c.before, c.after]
+        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_table(result: DiffResult, console: object) -> None:
+    """Print a rich table; colour only when the console is a terminal."""
+    from rich.table import Table
+
+    if result.same:
+        console.print(f"same: {result.a} and {result.b} have no differences")  # type: ignore[attr-defined]
+        return
+    style = {"added": "green", "removed": "red", "missing": "red", "upgraded": "cyan",
+             "downgraded": "yellow", "moved": "magenta", "changed": "yellow"}
+    table = Table(title=f"{result.a} -> {result.b}")
+    for col in ("section", "role", "name", "change", "before", "after"):
+        table.add_column(col)
+    for c in result.changes:
+        table.add_row(c.section, c.role, c.name, c.change, c.before, c.after,
+                      style=style.get(c.change.split()[-1], None))
+    console.print(table)  # type: ignore[attr-defined]
+
+
+def summarise(changes: Iterable[Change]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in changes:
+        counts[c.change] = counts.get(c.change, 0) + 1
+    return counts
