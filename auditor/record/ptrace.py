@@ -1,0 +1,69 @@
+"""The ptrace backend: for machines without the strace binary, trace with python-ptrace.
+
+The kernel runs under `python -m auditor.record.ptrace_run` (flo-audit's own interpreter,
+which has python-ptrace), a tracer process that writes the events of `auditor.events`
+straight to `trace.jsonl`, so reading the record back is just loading it.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import CommandError, RecordFormatError
+from ..events import Event, read_jsonl
+from ..process import run
+from .base import Tracer, register
+
+RECORD_FILE = "trace.jsonl"
+
+
+@register
+class PtraceTracer(Tracer):
+    """Trace the kernel and all its descendants with ptrace (slower than strace, same view)."""
+
+    name = "ptrace"
+    cannot_see = ""
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return _probe()
+
+    def wrap(self, argv: list[str], record_dir: Path) -> list[str]:
+        return [sys.executable, "-m", "auditor.record.ptrace_run",
+                "-o", str(Path(record_dir) / RECORD_FILE), "--", *argv]
+
+    def events(self, record_dir: Path) -> Iterator[Event]:
+        path = Path(record_dir) / RECORD_FILE
+        if not path.is_file():
+            raise RecordFormatError(f"{path} is missing: this audit was not recorded with the "
+                                    "ptrace backend, or the run did not start; re-run flo-audit")
+        return read_jsonl(str(path))
+
+
+@functools.cache
+def _probe() -> str | None:
+    """Why ptrace cannot trace here (checked once, by tracing /bin/true), or None."""
+    try:
+        import ptrace.binding  # noqa: F401
+    except ImportError:
+        return "python-ptrace is not installed (pip install python-ptrace)"
+    if platform.machine() != "x86_64":
+        return f"the ptrace backend supports x86_64 only, not {platform.machine()}"
+    with tempfile.TemporaryDirectory(prefix="flo-ptrace-probe-") as tmp:
+        argv = PtraceTracer().wrap(["/bin/true"], Path(tmp))
+        try:  # from a neutral cwd, as the kernel will run: `-m auditor...` must import
+            done = run(argv, timeout=30, check=False, cwd=tmp, what="probing ptrace")
+        except CommandError as exc:
+            return str(exc)
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.strip().splitlines()
+    last = lines[-1] if lines else f"exit {done.returncode}"
+    if "No module named 'auditor'" in last:
+        return "the tracer cannot import flo-backpack; install it (pip install -e .)"
+    return f"tracing /bin/true failed: {last}"
