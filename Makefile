@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both run the set-up first.
+#
+# Set-up: a .venv made with python3 (3.11 on our machines), uv inside it, flo-backpack installed
+# editable with its test extras, the fixture packages, and the editable fixture package floedit.
+# It is redone only when pyproject.toml or the fixture requirements change (the stamp file).
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.flo-setup-stamp
+DEMO_CASE := import_names
+DEMO_OUT := $(DEMO_CASE)-backpack
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml fixtures/requirements.txt fixtures/packages/floedit/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[test]' -r fixtures/requirements.txt
+	$(BIN)/uv pip install --python $(BIN)/python -e fixtures/packages/floedit
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/flo-audit fixtures/notebooks/$(DEMO_CASE)/$(DEMO_CASE).ipynb -o $(DEMO_OUT) --force
+	@echo
+	@echo "The backpack is in $(CURDIR)/$(DEMO_OUT)/ (start with software/environment.yml)."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache
