@@ -1,0 +1,185 @@
+"""Roles from the process tree: which traced process was the manager, a worker or a tool.
+
+DESIGN.md rule 3. The kernel process (and its threads) is the manager. Other Python
+processes it started (multiprocessing, concurrent.futures, Dask children; forked children
+that never exec) are workers. A process whose last exec'd binary is not a Python interpreter
+is a tool; a `#!` script counts by its interpreter. The tracer, the kernel's parent, and
+anything else outside the kernel's tree are excluded as "tracer".
+
+`RoleTracker.watch` observes the event stream as it passes to the resolver, so roles cost
+no second pass over a long trace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .events import Event, Exec, Spawn
+
+MANAGER = "manager"
+WORKER = "worker"
+TOOL = "tool"
+TRACER = "tracer"
+ROLES = (MANAGER, WORKER, TOOL)
+
+_PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)*)?[a-z]?(-dbg)?$")
+
+
+def is_python_interpreter(path: str, argv: list[str] | None = None) -> bool:
+    """True when `path` (an exec'd file) runs a Python interpreter, directly or via `#!`."""
+    if _PYTHON_NAME.match(os.path.basename(path)):
+        return True
+    interpreter = _shebang(path)
+    if interpreter is None:
+        return False
+    program, _, rest = interpreter.partition(" ")
+    if os.path.basename(program) == "env":
+        # "#!/usr/bin/env [-S] python3 -u": the first word that is not an option.
+        words = [w for w in rest.split() if not w.startswith("-") and "=" not in w]
+        program = words[0] if words else ""
+    return bool(_PYTHON_NAME.match(os.path.basename(program)))
+
+
+def _shebang(path: str) -> str | None:
+    try:
+        with open(path, "rb") as script:
+            head = script.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    return head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+
+
+@dataclass
+class Roles:
+    """The role of every traced process, its parent, and how each one ended."""
+
+    kernel_pid: int | None
+    role: dict[int, str] = field(default_factory=dict)
+    parent: dict[int, int] = field(default_factory=dict)
+    threads: set[int] = field(default_factory=set)
+    exits: dict[int, int] = field(default_factory=dict)
+    binary: dict[int, str] = field(default_factory=dict)
+
+    def of(self, pid: int) -> str:
+        """Role of `pid`; a pid never seen in a Spawn is taken to be the manager's."""
+        return self.role.get(pid, MANAGER)
+
+    def counts(self) -> dict[str, int]:
+        """Processes per role (threads are not processes); the tracer is left out."""
+        counts = dict.fromkeys(ROLES, 0)
+        for pid, role in self.role.items():
+            if role in counts and pid not in self.threads:
+                counts[role] += 1
+        return counts
+
+    def to_json(self) -> dict:
+        return {"kernel_pid": self.kernel_pid, "counts": self.counts(),
+                "processes": [{"pid": pid, "role": role, "parent": self.parent.get(pid),
+                               "binary": self.binary.get(pid), "exit": self.exits.get(pid)}
+                              for pid, role in sorted(self.role.items())
+                              if pid not in self.threads]}
+
+
+class RoleTracker:
+    """Collects Spawn/Exec/Exit events from a stream, then assigns roles."""
+
+    def __init__(self, kernel_pid: int | None, tracer_pid: int | None = None) -> None:
+        self.kernel_pid = kernel_pid
+        self.tracer_pid = tracer_pid
+        self._parent: dict[int, int] = {}
+        self._threads: set[int] = set()
+        self._last_exec: dict[int, Exec] = {}
+        self._exits: dict[int, int] = {}
+        self._seen: set[int] = set()
+
+    def watch(self, events: Iterable[Event]) -> Iterator[Event]:
+        """Pass `events` through unchanged, noting the process-tree ones."""
+        seen = self._seen
+        for event in events:
+            seen.add(event.pid)
+            kind = event.kind
+            if kind == "spawn":
+                self._spawn(event)  # type: ignore[arg-type]
+            elif kind == "exec":
+                self._last_exec[event.pid] = event  # type: ignore[assignment]
+            elif kind == "exit":
+                self._exits[event.pid] = event.status  # type: ignore[union-attr]
+            yield event
+
+    def feed(self, events: Iterable[Event]) -> None:
+        for _ in self.watch(events):
+            pass
+
+    def _spawn(self, event: Spawn) -> None:
+        self._parent[event.child] = event.pid
+        self._seen.add(event.child)
+        if event.thread:
+            self._threads.add(event.child)
+
+    def roles(self) -> Roles:
+        result = Roles(self.kernel_pid, parent=dict(self._parent), threads=set(self._threads),
+                       exits=dict(self._exits))
+        excluded = self._outside_kernel_tree()
+        for pid in self._seen:
+            result.role[pid] = TRACER if pid in excluded else self._role(pid, result)
+        for pid, event in self._last_exec.items():
+            result.binary[pid] = event.path
+        return result
+
+    def _outside_kernel_tree(self) -> set[int]:
+        """The tracer and the kernel's ancestors: processes that are not the notebook's."""
+        excluded = {self.tracer_pid} if self.tracer_pid is not None else set()
+        pid = self.kernel_pid
+        while pid is not None and pid in self._parent:
+            pid = self._parent[pid]
+            if pid in excluded:
+                break
+            excluded.add(pid)
+        if self.kernel_pid is not None:
+            # Anything whose ancestry is known and does not reach the kernel (e.g. a
+            # launcher's other children) is outside the notebook's tree too.
+            for pid in list(self._seen):
+                if pid != self.kernel_pid and pid in self._parent \
+                        and not self._descends_from_kernel(pid):
+                    excluded.add(pid)
+        excluded.discard(self.kernel_pid)  # type: ignore[arg-type]
+        return excluded
+
+    def _descends_from_kernel(self, pid: int) -> bool:
+        steps = 0
+        while pid in self._parent and steps < 10_000:
+            pid = self._parent[pid]
+            if pid == self.kernel_pid:
+                return True
+            steps += 1
+        return False
+
+    def _role(self, pid: int, result: Roles) -> str:
+        # A thread shares its thread-group leader's role (the kernel's threads are the manager).
+        leader = pid
+        while leader in self._threads and leader in self._parent:
+            leader = self._parent[leader]
+        if leader == self.kernel_pid:
+            return MANAGER
+        exec_event = self._last_exec.get(leader)
+        if exec_event is None:
+            # Forked without exec: a copy of a Python process (multiprocessing "fork"), or a
+            # pid the tracer saw without its Spawn (hooks-only runs): treat as its parent's.
+            if leader in self._parent:
+                return WORKER
+            return MANAGER if self.kernel_pid is None else WORKER
+        return WORKER if is_python_interpreter(exec_event.path, exec_event.argv) else TOOL
+
+
+def assign_roles(events: Iterable[Event], kernel_pid: int | None,
+                 tracer_pid: int | None = None) -> Roles:
+    """Roles of all processes in `events` (a convenience for callers holding a list)."""
+    tracker = RoleTracker(kernel_pid, tracer_pid)
+    tracker.feed(events)
+    return tracker.roles()
+
