@@ -1,0 +1,270 @@
+"""The backpack folder: written all-or-nothing by flo-audit, read and validated for flo-run.
+
+Layout (DESIGN.md): workflow/ (the notebook as given + local helpers), software/
+(environment.yml, requirements.txt), compute/compute.yml, audit/ (the raw record and
+summary.json). `write_backpack` builds it in a temporary folder beside the destination and
+renames it into place; `load_backpack` reads the spec files back with errors that name the
+file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .emit.compute import ComputeSpec
+from .errors import FloError, UsageError
+
+ENVIRONMENT = "software/environment.yml"
+WORKER_ENVIRONMENT = "software/worker-environment.yml"
+REQUIREMENTS = "software/requirements.txt"
+COMPUTE = "compute/compute.yml"
+DATA = "data/data.yml"
+SUMMARY = "audit/summary.json"
+WORKFLOW_SUFFIXES = (".ipynb", ".py", ".sh")
+
+
+class BackpackError(FloError):
+    """A backpack folder or one of its spec files is missing or malformed."""
+
+
+# ---------------------------------------------------------------- writing
+
+
+def check_destination(dest: str | Path, force: bool) -> Path:
+    """Refuse an existing, non-empty destination unless `force` (checked before the run too)."""
+    dest = Path(dest).expanduser().absolute()
+    if dest.exists() or dest.is_symlink():
+        if not dest.is_dir() or dest.is_symlink():
+            raise UsageError(f"{dest} exists and is not a folder; choose another output with -o")
+        if not force and any(dest.iterdir()):
+            raise UsageError(f"{dest} already exists; pass --force to replace it, "
+                             "or choose another output folder with -o")
+    return dest
+
+
+def write_backpack(dest: str | Path, *, texts: Mapping[str, str],
+                   copies: Iterable[tuple[str | Path, str]], force: bool = False) -> Path:
+    """Write a backpack at `dest`: `texts` maps relative path -> content, `copies` (source,
+    relative path) pairs. All or nothing: an existing `dest` is replaced (only with `force`)
+    after the new folder is complete, and a failure leaves no temporary folder behind."""
+    dest = check_destination(dest, force)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        for relative, text in texts.items():
+            target = _inside(staging, relative)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        for source, relative in copies:
+            target = _inside(staging, relative)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        _move_into_place(staging, dest, force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def _inside(root: Path, relative: str) -> Path:
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise BackpackError(f"refusing to write {relative!r} outside the backpack folder")
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _move_into_place(staging: Path, dest: Path, force: bool) -> None:
+    if not dest.exists():
+        os.rename(staging, dest)
+        return
+    check_destination(dest, force)  # it may have appeared during the run
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    os.rmdir(old)
+    os.rename(dest, old)
+    try:
+        os.rename(staging, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def workflow_copies(notebook: Path, helpers: Iterable[str]) -> tuple[list[tuple[Path, str]],
+                                                                      list[str]]:
+    """What goes into workflow/: the notebook as given, plus local helper files at their
+    path relative to the notebook's folder. Returns the copies and warnings."""
+    folder = notebook.parent.resolve()
+    copies: list[tuple[Path, str]] = [(notebook, f"workflow/{notebook.name}")]
+    warnings = []
+    for helper in sorted(set(helpers)):
+        path = Path(helper)
+        path = path if path.is_absolute() else folder / path
+        if path.resolve() == notebook.resolve() or "__pycache__" in path.parts:
+            continue
+        try:
+            relative = path.resolve().relative_to(folder)
+        except ValueError:
+            warnings.append(f"{path} is outside the notebook's folder; not copied into workflow/")
+            continue
+        if path.is_file():
+            copies.append((path, f"workflow/{relative.as_posix()}"))
+        else:
+            warnings.append(f"{path} no longer exists; not copied into workflow/")
+    return copies, warnings
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class Backpack:
+    """A backpack as read back: the parsed spec files and what was odd about them."""
+
+    root: Path
+    workflow: Path
+    environment: dict
+    worker_environment: dict | None
+    compute: ComputeSpec
+    requirements: list[str] | None = None
+    data: dict | None = None
+    summary: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.summary is None or self.summary.get("complete", True))
+
+
+def load_backpack(path: str | Path) -> Backpack:
+    """Read and validate a backpack folder; raise `BackpackError` naming file, key, expectation."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise BackpackError(f"no such backpack folder: {root}")
+    warnings: list[str] = []
+    summary = _read_summary(root)
+    workflow = _find_workflow(root, summary)
+    environment = _read_environment(root / ENVIRONMENT, warnings)
+    worker = (_read_environment(root / WORKER_ENVIRONMENT, warnings)
+              if (root / WORKER_ENVIRONMENT).exists() else None)
+    compute = _read_compute(root / COMPUTE, warnings)
+    requirements = None
+    if (root / REQUIREMENTS).exists():
+        requirements = [line.split(" #", 1)[0].strip() for line
+                        in (root / REQUIREMENTS).read_text(encoding="utf-8").splitlines()
+                        if line.strip() and not line.lstrip().startswith("#")]
+    data = _read_yaml(root / DATA, "a mapping") if (root / DATA).exists() else None
+    return Backpack(root, workflow, environment, worker, compute, requirements, data, summary,
+                    warnings)
+
+
+def _read_yaml(path: Path, expected: str) -> Any:
+    if not path.exists():
+        raise BackpackError(f"{path}: missing; expected {expected}")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise BackpackError(f"{path}: not valid YAML{where}: "
+                            f"{getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(doc, dict):
+        raise BackpackError(f"{path}: expected {expected}, got {type(doc).__name__}")
+    return doc
+
+
+def _read_summary(root: Path) -> dict | None:
+    path = root / SUMMARY
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BackpackError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(doc, dict):
+        raise BackpackError(f"{path}: expected a JSON object")
+    return doc
+
+
+def _find_workflow(root: Path, summary: dict | None) -> Path:
+    folder = root / "workflow"
+    if summary and summary.get("notebook"):
+        named = folder / Path(str(summary["notebook"])).name
+        if named.is_file():
+            return named
+    candidates = sorted(p for p in folder.glob("*") if p.suffix in WORKFLOW_SUFFIXES) \
+        if folder.is_dir() else []
+    if not candidates:
+        raise BackpackError(f"{folder}: expected the notebook or script "
+                            f"({', '.join(WORKFLOW_SUFFIXES)}), found none")
+    notebooks = [p for p in candidates if p.suffix == ".ipynb"]
+    return (notebooks or candidates)[0]
+
+
+_ENV_KEYS = {"name", "channels", "dependencies", "prefix", "variables"}
+
+
+def _read_environment(path: Path, warnings: list[str]) -> dict:
+    doc = _read_yaml(path, "a conda environment mapping with 'dependencies'")
+    for key in sorted(set(doc) - _ENV_KEYS):
+        warnings.append(f"{path}: unknown key {key!r} ignored")
+    if "name" in doc and not isinstance(doc["name"], str):
+        raise BackpackError(f"{path}: key 'name': expected a string")
+    channels = doc.get("channels", [])
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise BackpackError(f"{path}: key 'channels': expected a list of channel names")
+    deps = doc.get("dependencies")
+    if not isinstance(deps, list):
+        raise BackpackError(f"{path}: key 'dependencies': expected a list of package specs")
+    for i, dep in enumerate(deps):
+        if isinstance(dep, str):
+            continue
+        if isinstance(dep, dict) and set(dep) == {"pip"} and isinstance(dep["pip"], list) \
+                and all(isinstance(p, str) for p in dep["pip"]):
+            continue
+        raise BackpackError(f"{path}: key 'dependencies[{i}]': expected a package spec string "
+                            f"or a 'pip:' list of requirement strings, got {dep!r}")
+    return doc
+
+
+_COMPUTE_KEYS = {"min-workers": "min_workers", "max-workers": "max_workers", "cores": "cores",
+                 "memory": "memory", "disk": "disk"}
+
+
+def _read_compute(path: Path, warnings: list[str]) -> ComputeSpec:
+    doc = _read_yaml(path, "a mapping with 'vine_factory_config'")
+    for key in sorted(set(doc) - {"vine_factory_config"}):
+        warnings.append(f"{path}: unknown key {key!r} ignored")
+    config = doc.get("vine_factory_config")
+    if not isinstance(config, dict):
+        raise BackpackError(f"{path}: key 'vine_factory_config': expected a mapping of "
+                            + ", ".join(_COMPUTE_KEYS))
+    values = {}
+    for key, value in config.items():
+        if key not in _COMPUTE_KEYS:
+            warnings.append(f"{path}: unknown key 'vine_factory_config.{key}' ignored")
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise BackpackError(f"{path}: key 'vine_factory_config.{key}': expected a "
+                                f"non-negative integer, got {value!r}")
+        values[_COMPUTE_KEYS[key]] = value
+    spec = ComputeSpec(**values)
+    if spec.min_workers > spec.max_workers:
+        raise BackpackError(f"{path}: key 'vine_factory_config.min-workers': expected at most "
+                            f"max-workers ({spec.max_workers}), got {spec.min_workers}")
+    return spec
