@@ -93,10 +93,18 @@ class Tracer:
     held: set[int] = field(default_factory=set)  # new tids stopped before their parent said so
     mem: dict[int, int] = field(default_factory=dict)  # tgid -> fd of /proc/TGID/mem
     main_status: int | None = None
+    stop_signal: int | None = None  # a SIGTERM/SIGINT/SIGHUP we were sent and passed on
 
     def emit(self, event: Event) -> None:
         self.out.write(to_json(event))
         self.out.write("\n")
+
+    def signal_all(self, signum: int) -> None:
+        for pid in sorted({task.tgid for task in self.tasks.values()}):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     # -- running -------------------------------------------------------------------------
 
@@ -124,6 +132,8 @@ class Tracer:
         task = self.tasks.pop(tid, None)
         if tid == self.main_pid:
             self.main_status = code
+            if self.stop_signal is not None:  # asked to stop: so is what the command left
+                self.signal_all(self.stop_signal)
         if task is not None and task.tid == task.tgid:
             self.emit(Exit(pid=tid, status=code, t=time.time()))
             fd = self.mem.pop(tid, None)
@@ -425,16 +435,17 @@ def trace(argv: list[str], out: TextIO, *, seccomp: bool = True) -> int:
 
 
 def _forward_signals(tracer: Tracer) -> dict[int, signal.Handlers]:
-    """SIGTERM/SIGINT/SIGHUP to us go to the command (or, once it is gone, to what it left)."""
+    """SIGTERM/SIGINT/SIGHUP go to the command, then (once it ended) to all it left behind."""
     def forward(signum: int, _frame: object) -> None:
         tracer.out.flush()
-        alive = [tracer.main_pid] if tracer.main_pid in tracer.tasks else sorted(
-            {t.tgid for t in tracer.tasks.values()})
-        for pid in alive:
+        tracer.stop_signal = signum
+        if tracer.main_pid in tracer.tasks:
             try:
-                os.kill(pid, signum)
+                os.kill(tracer.main_pid, signum)
+                return
             except ProcessLookupError:
                 pass
+        tracer.signal_all(signum)
     return {signum: signal.signal(signum, forward)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
