@@ -205,8 +205,6 @@ class StraceParser:
         handler = self._handlers.get(rest[:rest.find("(")])
         if handler is None:
             return None
-        if rest.endswith("= ?"):
-            return None  # the process ended inside the syscall: no result
         return handler(self._leader.get(pid, pid), ts, rest)
 
     def _exit(self, pid: int, ts: str, rest: str) -> Event | None:
@@ -367,7 +365,8 @@ class StraceParser:
         return Connect(pid, f"{host.group(1)}:{port.group(1)}", float(ts))
 
     def _unparsed(self, pid: int, ts: str, rest: str) -> None:
-        self._skip(f"{pid} {ts} {rest}")
+        if not (rest.endswith(" = ?") or " = ? <" in rest):  # ended inside it: no result
+            self._skip(f"{pid} {ts} {rest}")
         return None
 
 

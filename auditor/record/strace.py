@@ -1,0 +1,128 @@
+"""The default tracer: the strace binary with a seccomp-bpf filter, writing raw text.
+
+Only the syscalls that show a use are traced, so with --seccomp-bpf every other syscall runs
+at full speed: opens (files read, written, directories listed), execs, process and thread
+creation, cwd changes (to make relative paths absolute), renames (a file written in place) and
+connects. No stat family: a stat is not a use, and there are far too many. exit/exit_group are
+not needed either: strace prints `+++ exited with N +++` / `+++ killed by SIG +++` anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import CommandError, RecordFormatError
+from ..events import Event
+from ..process import run
+from .base import Tracer, register, which
+from .strace_parse import StraceParser
+
+TRACE_FILE = "trace.strace"
+STDERR_FILE = "kernel.stderr"
+SESSION_FILE = "session.json"
+
+SYSCALLS = (
+    "open", "openat", "openat2", "creat",
+    "execve", "execveat",
+    "fork", "vfork", "clone", "clone3",
+    "chdir", "fchdir",
+    "rename", "renameat", "renameat2",
+    "connect",
+)
+# PATH_MAX: a path argument is never cut short.
+STRING_LIMIT = 4096
+
+# What strace 6.x says on stderr when it runs without the filter (every syscall then stops).
+_SECCOMP_FALLBACK = re.compile(
+    r"seccomp[^\n]*?(?:not enabled|cannot be used|unavailable|disabled|no syscalls)[^\n]*",
+    re.IGNORECASE)
+
+
+@register
+class StraceTracer(Tracer):
+    """`strace -f --seccomp-bpf -y` around the kernel; its text trace is the raw record."""
+
+    name = "strace"
+    cannot_see = ""
+
+    def __init__(self) -> None:
+        #: The parser of the last `events` call: `.skipped` counts lines it could not read.
+        self.parser: StraceParser | None = None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return _probe()
+
+    def wrap(self, argv: list[str], record_dir: Path) -> list[str]:
+        return [which("strace") or "strace", "-f", "--seccomp-bpf", "-ttt", "-q", "-y",
+                "-s", str(STRING_LIMIT), "-e", "trace=" + ",".join(SYSCALLS),
+                "-o", str(Path(record_dir) / TRACE_FILE), "--", *argv]
+
+    def events(self, record_dir: Path) -> Iterator[Event]:
+        trace = Path(record_dir) / TRACE_FILE
+        if not trace.is_file():
+            raise RecordFormatError(f"{trace} is missing: the audit was not recorded with the "
+                                    "strace backend, or the record folder is incomplete")
+        self.parser = StraceParser(_session_cwd(Path(record_dir)))
+        return self._stream(trace, self.parser)
+
+    @staticmethod
+    def _stream(trace: Path, parser: StraceParser) -> Iterator[Event]:
+        # strace escapes every non-ASCII byte, so decoding cannot fail on its own output.
+        with open(trace, encoding="utf-8", errors="surrogateescape") as lines:
+            yield from parser.parse(lines)
+
+    def warnings(self, record_dir: Path) -> list[str]:
+        message = _seccomp_message(Path(record_dir))
+        if message is None:
+            return []
+        return [f"strace ran without its seccomp-bpf filter ({message}): the trace is complete "
+                "but the run was slower than it needed to be"]
+
+
+def _seccomp_message(record_dir: Path) -> str | None:
+    # strace's own notes go to its stderr (kept as kernel.stderr); if they ever end up in the
+    # trace file, they come before the first syscalls.
+    return (_first_match(record_dir / STDERR_FILE, None)
+            or _first_match(record_dir / TRACE_FILE, 50))
+
+
+def _first_match(path: Path, max_lines: int | None) -> str | None:
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", errors="replace") as text:
+        for line in itertools.islice(text, max_lines):
+            found = _SECCOMP_FALLBACK.search(line)
+            if found:
+                return found.group(0).strip()
+    return None
+
+
+def _session_cwd(record_dir: Path) -> str | None:
+    try:
+        cwd = json.loads((record_dir / SESSION_FILE).read_text(encoding="utf-8")).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return cwd if isinstance(cwd, str) else None
+
+
+@functools.cache
+def _probe() -> str | None:
+    """Why strace cannot trace here (no binary, ptrace forbidden), or None when it can."""
+    strace = which("strace")
+    if strace is None:
+        return "the strace binary is not installed (apt-get install strace)"
+    try:
+        done = run([strace, "-f", "-e", "trace=none", "true"], timeout=30, check=False,
+                   what="probing strace")
+    except CommandError as error:
+        return str(error)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"strace cannot trace processes here ({tail}); ptrace is probably not permitted"
+    return None
