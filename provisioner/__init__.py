@@ -1,0 +1,16 @@
+"""flo-run: deploy a backpack (validate, environments; data and engine to come)."""
+
+from __future__ import annotations
+
+from .api import (
+    EnvReport,
+    InvalidBackpack,
+    ValidationResult,
+    build_environments,
+    clean_environments,
+    list_environments,
+    validate,
+)
+
+__all__ = ["EnvReport", "InvalidBackpack", "ValidationResult", "build_environments",
+           "clean_environments", "list_environments", "validate"]

@@ -1,0 +1,299 @@
+"""flo-run's library API: validate a backpack, and build, list or prune its environments.
+
+Each function returns data (dataclasses with `to_dict`); the CLI only renders it. Validation
+runs first in every command: an invalid backpack stops before any interpreter or uv work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from auditor.diff import EnvSpec, parse_data, parse_environment, parse_requirements
+from auditor.errors import FloError
+
+from .envs import EnvCache, EnvRequest, canonical_spec, find_interpreter, get_builder
+from .envs.base import BuiltEnv
+from .envs.cache import CachedEnv
+from .envs.interpreters import Interpreter
+
+ENV_FILES = {"manager": "software/environment.yml", "worker": "software/worker-environment.yml"}
+
+
+class InvalidBackpack(FloError):
+    """The backpack did not validate; the message lists what is wrong, file by file."""
+
+    def __init__(self, result: ValidationResult) -> None:
+        first = result.problems[0]
+        more = f" (and {len(result.problems) - 1} more; run `flo-run validate`)" \
+            if len(result.problems) > 1 else ""
+        super().__init__(f"invalid backpack {result.root}: {first}{more}")
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a backpack is invalid: which file, which key, what was expected."""
+
+    file: str
+    key: str
+    expected: str
+
+    def __str__(self) -> str:
+        key = f": key {self.key!r}" if self.key else ""
+        return f"{self.file}{key}: {self.expected}"
+
+
+@dataclass
+class ValidationResult:
+    root: Path
+    workflow: Path | None = None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    specs: dict[str, EnvSpec] = field(default_factory=dict)  # role -> spec
+    checked_with: str = "provisioner"  # which loader validated the spec files
+    seconds: float = 0.0
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.valid else 2
+
+    def to_dict(self) -> dict:
+        return {"backpack": str(self.root), "valid": self.valid,
+                "workflow": str(self.workflow) if self.workflow else None,
+                "problems": [{"file": p.file, "key": p.key, "expected": p.expected}
+                             for p in self.problems],
+                "warnings": self.warnings, "checked_with": self.checked_with,
+                "python": {role: spec.python for role, spec in self.specs.items()},
+                "seconds": round(self.seconds, 3)}
+
+
+def validate(backpack: str | Path, strict: bool = False) -> ValidationResult:
+    """Check a backpack's layout and spec files; every problem found is listed, none raised."""
+    started = time.monotonic()
+    root = Path(backpack).expanduser().absolute()
+    result = ValidationResult(root)
+    if not root.is_dir():
+        result.problems.append(Problem(str(root), "", "expected a backpack folder"))
+        return result
+    result.workflow = _check_workflow(root, result)
+    for role, relative in ENV_FILES.items():
+        path = root / relative
+        if role == "worker" and not path.exists():
+            if "manager" in result.specs:
+                result.specs["worker"] = result.specs["manager"]  # absent = same as manager
+            continue
+        if not path.exists():
+            result.problems.append(Problem(relative, "", "missing; expected a conda "
+                                           "environment file with 'dependencies'"))
+            continue
+        try:
+            result.specs[role] = parse_environment(path)
+        except FloError as exc:
+            result.problems.append(_problem_from(exc, root))
+            continue
+        if result.specs[role].python is None:
+            result.warnings.append(f"{relative}: no 'python=' pin; the newest interpreter "
+                                   "found (or --python) will be used")
+    _check_optional_files(root, result)
+    if strict and result.workflow is not None:
+        _check_notebook(root, result.workflow, result)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _check_workflow(root: Path, result: ValidationResult) -> Path | None:
+    folder = root / "workflow"
+    if not folder.is_dir():
+        result.problems.append(Problem("workflow/", "", "missing; expected a folder with the "
+                                       "notebook (.ipynb) or script (.py)"))
+        return None
+    notebooks = sorted(p for p in folder.glob("*.ipynb") if p.is_file())
+    scripts = sorted(p for p in folder.glob("*.py") if p.is_file())
+    # Helper modules sit beside the notebook, so .py files only count when there is no notebook.
+    candidates = notebooks or scripts
+    if len(candidates) == 1:
+        return candidates[0]
+    found = ", ".join(p.name for p in candidates) or "none"
+    result.problems.append(Problem("workflow/", "", f"expected exactly one notebook (.ipynb) "
+                                   f"or, without one, exactly one .py script; found {found}"))
+    return None
+
+
+def _check_optional_files(root: Path, result: ValidationResult) -> None:
+    """The other spec files: through auditor.backpack when it is there, else parsed here."""
+    try:
+        from auditor.backpack import load_backpack
+    except ImportError:
+        load_backpack = None
+    if load_backpack is not None and not result.problems:
+        result.checked_with = "auditor.backpack"
+        try:
+            loaded = load_backpack(root)
+        except FloError as exc:
+            result.problems.append(_problem_from(exc, root))
+        else:
+            result.warnings.extend(_relative(w, root) for w in loaded.warnings)
+    if (root / "software/requirements.txt").exists():
+        try:
+            parse_requirements(root / "software/requirements.txt")
+        except FloError as exc:
+            result.problems.append(_problem_from(exc, root))
+    if (root / "data/data.yml").exists():
+        try:
+            parse_data(root / "data/data.yml")
+        except FloError as exc:
+            result.problems.append(_problem_from(exc, root))
+    compute = root / "compute/compute.yml"
+    if load_backpack is None and compute.exists():
+        try:
+            doc = yaml.safe_load(compute.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            result.problems.append(Problem("compute/compute.yml", "", f"valid YAML ({exc})"))
+            return
+        if not isinstance(doc, dict) or not isinstance(doc.get("vine_factory_config"), dict):
+            result.problems.append(Problem("compute/compute.yml", "vine_factory_config",
+                                           "expected a mapping of worker resources"))
+
+
+def _check_notebook(root: Path, workflow: Path, result: ValidationResult) -> None:
+    relative = str(workflow.relative_to(root))
+    if workflow.suffix == ".py":
+        try:
+            compile(workflow.read_text(encoding="utf-8"), str(workflow), "exec")
+        except SyntaxError as exc:
+            result.problems.append(Problem(relative, f"line {exc.lineno}",
+                                           f"valid Python ({exc.msg})"))
+        return
+    import nbformat
+    try:
+        notebook = nbformat.read(workflow, as_version=4)
+        nbformat.validate(notebook)
+    except (ValueError, OSError, nbformat.ValidationError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        result.problems.append(Problem(relative, "", f"a valid Jupyter notebook ({message})"))
+
+
+def _relative(text: str, root: Path) -> str:
+    return text.replace(f"{root}/", "")
+
+
+def _problem_from(exc: FloError, root: Path) -> Problem:
+    """Split a loader's 'path: key 'k': expected ...' message into a Problem."""
+    text = _relative(str(exc), root)
+    file, _, rest = text.partition(": ")
+    key = ""
+    if rest.startswith("key '"):
+        key, _, rest = rest[5:].partition("': ")
+    return Problem(file, key, rest or text)
+
+
+# ---------------------------------------------------------------- environments
+
+
+@dataclass
+class EnvReport:
+    """The environments of one backpack, by role, and how long getting them took."""
+
+    backpack: Path
+    envs: list[BuiltEnv]
+    validation_seconds: float
+    seconds: float
+
+    def for_role(self, role: str) -> BuiltEnv:
+        return next(env for env in self.envs if role in env.roles)
+
+    def to_dict(self) -> dict:
+        return {"backpack": str(self.backpack), "envs": [e.to_dict() for e in self.envs],
+                "validation_seconds": round(self.validation_seconds, 3),
+                "seconds": round(self.seconds, 3)}
+
+
+def plan_environments(checked: ValidationResult, python: str | None = None,
+                      builder: str = "uv") -> list[EnvRequest]:
+    """One request per distinct (spec, interpreter): identical manager and worker specs share."""
+    found: dict[str | None, Interpreter] = {}
+    requests: list[EnvRequest] = []
+    groups: dict[str, tuple[EnvSpec, list[str]]] = {}
+    for role in ("manager", "worker"):
+        spec = checked.specs[role]
+        canon = json.dumps(canonical_spec(spec), sort_keys=True)
+        groups.setdefault(canon, (spec, []))[1].append(role)
+    for spec, roles in groups.values():
+        if spec.python not in found:
+            found[spec.python] = find_interpreter(spec.python, python)
+        requests.append(EnvRequest(spec, found[spec.python], tuple(roles), builder))
+    return requests
+
+
+def build_environments(backpack: str | Path, cache_dir: str | Path | None = None,
+                       python: str | None = None, builder: str = "uv") -> EnvReport:
+    """Have the manager and worker environments of `backpack` ready: from the cache when
+    built before, else built now (once, even with concurrent callers)."""
+    started = time.monotonic()
+    checked = validate(backpack)
+    if not checked.valid:
+        raise InvalidBackpack(checked)
+    cache = EnvCache(cache_dir)
+    make = get_builder(builder)
+    envs = []
+    for request in plan_environments(checked, python, builder):
+        envs.append(cache.ensure(request, lambda target, r=request: make.build(r, target),
+                                 backpack=str(checked.root)))
+    return EnvReport(checked.root, envs, checked.seconds, time.monotonic() - started)
+
+
+@dataclass
+class CacheListing:
+    root: Path
+    entries: list[CachedEnv]
+    current: set[str]  # keys the given backpack would use now
+    removed: list[CachedEnv] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"cache_dir": str(self.root),
+                "envs": [dict(e.to_dict(), current=e.key in self.current) for e in self.entries],
+                "removed": [e.to_dict() for e in self.removed]}
+
+
+def list_environments(backpack: str | Path, cache_dir: str | Path | None = None,
+                      python: str | None = None) -> CacheListing:
+    """Every cached environment, marking those `backpack` would use now."""
+    cache = EnvCache(cache_dir)
+    return CacheListing(cache.root, cache.entries(), _current_keys(backpack, python))
+
+
+def clean_environments(backpack: str | Path, cache_dir: str | Path | None = None,
+                       older_than_days: float | None = None,
+                       python: str | None = None) -> CacheListing:
+    """Prune the cache: environments built for `backpack` that its current spec no longer
+    uses, and, with `older_than_days`, any environment unused for that long. The ones the
+    backpack uses now are always kept."""
+    cache = EnvCache(cache_dir)
+    current = _current_keys(backpack, python)
+    root = str(Path(backpack).expanduser().absolute())
+    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    removed = []
+    for entry in cache.entries():
+        if entry.key in current:
+            continue
+        stale = entry.backpack == root
+        old = cutoff is not None and entry.last_used < cutoff
+        if (stale or old) and cache.remove(entry.key):
+            removed.append(entry)
+    return CacheListing(cache.root, cache.entries(), current, removed)
+
+
+def _current_keys(backpack: str | Path, python: str | None) -> set[str]:
+    checked = validate(backpack)
+    if not checked.valid:
+        raise InvalidBackpack(checked)
+    return {request.key for request in plan_environments(checked, python)}

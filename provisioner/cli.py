@@ -1,0 +1,143 @@
+"""flo-run command line: parse, call one library function, render the result (rich or --json).
+
+Errors are caught once here: a `FloError` becomes one line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from auditor.errors import FloError, UsageError
+
+from . import api
+
+COMMANDS = ("validate", "env")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flo-run", description="Deploy a backpack.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="check the backpack's layout and spec files")
+    validate.add_argument("backpack")
+    validate.add_argument("--strict", action="store_true",
+                          help="also parse the notebook (nbformat) or compile the script")
+    validate.add_argument("--json", action="store_true", help="print a JSON result")
+
+    env = sub.add_parser("env", help="build (or list, or prune) the cached environments")
+    env.add_argument("backpack")
+    mode = env.add_mutually_exclusive_group()
+    mode.add_argument("--list", action="store_true", help="list the cached environments")
+    mode.add_argument("--clean", action="store_true",
+                      help="remove environments built for this backpack that its spec no "
+                           "longer uses (and, with --older-than, any unused for that long)")
+    env.add_argument("--older-than", type=float, metavar="DAYS",
+                     help="with --clean: also remove any environment unused for DAYS days")
+    env.add_argument("--cache-dir", help="environment cache (default: $FLO_CACHE_DIR or "
+                                         "~/.cache/flo-backpack/envs)")
+    env.add_argument("--python", help="interpreter to build on (must match python= if pinned)")
+    env.add_argument("--json", action="store_true", help="print a JSON result")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    console = Console(stderr=True)
+    try:
+        if args_list and args_list[0] not in COMMANDS and not args_list[0].startswith("-"):
+            raise UsageError("running a backpack (flo-run BP --execute) is not built yet; "
+                             "available: flo-run validate BP, flo-run env BP")
+        args = _parser().parse_args(args_list)
+        if args.command == "validate":
+            return _validate(args)
+        return _env(args)
+    except KeyboardInterrupt:
+        console.print("flo-run: interrupted")
+        return 130
+    except FloError as exc:
+        console.print(f"flo-run: {exc}", markup=False, highlight=False)
+        return exc.exit_code
+
+
+def _validate(args: argparse.Namespace) -> int:
+    result = api.validate(args.backpack, strict=args.strict)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return result.exit_code
+    out = Console(highlight=False)
+    for problem in result.problems:
+        out.print(f"[red]error[/red]   {problem}", markup=True)
+    for warning in result.warnings:
+        out.print(f"[yellow]warning[/yellow] {warning}")
+    if result.valid:
+        out.print(f"[green]valid[/green]   {result.root} (workflow: "
+                  f"{result.workflow.name if result.workflow else '-'})")
+    else:
+        out.print(f"[red]invalid[/red] {result.root}: {len(result.problems)} problem(s)")
+    return result.exit_code
+
+
+def _env(args: argparse.Namespace) -> int:
+    if args.older_than is not None and not args.clean:
+        raise UsageError("--older-than only goes with --clean")
+    if args.list or args.clean:
+        listing = (api.clean_environments(args.backpack, args.cache_dir, args.older_than,
+                                          args.python)
+                   if args.clean else api.list_environments(args.backpack, args.cache_dir,
+                                                            args.python))
+        if args.json:
+            print(json.dumps(listing.to_dict(), indent=2))
+        else:
+            _render_listing(listing)
+        return 0
+    report = api.build_environments(args.backpack, args.cache_dir, args.python)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    table = Table(title=f"environments of {report.backpack.name}")
+    for column in ("roles", "python", "source", "seconds"):
+        table.add_column(column)
+    table.add_column("path", overflow="fold")
+    for env in report.envs:
+        source = "cache" if env.from_cache else "built"
+        if env.waited >= 0.05:
+            source += f" (waited {env.waited:.1f} s)"
+        table.add_row("+".join(env.roles), env.python, source, f"{env.seconds:.2f}",
+                      str(env.path))
+    out = Console(highlight=False)
+    out.print(table)
+    for env in report.envs:
+        for note in env.notes:
+            out.print(f"note ({'+'.join(env.roles)}): {note}")
+    out.print(f"environment phase: {report.seconds:.2f} s")
+    return 0
+
+
+def _render_listing(listing: api.CacheListing) -> None:
+    out = Console(highlight=False)
+    for entry in listing.removed:
+        out.print(f"removed {entry.path} ({_mb(entry.size_bytes)})")
+    table = Table(title=f"cached environments in {listing.root}")
+    for column in ("key", "roles", "python", "size", "last used", "this backpack", "built for"):
+        table.add_column(column)
+    for entry in listing.entries:
+        table.add_row(entry.key[:12], "+".join(entry.roles), entry.python,
+                      _mb(entry.size_bytes),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used)),
+                      "yes" if entry.key in listing.current else "", entry.backpack)
+    out.print(table)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""The environment cache: one folder per request key, built all-or-nothing, one builder per key.
+
+Layout under the cache root (`--cache-dir`, $FLO_CACHE_DIR, or ~/.cache/flo-backpack/envs):
+
+    <key>/                  a finished environment; <key>/flo-env.json is its stamp
+    <key>/flo-last-used     touched on every reuse (the stamp itself is never rewritten)
+    .<key>.lock             fcntl lock held while building <key>
+    .<key>.tmp-XXXX/        a build in progress; renamed to <key>/ only when complete
+
+A finished folder always has its stamp: the stamp is written inside the temporary folder before
+the rename, and rename is atomic. So the fast path (folder + matching stamp) needs no lock and no
+uv call. A build that fails or is killed leaves at most a `.tmp-` folder, removed by the next
+build of that key under the lock. Venvs are made relocatable so the rename does not break them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import BuildOutcome, BuiltEnv, EnvRequest
+
+STAMP = "flo-env.json"
+LAST_USED = "flo-last-used"
+
+
+def default_cache_dir() -> Path:
+    if env := os.environ.get("FLO_CACHE_DIR"):
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "flo-backpack" / "envs"
+
+
+@dataclass
+class CachedEnv:
+    """A finished environment found in the cache, for listing and pruning."""
+
+    key: str
+    path: Path
+    roles: list[str]
+    python: str
+    built_at: float
+    last_used: float
+    size_bytes: int
+    backpack: str
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "path": str(self.path), "roles": self.roles,
+                "python": self.python, "built_at": self.built_at, "last_used": self.last_used,
+                "size_bytes": self.size_bytes, "backpack": self.backpack}
+
+
+class EnvCache:
+    """Finished environments by key under `root`."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = (Path(root).expanduser() if root else default_cache_dir()).absolute()
+
+    def path_for(self, key: str) -> Path:
+        return self.root / key
+
+    def stamp(self, key: str) -> dict | None:
+        """The stamp of a finished environment `key`, or None when there is none (or it is not
+        for this key)."""
+        try:
+            stamp = json.loads((self.path_for(key) / STAMP).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return stamp if stamp.get("key") == key else None
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[float]:
+        """Hold the build lock of `key`; yields the seconds spent waiting for it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with open(self.root / f".{key}.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, even on a crash
+            try:
+                yield time.monotonic() - started
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def ensure(self, request: EnvRequest, build: Callable[[Path], BuildOutcome],
+               backpack: str = "") -> BuiltEnv:
+        """The environment for `request`: reused when its stamp is there, else built by
+        `build(temporary_folder)` under the key's lock and renamed into place."""
+        started = time.monotonic()
+        key = request.key
+        final = self.path_for(key)
+        if (stamp := self.stamp(key)) is not None:
+            return self._reused(request, stamp, started, 0.0)
+        with self.lock(key) as waited:
+            if (stamp := self.stamp(key)) is not None:  # another process built it meanwhile
+                return self._reused(request, stamp, started, waited)
+            for stale in self.root.glob(f".{key}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if final.exists():  # a folder without a stamp is not ours to trust
+                shutil.rmtree(final)
+            work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=self.root))
+            try:
+                work.rmdir()  # builders create their target themselves
+                outcome = build(work)
+                stamp = {
+                    "key": key, "roles": list(request.roles),
+                    "python": request.interpreter.version,
+                    "interpreter": request.interpreter.executable,
+                    "request": request.canonical(), "installed": outcome.installed,
+                    "notes": outcome.notes, "built_at": time.time(),
+                    "build_seconds": round(time.monotonic() - started, 3),
+                    "backpack": backpack,
+                }
+                (work / STAMP).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
+                (work / LAST_USED).touch()
+                os.rename(work, final)
+            finally:
+                if work.exists():
+                    shutil.rmtree(work, ignore_errors=True)
+        return BuiltEnv(request.roles, final, key, request.interpreter.version, False,
+                        time.monotonic() - started, waited, outcome.installed, outcome.notes)
+
+    def _reused(self, request: EnvRequest, stamp: dict, started: float,
+                waited: float) -> BuiltEnv:
+        final = self.path_for(request.key)
+        (final / LAST_USED).touch()
+        return BuiltEnv(request.roles, final, request.key, stamp.get("python", ""), True,
+                        time.monotonic() - started, waited, stamp.get("installed", {}),
+                        stamp.get("notes", []))
+
+    def entries(self) -> list[CachedEnv]:
+        """Every finished environment in the cache, most recently used first."""
+        found = []
+        for folder in self.root.iterdir() if self.root.is_dir() else []:
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            stamp = self.stamp(folder.name)
+            if stamp is None:
+                continue
+            last = folder / LAST_USED
+            found.append(CachedEnv(
+                folder.name, folder, stamp.get("roles", []), stamp.get("python", ""),
+                stamp.get("built_at", 0.0),
+                last.stat().st_mtime if last.exists() else stamp.get("built_at", 0.0),
+                _size(folder), stamp.get("backpack", "")))
+        return sorted(found, key=lambda e: -e.last_used)
+
+    def remove(self, key: str) -> bool:
+        """Delete environment `key` under its lock (never under a running build)."""
+        with self.lock(key):
+            folder = self.path_for(key)
+            if not folder.exists():
+                return False
+            shutil.rmtree(folder)
+        return True
+
+
+def _size(folder: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
