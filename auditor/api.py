@@ -1,0 +1,298 @@
+"""The Python API of flo-audit: `audit` a workflow into a backpack, `derive` from a saved record.
+
+audit = load the workflow -> choose a tracer -> record into a temporary folder -> derive ->
+write the backpack. derive reads only the record folder (docs/internals.md), so every output
+can be re-derived from a backpack's audit/ without running the notebook again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .backpack import SUMMARY, check_destination, workflow_copies, write_backpack
+from .emit.compute import ComputeSpec, draft_compute, render_compute_yml
+from .emit.environment import (
+    OWN_DISTRIBUTIONS,
+    EnvironmentSpec,
+    draft_environment,
+    render_environment_yml,
+    render_requirements_txt,
+)
+from .emit.report import build_summary
+from .errors import Interrupted, RecordFormatError
+from .events import Access, Event, assign_cells
+from .roles import Roles, RoleTracker
+from .workflow import load_workflow
+
+# Files that are never data or per-cell "files": the system itself and pseudo filesystems.
+_SYSTEM = ("/proc/", "/sys/", "/dev/", "/run/", "/etc/", "/usr/", "/lib/", "/lib32/", "/lib64/",
+           "/bin/", "/sbin/", "/var/", "/snap/", "/tmp/")
+
+
+@dataclass
+class AuditOptions:
+    """Everything `flo-audit PATH` can be told; the CLI builds one of these."""
+
+    output: str | Path | None = None  # default ./<stem>-backpack
+    force: bool = False
+    backend: str = "auto"
+    kernel_name: str | None = None
+    python: str | None = None
+    timeout: float | None = None  # per cell, seconds
+    progress: Callable[..., None] | None = None  # called by the recorder as cells run
+
+
+@dataclass
+class Derived:
+    """Everything derived from one record folder: the specs as data, their texts, the summary."""
+
+    session: dict
+    roles: Roles
+    resolution: Any
+    environment: EnvironmentSpec
+    compute: ComputeSpec
+    summary: dict
+    texts: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.session.get("status") == "complete"
+
+
+@dataclass
+class AuditResult:
+    backpack: Path
+    derived: Derived
+
+    @property
+    def summary(self) -> dict:
+        return self.derived.summary
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every cell ran; 1 when the run failed, timed out or lost its kernel."""
+        return 0 if self.derived.complete else 1
+
+
+def own_code_dirs() -> list[str]:
+    """Our installed package folders (auditor/, provisioner/, kernels/): never reported."""
+    root = Path(__file__).resolve().parent.parent
+    return [str(root / name) for name in ("auditor", "provisioner", "kernels")
+            if (root / name).is_dir()]
+
+
+def read_session(record_dir: str | Path) -> dict:
+    path = Path(record_dir) / "session.json"
+    try:
+        session = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordFormatError(f"{path} is missing: {record_dir} is not an audit record "
+                                "(give the audit/ folder of a backpack)") from None
+    except (OSError, ValueError) as exc:
+        raise RecordFormatError(f"{path} is not readable JSON ({exc}); "
+                                "re-run flo-audit on the notebook") from None
+    if not isinstance(session, dict) or "backend" not in session or "kernel" not in session:
+        raise RecordFormatError(f"{path}: expected an object with 'backend' and 'kernel' "
+                                "(docs/internals.md); re-run flo-audit on the notebook")
+    return session
+
+
+def record_events(record_dir: Path, backend: str) -> tuple[Iterator[Event], list[str]]:
+    """The record's events in time order: the tracer's, with the kernel's hook log merged in."""
+    from .record.base import get_tracer
+
+    tracer = get_tracer(backend)()
+    events: Iterator[Event] = iter(tracer.events(record_dir))
+    if backend != "hooks" and (record_dir / "hooks.jsonl").exists():
+        from .record.hooks import hook_events
+
+        events = heapq.merge(events, hook_events(record_dir), key=lambda e: e.t)
+    return events, list(tracer.warnings(record_dir))
+
+
+class _CellFiles:
+    """Paths each cell read, kept so the summary can list the local files per cell."""
+
+    def __init__(self) -> None:
+        self.by_cell: dict[int, set[str]] = {}
+
+    def watch(self, events: Iterable[Event]) -> Iterator[Event]:
+        by_cell = self.by_cell
+        for event in events:
+            if event.cell is not None and type(event) is Access and event.mode != "d":
+                paths = by_cell.get(event.cell)
+                if paths is None:
+                    paths = by_cell[event.cell] = set()
+                paths.add(event.path)
+            yield event
+
+    def select(self, keep: set[str]) -> dict[int, list[str]]:
+        return {cell: sorted(p for p in paths if p in keep)
+                for cell, paths in self.by_cell.items()}
+
+
+def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
+           cell_sources: dict[int, str] | None = None,
+           extra_warnings: Iterable[str] = ()) -> Derived:
+    """Resolve and emit everything from a saved record folder, without running anything.
+
+    `notebook_dir` is the notebook's folder at record time (default: from session.json);
+    `cell_sources` maps code-cell index -> source (default: from executed.ipynb).
+    """
+    from .resolve import Environment, index_environment, resolve
+
+    started = time.monotonic()
+    record_dir = Path(record_dir)
+    session = read_session(record_dir)
+    notebook = str(session.get("notebook") or "notebook.ipynb")
+    notebook_dir = str(notebook_dir or Path(notebook).parent)
+    if cell_sources is None:
+        cell_sources = _cell_sources(record_dir / "executed.ipynb")
+
+    events, warnings = record_events(record_dir, session["backend"])
+    cell_of_seq = {int(c["seq"]): int(c["index"]) for c in session.get("cells") or ()}
+    tracker = RoleTracker(session.get("kernel_pid"), session.get("tracer_pid"))
+    cell_files = _CellFiles()
+    stream = cell_files.watch(tracker.watch(assign_cells(events, cell_of_seq)))
+
+    env = Environment.from_kernel_record(session["kernel"])
+    index = index_environment(env, exclude_names=OWN_DISTRIBUTIONS)
+    resolution = resolve(stream, index, notebook_dir, ignore=own_code_dirs())
+    roles = tracker.roles()
+
+    stem = Path(notebook).stem
+    spec = draft_environment(resolution, index, python=env.version, notebook_stem=stem,
+                             roles=roles)
+    compute = draft_compute()
+    keep = set(resolution.workflow) | {p for p in resolution.outside if not p.startswith(_SYSTEM)}
+    warnings = _unique([*(session.get("warnings") or ()), *extra_warnings, *warnings,
+                        *spec.warnings])
+    timings = {"run_seconds": round(float(session.get("ended") or 0)
+                                    - float(session.get("started") or 0), 3),
+               "derive_seconds": round(time.monotonic() - started, 3)}
+    summary = build_summary(session=session, spec=spec, compute=compute, resolution=resolution,
+                            roles=roles, cell_sources=cell_sources,
+                            cell_files=cell_files.select(keep), warnings=warnings,
+                            timings=timings)
+    date = datetime.fromtimestamp(float(session.get("started") or time.time())).strftime("%Y-%m-%d")
+    name = Path(notebook).name
+    texts = {
+        "software/environment.yml": render_environment_yml(spec, name, date),
+        "software/requirements.txt": render_requirements_txt(spec, name, date),
+        "compute/compute.yml": render_compute_yml(compute, name, date),
+        SUMMARY: json.dumps(summary, indent=2, default=_jsonable) + "\n",
+    }
+    return Derived(session, roles, resolution, spec, compute, summary, texts, warnings)
+
+
+def _cell_sources(executed: Path) -> dict[int, str]:
+    try:
+        cells = json.loads(executed.read_text(encoding="utf-8")).get("cells") or []
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {i: "".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source", "")
+            for i, c in enumerate(cells) if c.get("cell_type") == "code"}
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(i for i in items if i))
+
+
+def default_output(path: str | Path) -> Path:
+    return Path.cwd() / f"{Path(path).stem}-backpack"
+
+
+def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
+    """Run the workflow under a tracer and write its backpack; see `AuditResult.exit_code`.
+
+    A failed, timed-out or kernel-died run still writes the backpack, marked incomplete.
+    On Ctrl-C (`Interrupted`) nothing is written and temporary folders are removed.
+    """
+    from .record.base import choose_tracer
+    from .record.session import RecordOptions, record
+
+    options = options or AuditOptions()
+    workflow = load_workflow(path)
+    dest = check_destination(options.output or default_output(workflow.path), options.force)
+    tracer, tracer_warnings = choose_tracer(options.backend)
+    record_dir = Path(tempfile.mkdtemp(prefix=f"flo-audit-{workflow.stem}-"))
+    try:
+        record(RecordOptions(workflow=workflow, record_dir=record_dir, tracer=tracer,
+                             kernel_name=options.kernel_name, python=options.python,
+                             timeout=options.timeout, progress=options.progress))
+        sources = {i: c.source for i, c in enumerate(workflow.notebook.cells)
+                   if c.cell_type == "code"}
+        derived = derive(record_dir, workflow.path.parent, cell_sources=sources,
+                         extra_warnings=tracer_warnings)
+        copies, copy_warnings = workflow_copies(workflow.path, derived.resolution.workflow)
+        if copy_warnings:
+            derived.warnings.extend(copy_warnings)
+            derived.summary["warnings"] = derived.warnings
+            derived.texts[SUMMARY] = json.dumps(derived.summary, indent=2,
+                                                default=_jsonable) + "\n"
+        copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
+                   if f.is_file() and f.name != "summary.json"]
+        written = write_backpack(dest, texts=derived.texts, copies=copies, force=options.force)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: every process flo-audit started was stopped and "
+                          "nothing was written") from None
+    finally:
+        shutil.rmtree(record_dir, ignore_errors=True)
+    return AuditResult(written, derived)
+
+
+def derive_backpack(audit_dir: str | Path, output: str | Path | None = None,
+                    force: bool = False) -> tuple[Derived, Path | None]:
+    """`flo-audit derive`: re-derive from a backpack (or its audit/ folder); with `output`,
+    write a new backpack there (the workflow copied from the original or the old backpack)."""
+    root = Path(audit_dir)
+    record_dir = root / "audit" if (root / "audit" / "session.json").exists() else root
+    session = read_session(record_dir)
+    notebook = Path(str(session.get("notebook") or ""))
+    derived = derive(record_dir, notebook.parent)
+    if output is None:
+        return derived, None
+    dest = check_destination(output, force)
+    backpack_workflow = record_dir.parent / "workflow"
+    if notebook.is_file():
+        copies, copy_warnings = workflow_copies(notebook, derived.resolution.workflow)
+        derived.warnings.extend(copy_warnings)
+    elif backpack_workflow.is_dir():
+        copies = [(f, f"workflow/{f.relative_to(backpack_workflow).as_posix()}")
+                  for f in sorted(backpack_workflow.rglob("*")) if f.is_file()]
+    else:
+        raise RecordFormatError(f"the notebook {notebook} is gone and {record_dir} is not inside "
+                                "a backpack; cannot fill workflow/")
+    copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
+               if f.is_file() and f.name != "summary.json"]
+    if os.path.realpath(dest) == os.path.realpath(record_dir.parent):
+        # Replacing the backpack we read from: copy the record out of it first.
+        staging = Path(tempfile.mkdtemp(prefix="flo-derive-"))
+        try:
+            moved = []
+            for source, relative in copies:
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                moved.append((target, relative))
+            return derived, write_backpack(dest, texts=derived.texts, copies=moved, force=force)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return derived, write_backpack(dest, texts=derived.texts, copies=copies, force=force)

@@ -1,0 +1,178 @@
+"""The `flo-audit` command: parse, build options, call `auditor.api`, render. Nothing more.
+
+`flo-audit PATH` audits a workflow. A first argument that is a subcommand word (`derive`, and
+later ones such as `diff`) and not an existing file selects that subcommand; a file that happens
+to be named like a subcommand is audited when written as a path (`./derive`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from . import __version__
+from .errors import FloError, Interrupted, UsageError
+
+BACKENDS = ("auto", "strace", "ptrace", "hooks")
+
+AUDIT_EPILOG = """\
+subcommands (give the word first, instead of PATH):
+  flo-audit derive AUDIT_DIR [-o OUT]   re-derive the outputs from a saved audit record
+                                        (a backpack, or its audit/ folder) without running
+                                        the notebook again
+A PATH that exists as a file is always audited, even if it is named like a subcommand.
+
+exit status: 0 every cell ran; 1 the notebook failed, timed out or its kernel died (the
+backpack is still written, marked incomplete); 2 bad input; 130 interrupted (nothing written).
+"""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _audit_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="flo-audit", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a notebook (or .py script) under a tracer and draft its backpack: "
+                    "the pinned software it used, compute defaults, and the audit record.",
+        epilog=AUDIT_EPILOG)
+    parser.add_argument("path", metavar="PATH", help="the notebook (.ipynb) or script (.py)")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="backpack folder to write (default: ./<name>-backpack)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUT if it exists (only once the new backpack is complete)")
+    parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                        help="stop a cell that runs longer than this (default: no limit)")
+    parser.add_argument("--python", metavar="PYTHON",
+                        help="run the kernel with this interpreter (its environment is audited)")
+    parser.add_argument("--kernel", metavar="NAME", dest="kernel_name",
+                        help="run the kernel of this installed kernelspec")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="tracer: strace, ptrace, hooks (audit hooks only), or auto")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as JSON instead of the rich display")
+    parser.add_argument("--version", action="version", version=f"flo-audit {__version__}")
+    return parser
+
+
+def _derive_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="flo-audit derive",
+        description="Re-derive environment.yml, requirements.txt, compute.yml and summary.json "
+                    "from a saved audit record, without running the notebook.")
+    parser.add_argument("audit_dir", metavar="AUDIT_DIR",
+                        help="a backpack folder, or the audit/ folder of one")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="write a new backpack here (default: only print the summary)")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+class CellProgress:
+    """A live "cell N of M" display with elapsed time, fed by the recorder's progress calls."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.task = self.progress.add_task("starting the kernel under the tracer", total=None)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> CellProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, done: int, total: int, index: int | None = None, **_: object) -> None:
+        """`done` cells finished of `total`; `index` is the notebook index of the next one."""
+        if done >= total:
+            text = f"ran {total} cells; resolving what they used"
+        else:
+            where = f" (notebook cell {index})" if index is not None else ""
+            text = f"cell {done + 1} of {total}{where}"
+        self.progress.update(self.task, description=text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `flo-audit` and `python -m auditor`: returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    err = Console(stderr=True)
+    try:
+        command = _SUBCOMMANDS.get(argv[0]) if argv and not os.path.isfile(argv[0]) else None
+        return command(argv[1:]) if command else _audit(argv)
+    except KeyboardInterrupt:
+        error: FloError = Interrupted("interrupted; nothing was written")
+    except FloError as exc:
+        error = exc
+    message = " ".join(str(error).split()) or type(error).__name__
+    err.print(f"flo-audit: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return error.exit_code
+
+
+def _audit(argv: list[str]) -> int:
+    from .api import AuditOptions, audit
+    from .emit.report import render_summary
+
+    args = _audit_parser().parse_args(argv)
+    console = Console()
+    options = AuditOptions(output=args.output, force=args.force, backend=args.backend,
+                           kernel_name=args.kernel_name, python=args.python,
+                           timeout=args.timeout)
+    if args.json or not console.is_terminal:
+        result = audit(args.path, options)
+    else:
+        with CellProgress(Console(stderr=True)) as progress:
+            options.progress = progress
+            result = audit(args.path, options)
+    _render(result.summary, str(result.backpack), args.json, console, render_summary)
+    return result.exit_code
+
+
+def _derive(argv: list[str]) -> int:
+    from .api import derive_backpack
+    from .emit.report import render_summary
+
+    args = _derive_parser().parse_args(argv)
+    derived, written = derive_backpack(args.audit_dir, args.output, args.force)
+    _render(derived.summary, str(written) if written else None, args.json, Console(),
+            render_summary)
+    return 0 if derived.complete else 1
+
+
+def _render(summary: dict, backpack: str | None, as_json: bool, console: Console,
+            render: Callable[..., None]) -> None:
+    if as_json:
+        print(json.dumps({"backpack": backpack, **summary}, indent=2, default=str))
+    else:
+        render(summary, backpack, console)
+
+
+#: Subcommand word -> handler; `flo-audit diff A B` goes here when it comes.
+_SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"derive": _derive}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

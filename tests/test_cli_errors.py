@@ -1,0 +1,79 @@
+"""Bad input to the real `python -m auditor`: one line on stderr, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VALID_CELL = {"cell_type": "code", "id": "a1", "metadata": {}, "outputs": [],
+              "execution_count": None, "source": "print(1)"}
+
+
+def flo_audit(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "auditor", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def notebook_json(cells: list[dict], **top: object) -> str:
+    import json
+
+    return json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
+                       **top})
+
+
+CASES = {
+    "missing file": ("gone.ipynb", None, [], "flo-audit: error: no such file: gone.ipynb"),
+    "not JSON": ("notes.ipynb", "# just markdown\n", [],
+                 "is not a Jupyter notebook: not JSON"),
+    "JSON but not a notebook": ("data.ipynb", '{"rows": [1, 2]}', [],
+                                "is not a Jupyter notebook: the JSON has no 'cells'"),
+    "invalid nbformat": ("bad.ipynb", notebook_json([{**VALID_CELL, "source": 5}]), [],
+                         "is not a valid notebook (nbformat 4): at cells/0/source:"),
+    "unsupported suffix": ("run.R", "print(1)\n", [], "unsupported file type '.R'"),
+    "unknown backend": ("ok.ipynb", notebook_json([VALID_CELL]), ["--backend", "dtrace"],
+                        "argument --backend: invalid choice: 'dtrace'"),
+    "bad timeout": ("ok.ipynb", notebook_json([VALID_CELL]), ["--timeout", "soon"],
+                    "expected a number of seconds"),
+    "not an audit record": ("derive", None, ["."], "is not an audit record"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, case):
+    name, content, extra, expected = CASES[case]
+    if content is not None:
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = flo_audit(tmp_path, name, *extra)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("flo-audit: error: ") and expected in lines[0], lines[0]
+    assert done.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no backpack, no temp folder
+
+
+def test_existing_output_is_refused_before_running_anything(tmp_path):
+    (tmp_path / "ok.ipynb").write_text(notebook_json([VALID_CELL]), encoding="utf-8")
+    out = tmp_path / "ok-backpack"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    done = flo_audit(tmp_path, "ok.ipynb")
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("already exists; pass --force to replace it, "
+                                        "or choose another output folder with -o")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_a_file_named_like_a_subcommand_is_audited_as_a_path(tmp_path):
+    # "derive" exists as a file here, so it is a PATH (an unsupported one), not the subcommand.
+    (tmp_path / "derive").write_text("print(1)\n")
+    done = flo_audit(tmp_path, "derive")
+    assert done.returncode == 2
+    assert "unsupported file type '(none)'" in done.stderr
