@@ -129,7 +129,8 @@ def test_no_matching_interpreter_is_a_clear_error(tmp_path: Path) -> None:
 
     bp = make_backpack(tmp_path / "bp", "2.0", ["six==1.16.0"])
     done = subprocess.run([*FLO_RUN, "env", str(bp), "--cache-dir", str(tmp_path / "cache")],
-                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[1])
     assert done.returncode == 2
     assert "no Python 2.0 interpreter found" in done.stderr and "Traceback" not in done.stderr
 
