@@ -1,0 +1,146 @@
+"""Stop every process a recording started, however the run ended.
+
+The kernel runs in its own session under a tracer, and the notebook may start more
+processes (Dask workers, multiprocessing pools, daemons that leave the tree). So processes
+are remembered while they run (a watcher thread snapshots the descendants of the roots), and
+the kernel's environment carries a token that every descendant inherits, so stragglers that
+were reparented to init are still found at the end. Teardown sends SIGTERM (and SIGCONT, for
+tracees left stopped) to every one of them and to their process groups, waits a bounded
+time, then SIGKILLs the rest. Killing strace alone would leave its tracees running, which is
+why tracees are signalled themselves rather than through the tracer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterable
+
+import psutil
+
+log = logging.getLogger("flo.record")
+
+#: Environment variable set in the kernel's environment; its value identifies one recording.
+TOKEN_VARIABLE = "FLO_BACKPACK_RECORDING"
+
+
+class ProcessTree:
+    """The processes started for one recording: roots, their descendants, and token holders."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.roots: list[int] = []
+        self.seen: dict[tuple[int, float], psutil.Process] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def add_root(self, pid: int) -> None:
+        """Watch `pid` and everything it starts."""
+        with self._lock:
+            if pid not in self.roots:
+                self.roots.append(pid)
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        """Remember the roots' current descendants (cheap: one pass over /proc)."""
+        with self._lock:
+            roots = list(self.roots)
+        for pid in roots:
+            try:
+                root = psutil.Process(pid)
+                self._remember([root, *root.children(recursive=True)])
+            except psutil.Error:
+                continue
+
+    def start_watching(self, interval: float = 0.25) -> None:
+        """Snapshot in the background, so processes that leave the tree are still known."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, args=(interval,),
+                                             name="flo-process-watch", daemon=True)
+            self._watcher.start()
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.snapshot()
+
+    def _remember(self, processes: Iterable[psutil.Process]) -> None:
+        with self._lock:
+            for proc in processes:
+                try:
+                    self.seen.setdefault((proc.pid, proc.create_time()), proc)
+                except psutil.Error:
+                    continue
+
+    def living(self) -> list[psutil.Process]:
+        """Every process of this recording still running (zombies excluded)."""
+        self.snapshot()
+        self._remember(self._token_holders())
+        with self._lock:
+            candidates = list(self.seen.values())
+        alive = []
+        me = os.getpid()
+        for proc in candidates:
+            try:
+                if proc.pid != me and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.Error:
+                continue
+        return alive
+
+    def _token_holders(self) -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get(TOKEN_VARIABLE) == self.token:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    def stop_all(self, grace: float = 3.0, rounds: int = 3) -> list[psutil.Process]:
+        """Terminate everything, then kill what is left; returns survivors (normally none)."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=2)
+        survivors: list[psutil.Process] = []
+        for _ in range(rounds):  # a dying process may still fork: look again after each round
+            procs = self.living()
+            if not procs:
+                return []
+            _signal_all(procs, signal.SIGTERM)
+            _signal_all(procs, signal.SIGCONT)
+            _, survivors = psutil.wait_procs(procs, timeout=grace)
+            if survivors:
+                _signal_all(survivors, signal.SIGKILL)
+                _, survivors = psutil.wait_procs(survivors, timeout=grace)
+        survivors = self.living()
+        for proc in survivors:
+            log.warning("process %d (%s) could not be stopped", proc.pid, _name(proc))
+        return survivors
+
+
+def _signal_all(procs: list[psutil.Process], signum: int) -> None:
+    own_group = os.getpgrp()
+    groups = set()
+    for proc in procs:
+        try:
+            groups.add(os.getpgid(proc.pid))
+            proc.send_signal(signum)
+        except (psutil.Error, OSError):
+            continue
+    # Process groups catch children forked after the last snapshot; never signal our own.
+    for group in groups - {own_group, 0, 1}:
+        try:
+            os.killpg(group, signum)
+        except OSError:
+            continue
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        return "?"

@@ -1,0 +1,382 @@
+"""Run a notebook headless, cell by cell, in a kernel started under a tracer; keep the record.
+
+The kernel's launch command is wrapped by the tracer (a KernelManager that overrides
+`format_kernel_cmd`), so the kernel and everything it starts run traced. Before the first
+cell, a bootstrap cell injects kernels/flo_kernel.py by path, which logs cell boundaries and
+Python-level events to hooks.jsonl. The record folder then holds session.json,
+executed.ipynb, hooks.jsonl, kernel.stderr and the tracer's raw record (docs/internals.md).
+
+However the run ends (a failing cell, a timeout, a dead kernel, Ctrl-C), no process the
+recorder started is left running when `record` returns or raises.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbformat import NotebookNode
+
+from .. import process
+from ..errors import CommandError, Interrupted, RecordError
+from .base import Tracer
+from .cleanup import TOKEN_VARIABLE, ProcessTree
+from .hooks import HOOK_LOG, kernel_record
+
+log = logging.getLogger("flo.record")
+
+KERNEL_SIDE = Path(__file__).resolve().parent.parent.parent / "kernels" / "flo_kernel.py"
+SESSION_FILE = "session.json"
+EXECUTED_NOTEBOOK = "executed.ipynb"
+KERNEL_STDERR = "kernel.stderr"
+SCHEMA = 1
+
+COMPLETE, FAILED, TIMEOUT, KERNEL_DIED = "complete", "failed", "timeout", "kernel-died"
+
+#: on_cell(position, count, phase): `position` is the 0-based rank of the cell among the
+#: `count` cells that will run; phase is "start", then "end" or the run's failure status.
+CellProgress = Callable[[int, int, str], None]
+
+
+@dataclass
+class RecordOptions:
+    """What to run and how. `cwd` defaults to the notebook's folder."""
+
+    notebook: NotebookNode
+    notebook_path: Path
+    record_dir: Path
+    tracer: Tracer
+    kernel_name: str | None = None  # None: the notebook's kernelspec name, else "python3"
+    python: str | None = None  # run `python -m ipykernel_launcher` instead of a kernelspec
+    timeout: float | None = None  # seconds per cell; None: no limit
+    cwd: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    user_file: Path | None = None  # sets `__file__` in the user namespace (.py workflows)
+    on_cell: CellProgress | None = None
+
+
+@dataclass
+class FailedCell:
+    index: int  # notebook cell index
+    ename: str
+    evalue: str
+
+
+@dataclass
+class Recording:
+    """How the run ended and where its record is; mirrors session.json."""
+
+    record_dir: Path
+    notebook: Path
+    cwd: Path
+    backend: str
+    status: str
+    started: float
+    ended: float
+    cells: list[tuple[int, int]]  # (seq, notebook index), in the order the kernel ran them
+    code_cells: int
+    failed_cell: FailedCell | None = None
+    kernel: dict[str, Any] = field(default_factory=dict)
+    kernel_pid: int | None = None
+    tracer_pid: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    connection_file: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.status == COMPLETE
+
+    @property
+    def cell_of_seq(self) -> dict[int, int]:
+        return dict(self.cells)
+
+    def session_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "notebook": str(self.notebook), "cwd": str(self.cwd),
+            "backend": self.backend, "started": self.started, "ended": self.ended,
+            "status": self.status,
+            "failed_cell": asdict(self.failed_cell) if self.failed_cell else None,
+            "cells": [{"seq": seq, "index": index} for seq, index in self.cells],
+            "code_cells": self.code_cells, "kernel": self.kernel,
+            "kernel_pid": self.kernel_pid, "tracer_pid": self.tracer_pid,
+            "warnings": self.warnings,
+        }
+
+
+def record(options: RecordOptions) -> Recording:
+    """Execute the notebook under `options.tracer`, writing the record folder.
+
+    A failing cell, a timeout or a dead kernel ends the run early and is reported in the
+    returned Recording's status; a missing kernel raises RecordError; Ctrl-C raises
+    Interrupted. Every process started here is stopped before this returns or raises.
+    """
+    run = _Run(options)
+    try:
+        run.start()
+        run.bootstrap()
+        run.execute_cells()
+        run.shutdown()
+    except KeyboardInterrupt:
+        run.teardown()
+        raise Interrupted("interrupted: the kernel and every process it started were "
+                          "stopped; run flo-audit again to record") from None
+    except BaseException:
+        run.teardown()
+        raise
+    run.teardown()
+    return run.finish()
+
+
+class _TracedKernelManager(AsyncKernelManager):
+    """A kernel manager whose launch command runs under the tracer."""
+
+    def __init__(self, *, tracer: Tracer, record_dir: Path, python: str | None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.flo_tracer = tracer
+        self.flo_record_dir = record_dir
+        self.flo_python = python
+        self.flo_wrapped = False
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        if self.flo_python:
+            argv = [self.flo_python, "-m", "ipykernel_launcher",
+                    "-f", os.path.realpath(self.connection_file), *(extra_arguments or [])]
+        else:
+            argv = super().format_kernel_cmd(extra_arguments)
+        wrapped = self.flo_tracer.wrap(list(argv), self.flo_record_dir)
+        self.flo_wrapped = wrapped != argv
+        log.debug("kernel command: %s", wrapped)
+        return wrapped
+
+
+class _Run:
+    """The state of one recording, from kernel start to teardown."""
+
+    def __init__(self, options: RecordOptions) -> None:
+        self.options = options
+        self.record_dir = Path(options.record_dir).resolve()
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        self.notebook_path = Path(options.notebook_path).resolve()
+        self.cwd = Path(options.cwd or self.notebook_path.parent).resolve()
+        self.kernel_name = _kernel_name(options)
+        if options.python:
+            _check_ipykernel(options.python)
+        self.nb = copy.deepcopy(options.notebook)
+        self.to_run = [i for i, cell in enumerate(self.nb.cells) if _will_run(cell)]
+        self.code_cells = sum(1 for cell in self.nb.cells if cell.cell_type == "code")
+        self.cells: list[tuple[int, int]] = []
+        self.status = COMPLETE
+        self.failed: FailedCell | None = None
+        self.warnings: list[str] = []
+        self.tree = ProcessTree(uuid.uuid4().hex)
+        self.connection_dir = tempfile.mkdtemp(prefix="flo-kernel-")
+        self.km = _TracedKernelManager(
+            tracer=options.tracer, record_dir=self.record_dir, python=options.python,
+            kernel_name=self.kernel_name)
+        self.km.connection_file = os.path.join(self.connection_dir, "kernel.json")
+        timeout = None if options.timeout is None else max(1, math.ceil(options.timeout))
+        self.client = NotebookClient(self.nb, km=self.km, timeout=timeout, startup_timeout=120,
+                                     kernel_name=self.kernel_name, allow_errors=False,
+                                     resources={"metadata": {"path": str(self.cwd)}})
+        self.stderr = open(self.record_dir / KERNEL_STDERR, "wb")  # noqa: SIM115
+        self.started = time.time()
+        self.ended = self.started
+        self.launched_pid: int | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.options.env, TOKEN_VARIABLE: self.tree.token}
+        self.tree.start_watching()
+        try:
+            self.client.start_new_kernel(cwd=str(self.cwd), env=env, stdout=self.stderr,
+                                         stderr=self.stderr)
+            self._remember_kernel()
+            self.client.start_new_kernel_client()
+        except (KeyboardInterrupt, RecordError):
+            raise
+        except Exception as exc:
+            raise RecordError(f"the kernel did not start ({exc}); see "
+                              f"{self.record_dir / KERNEL_STDERR}{self._stderr_tail()}") from exc
+
+    def _remember_kernel(self) -> None:
+        provisioner = self.km.provisioner
+        pid = getattr(provisioner, "pid", None)
+        if pid:
+            self.launched_pid = pid
+            self.tree.add_root(pid)
+
+    def bootstrap(self) -> None:
+        config = {"log": str(self.record_dir / HOOK_LOG),
+                  "marks": self.options.tracer.name != "hooks"}
+        code = (f"__import__('runpy').run_path({str(KERNEL_SIDE)!r}, "
+                f"run_name='_flo_backpack_kernel')['attach'](get_ipython(), {config!r})")
+        if self.options.user_file is not None:
+            user_file = str(Path(self.options.user_file).resolve())
+            code += f"\nget_ipython().user_ns['__file__'] = {user_file!r}"
+        # nbclient stores the executed cell back at its index: lend it a slot past the end.
+        self.nb.cells.append(nbformat.v4.new_code_cell(code))
+        try:
+            self.client.execute_cell(self.nb.cells[-1], len(self.nb.cells) - 1,
+                                     store_history=False)
+        except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
+            raise RecordError(f"could not attach the kernel side ({exc}); the kernel's Python "
+                              "must be CPython 3.8 or newer"
+                              f"{self._stderr_tail()}") from exc
+        finally:
+            self.nb.cells.pop()
+
+    def execute_cells(self) -> None:
+        count = len(self.to_run)
+        for seq, index in enumerate(self.to_run):
+            self._progress(seq, count, "start")
+            self.cells.append((seq, index))
+            try:
+                self.client.execute_cell(self.nb.cells[index], index)
+            except CellTimeoutError:
+                self._fail(TIMEOUT, index, "CellTimeoutError",
+                           f"the cell ran longer than {self.options.timeout:g} s")
+            except CellExecutionError as exc:
+                self._fail(FAILED, index, exc.ename, exc.evalue)
+            except DeadKernelError as exc:
+                self._fail(KERNEL_DIED, index, "DeadKernelError", str(exc) or "kernel died")
+            self.tree.snapshot()
+            self._progress(seq, count, "end" if self.status == COMPLETE else self.status)
+            if self.status != COMPLETE:
+                break
+
+    def _fail(self, status: str, index: int, ename: str, evalue: str) -> None:
+        self.status = status
+        self.failed = FailedCell(index, ename, evalue)
+
+    def _progress(self, position: int, count: int, phase: str) -> None:
+        if self.options.on_cell is not None:
+            self.options.on_cell(position, count, phase)
+
+    def shutdown(self) -> None:
+        """Stop the kernel gracefully, so its exit handlers flush the hook log."""
+        if self.status == KERNEL_DIED:
+            return
+        try:
+            if self.status == TIMEOUT:  # end the running cell first, then ask the kernel to quit
+                run_sync(self.km.interrupt_kernel)()
+            run_sync(self.km.shutdown_kernel)(now=False)
+        except Exception as exc:  # teardown kills whatever is left
+            log.debug("graceful kernel shutdown failed: %s", exc)
+
+    def teardown(self) -> None:
+        """Kill what is still running, close channels and files; safe to call after errors."""
+        with _sigint_ignored():
+            self.ended = time.time()
+            try:
+                if self.client.kc is not None:
+                    self.client.kc.stop_channels()
+            except Exception as exc:
+                log.debug("stopping kernel channels failed: %s", exc)
+            survivors = self.tree.stop_all()
+            for proc in survivors:
+                self.warnings.append(f"process {proc.pid} started by the notebook could not "
+                                     "be stopped; kill it by hand")
+            try:
+                run_sync(self.km.cleanup_resources)()
+            except Exception as exc:
+                log.debug("kernel manager cleanup failed: %s", exc)
+            self.stderr.close()
+            shutil.rmtree(self.connection_dir, ignore_errors=True)
+
+    def finish(self) -> Recording:
+        kernel = kernel_record(self.record_dir)
+        if not kernel:
+            self.warnings.append("the kernel side wrote no kernel record to hooks.jsonl; "
+                                 "see kernel.stderr")
+        kernel_pid = kernel.get("pid")
+        if kernel_pid is None and not self.km.flo_wrapped:
+            kernel_pid = self.launched_pid
+        recording = Recording(
+            record_dir=self.record_dir, notebook=self.notebook_path, cwd=self.cwd,
+            backend=self.options.tracer.name, status=self.status, started=self.started,
+            ended=self.ended, cells=list(self.cells), code_cells=self.code_cells,
+            failed_cell=self.failed, kernel=kernel, kernel_pid=kernel_pid,
+            tracer_pid=self.launched_pid if self.km.flo_wrapped else None,
+            warnings=list(self.warnings), connection_file=self.km.connection_file)
+        nbformat.write(self.nb, str(self.record_dir / EXECUTED_NOTEBOOK))
+        with open(self.record_dir / SESSION_FILE, "w", encoding="utf-8") as out:
+            json.dump(recording.session_json(), out, indent=1)
+            out.write("\n")
+        return recording
+
+    def _stderr_tail(self) -> str:
+        self.stderr.flush()
+        try:
+            lines = (self.record_dir / KERNEL_STDERR).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        lines = [line for line in lines if line.strip()]
+        return f": {lines[-1].strip()}" if lines else ""
+
+
+def _will_run(cell: NotebookNode) -> bool:
+    """Whether nbclient sends this cell to the kernel (it skips these silently)."""
+    return (cell.cell_type == "code" and bool(cell.source.strip())
+            and "skip-execution" not in cell.get("metadata", {}).get("tags", []))
+
+
+def _kernel_name(options: RecordOptions) -> str:
+    """The kernelspec to start, checked now so a typo fails before anything runs."""
+    if options.python:
+        return "python3"  # only the launch settings are used; argv comes from --python
+    name = (options.kernel_name
+            or options.notebook.get("metadata", {}).get("kernelspec", {}).get("name")
+            or "python3")
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        raise RecordError(f"no Jupyter kernel named {name!r}; list the installed kernels with "
+                          "`jupyter kernelspec list`, or pass --python") from None
+    if (spec.language or "python").lower() != "python":
+        raise RecordError(f"kernel {name!r} runs {spec.language}, not Python; "
+                          "choose a Python kernel or pass --python")
+    return name
+
+
+def _check_ipykernel(python: str) -> None:
+    try:
+        done = process.run([python, "-c", "import ipykernel"], check=False, timeout=120,
+                           what="checking the kernel interpreter")
+    except CommandError as exc:
+        raise RecordError(f"cannot run the kernel interpreter {python}: {exc}") from exc
+    if done.returncode != 0:
+        raise RecordError(f"{python} has no ipykernel; install it with: "
+                          f"{python} -m pip install ipykernel")
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Let teardown finish even if Ctrl-C is pressed again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,384 @@
+"""flo-backpack's kernel side: log what the notebook's kernel does, cell by cell.
+
+Injected by path into the user's kernel (never imported as a package, never put on sys.path,
+so it shadows nothing there) and run by `attach(shell, config)`. It installs a PEP 578 audit
+hook and IPython pre/post_run_cell handlers that append JSON lines to `config["log"]`
+(hooks.jsonl, format in docs/internals.md). Stdlib only; must run on CPython 3.8 to 3.13.
+
+Cost matters: the audit hook sees every audited event of the process, so it returns at once
+for events it does not want, buffers lines and writes them at cell boundaries, at fork and at
+exit. The file is opened with O_APPEND so forked children share it safely.
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import json
+import os
+import platform
+import socket
+import sys
+import sysconfig
+import threading
+import time
+
+# Keep in sync with auditor/events.py (MARK_PREFIX, mark_path).
+MARK_PREFIX = "/.flo-backpack-mark/"
+
+WANTED = frozenset((
+    "open", "subprocess.Popen", "os.exec", "os.posix_spawn", "os.system", "socket.connect",
+    "urllib.Request", "os.listdir", "os.scandir", "glob.glob",
+))
+_INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+_BUFFERED_LINES = 512
+
+
+def mark_path(seq, phase):
+    """The nonexistent path opened at a cell boundary so syscall tracers see it in order."""
+    return f"{MARK_PREFIX}cell/{seq}/{phase}"
+
+
+def attach(shell, config):
+    """Start logging into config["log"]; returns None so the bootstrap cell displays nothing."""
+    side = _KernelSide(config["log"], bool(config.get("marks", True)), shell)
+    side.write_kernel_record()
+    sys.addaudithook(side.hook)
+    shell.events.register("pre_run_cell", side.pre_run_cell)
+    shell.events.register("post_run_cell", side.post_run_cell)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=side.flush, after_in_child=side.after_fork_in_child)
+    atexit.register(side.flush)
+    return None
+
+
+class _KernelSide:
+    """The log file, the cell being run, and the handlers that write to the log."""
+
+    def __init__(self, log_path, marks, shell):
+        self.log_path = os.path.abspath(log_path)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        self.fd = os.open(self.log_path, flags, 0o644)
+        self.marks = marks
+        self.shell = shell
+        self.pid = os.getpid()
+        self.lines = []
+        self.lock = threading.Lock()
+        self.write_through = False  # forked children may leave by os._exit: no buffering there
+        self.seq = None
+        self.next_seq = 0
+        self.raw_cell = None
+        self.modules_before = set()
+        self.last_popen = None
+        self.handlers = {
+            "open": self.on_open,
+            "subprocess.Popen": self.on_popen,
+            "os.exec": self.on_exec,
+            "os.posix_spawn": self.on_posix_spawn,
+            "os.system": self.on_system,
+            "socket.connect": self.on_connect,
+            "urllib.Request": self.on_url,
+            "os.listdir": self.on_listdir,
+            "os.scandir": self.on_listdir,
+            "glob.glob": self.on_glob,
+        }
+
+    # -- the log ------------------------------------------------------------------------
+
+    def write(self, ev, fields, pid=None):
+        record = {"ev": ev, "pid": self.pid if pid is None else pid, "t": time.time(),
+                  "seq": self.seq}
+        record.update(fields)
+        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        with self.lock:
+            self.lines.append(line)
+            full = len(self.lines) >= _BUFFERED_LINES
+        if full or self.write_through:
+            self.flush()
+
+    def flush(self):
+        with self.lock:
+            lines, self.lines = self.lines, []
+        if not lines:
+            return
+        data = "".join(lines).encode("utf-8", "surrogateescape")
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            pass
+
+    def after_fork_in_child(self):
+        parent = self.pid
+        self.pid = os.getpid()
+        self.lock = threading.Lock()  # another thread may have held it at fork time
+        self.lines = []
+        self.write_through = True
+        self.write("fork", {"child": self.pid}, pid=parent)
+
+    def write_kernel_record(self):
+        stdlib = []
+        for name in ("stdlib", "platstdlib"):
+            path = sysconfig.get_path(name)
+            if path and path not in stdlib:
+                stdlib.append(path)
+        modules = set()
+        for module in list(sys.modules.values()):
+            path = _module_file(module)
+            if path:
+                modules.add(path)
+        self.write("kernel", {
+            "executable": sys.executable,
+            "version": platform.python_version(),
+            "prefix": sys.prefix,
+            "base_prefix": getattr(sys, "base_prefix", sys.prefix),
+            "path": list(sys.path),
+            "stdlib": stdlib,
+            "purelib": sysconfig.get_path("purelib"),
+            "platlib": sysconfig.get_path("platlib"),
+            "markers": _marker_environment(),
+            "cwd": os.getcwd(),
+            "modules": sorted(modules),
+        })
+        self.flush()
+
+    def mark(self, seq, phase):
+        try:
+            os.close(os.open(mark_path(seq, phase), os.O_RDONLY))
+        except OSError:
+            pass  # expected: the path does not exist; the failed open is the mark
+
+    # -- IPython cell events ------------------------------------------------------------
+
+    def pre_run_cell(self, info=None):
+        self.seq = self.next_seq
+        self.next_seq += 1
+        self.raw_cell = getattr(info, "raw_cell", None)
+        self.modules_before = set(sys.modules.copy())  # copy(): atomic vs. other threads
+        self.write("cell", {"phase": "start"})
+        self.flush()
+        if self.marks:
+            self.mark(self.seq, "start")
+
+    def post_run_cell(self, result=None):
+        if self.seq is None:
+            return  # the bootstrap cell that attached us: it had no pre_run_cell of ours
+        try:
+            self.write_imports(result)
+        except Exception:
+            pass
+        self.write("cell", {"phase": "end"})
+        self.flush()
+        if self.marks:
+            self.mark(self.seq, "end")
+        self.seq = None
+
+    def write_imports(self, result):
+        raw = getattr(getattr(result, "info", None), "raw_cell", None) or self.raw_cell or ""
+        static = set()
+        for name in _imported_names(self.shell, raw):
+            module = sys.modules.get(name)
+            if module is not None:
+                static.add(name)
+                self.write("import", {"module": name, "path": _module_file(module),
+                                      "static": True})
+        for name in sorted(set(sys.modules.copy()) - self.modules_before - static):
+            path = _module_file(sys.modules.get(name))
+            if path:
+                self.write("import", {"module": name, "path": path, "static": False})
+
+    # -- the audit hook -----------------------------------------------------------------
+
+    def hook(self, event, args):
+        if event not in WANTED:
+            return
+        try:
+            self.handlers[event](args)
+        except Exception:
+            pass  # never let logging break the user's code
+
+    def on_open(self, args):
+        path = _path_arg(args[0])
+        if path is None or path.startswith(MARK_PREFIX):
+            return
+        path = os.path.abspath(path)
+        if path == self.log_path:
+            return
+        mode = _open_mode(args[1] if len(args) > 1 else None, args[2] if len(args) > 2 else None)
+        if mode == "r" and not os.path.exists(path):
+            return  # audited before the attempt: a failed read open is not a use
+        self.write("open", {"path": path, "mode": mode})
+
+    def on_popen(self, args):
+        executable, argv = args[0], _argv(args[1])
+        path = _which(_path_arg(executable) or (argv[0] if argv else ""))
+        self.last_popen = (path, argv)
+        self.write("exec", {"path": path, "argv": argv})
+
+    def on_exec(self, args):
+        self.write("exec", {"path": _which(_path_arg(args[0]) or ""), "argv": _argv(args[1])})
+
+    def on_posix_spawn(self, args):
+        path, argv = _which(_path_arg(args[0]) or ""), _argv(args[1])
+        if self.last_popen == (path, argv):
+            self.last_popen = None  # subprocess.Popen already logged this one (3.13+)
+            return
+        self.write("exec", {"path": path, "argv": argv})
+
+    def on_system(self, args):
+        command = _path_arg(args[0]) or ""
+        self.write("exec", {"path": "/bin/sh", "argv": ["/bin/sh", "-c", command]})
+
+    def on_connect(self, args):
+        sock, address = args[0], args[1]
+        if getattr(sock, "family", None) not in _INET_FAMILIES or not isinstance(address, tuple):
+            return
+        host, port = address[0], address[1]
+        if isinstance(host, bytes):
+            host = host.decode("ascii", "replace")
+        text = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        self.write("connect", {"address": text})
+
+    def on_url(self, args):
+        self.write("url", {"url": str(args[0])})
+
+    def on_listdir(self, args):
+        path = _path_arg(args[0]) if args and args[0] is not None else "."
+        if path is not None:
+            self.write("listdir", {"path": os.path.abspath(path)})
+
+    def on_glob(self, args):
+        pattern = _path_arg(args[0])
+        if pattern:
+            self.write("listdir", {"path": os.path.abspath(pattern)})
+
+
+def _path_arg(value):
+    """A path argument as str; None for file descriptors and other non-paths."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    if hasattr(value, "__fspath__"):
+        return _path_arg(value.__fspath__())
+    return None
+
+
+def _open_mode(mode, flags):
+    """Access mode ("r", "w", "rw") from the event's open flags, else its mode string."""
+    if isinstance(flags, int) and flags:
+        access = flags & 3  # O_ACCMODE
+        return {0: "r", 1: "w"}.get(access, "rw")
+    if isinstance(mode, str):
+        if "+" in mode:
+            return "rw"
+        if "w" in mode or "a" in mode or "x" in mode:
+            return "w"
+    return "r"
+
+
+def _argv(args):
+    if isinstance(args, (str, bytes)) or hasattr(args, "__fspath__"):
+        return [_path_arg(args) or ""]
+    try:
+        return [_path_arg(a) or str(a) for a in args]
+    except TypeError:
+        return []
+
+
+def _which(program):
+    """Absolute path of a program the way exec*p would find it (no shutil: keep imports few)."""
+    if not program or os.sep in program:
+        return os.path.abspath(program) if program else program
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return os.path.abspath(candidate)
+    return program
+
+
+def _module_file(module):
+    """The file a module was loaded from (`__file__`, else its first `__path__` entry).
+
+    Reads the module's __dict__ directly: attribute access on a lazily loaded module
+    (importlib.util.LazyLoader) would load it, changing what the notebook does.
+    """
+    try:
+        namespace = object.__getattribute__(module, "__dict__")
+    except Exception:
+        return None
+    try:
+        path = namespace.get("__file__")
+        if isinstance(path, str) and path:
+            return os.path.abspath(path)
+        search = namespace.get("__path__")
+        if search is not None:
+            for entry in search:
+                if isinstance(entry, str) and entry:
+                    return os.path.abspath(entry)
+                break
+    except Exception:
+        pass
+    return None
+
+
+def _imported_names(shell, raw_cell, depth=0):
+    """Absolute module names the cell's import statements name, in source order.
+
+    `from a import b` yields "a" and "a.b" (b may be a submodule; the caller keeps only names
+    present in sys.modules). Relative imports are skipped: they name local code by position.
+    Magics are transformed to Python first; the text given to a magic (`%%time` bodies,
+    `%time import x`) is searched too, since such magics run it as Python.
+    """
+    source = raw_cell
+    try:
+        source = shell.transform_cell(raw_cell)
+    except Exception:
+        pass
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.append(node.module)
+            names.extend(node.module + "." + alias.name for alias in node.names
+                         if alias.name != "*")
+        elif (isinstance(node, ast.Call) and depth < 3
+              and getattr(node.func, "attr", None) in ("run_cell_magic", "run_line_magic")):
+            for arg in node.args[1:]:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value:
+                    names.extend(_imported_names(shell, arg.value, depth + 1))
+    seen = set()
+    return [n for n in names if not (n in seen or seen.add(n))]
+
+
+def _marker_environment():
+    """The PEP 508 environment markers of this interpreter, computed as `packaging` does."""
+    version = sys.implementation.version
+    implementation_version = f"{version.major}.{version.minor}.{version.micro}"
+    if version.releaselevel != "final":
+        implementation_version += version.releaselevel[0] + str(version.serial)
+    if hasattr(os, "uname"):
+        uname = os.uname()
+        machine, release, system, os_version = (uname.machine, uname.release, uname.sysname,
+                                                uname.version)
+    else:
+        machine, release = platform.machine(), platform.release()
+        system, os_version = platform.system(), platform.version()
+    return {
+        "implementation_name": sys.implementation.name,
+        "implementation_version": implementation_version,
+        "os_name": os.name,
+        "platform_machine": machine,
+        "platform_python_implementation": platform.python_implementation(),
+        "platform_release": release,
+        "platform_system": system,
+        "platform_version": os_version,
+        "python_full_version": platform.python_version(),
+        "python_version": ".".join(platform.python_version_tuple()[:2]),
+        "sys_platform": sys.platform,
+    }
