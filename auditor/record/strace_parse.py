@@ -79,18 +79,6 @@ def _normal(path: str) -> str:
     return path
 
 
-def _open_mode(flags: str) -> str | None:
-    if "O_DIRECTORY" in flags:
-        return "d"
-    if "O_PATH" in flags:
-        return None  # a handle without reading, like a stat: not a use
-    if "O_RDWR" in flags:
-        return "rw"
-    if "O_WRONLY" in flags or "O_CREAT" in flags or "O_TRUNC" in flags:
-        return "w"
-    return "r"
-
-
 def _signal_number(name: str) -> int:
     try:
         return int(signal.Signals[name])
@@ -124,6 +112,8 @@ class StraceParser:
         """Yield the events of `lines` in trace order (a child's early lines follow its Spawn)."""
         known = self._known
         pending = self._pending
+        leader = self._leader.get
+        openat = _OPENAT.match
         for line in lines:
             parts = line.split(None, 2)
             if len(parts) < 3:
@@ -146,6 +136,17 @@ class StraceParser:
                 self._started = True
                 known.add(pid)
                 self._cwd[pid] = self._initial_cwd
+            if rest.startswith("openat("):
+                # the bulk of any trace, kept inline: one match, no state unless it succeeded
+                match = openat(rest)
+                if match is not None:
+                    fd, fd_path, raw, flags, ret, ret_path = match.groups()
+                    if ret[0] != "-" or raw.startswith(MARK_PREFIX):
+                        found = self._access(leader(pid, pid), ts, fd, fd_path, raw, flags,
+                                             ret, ret_path)
+                        if found is not None:
+                            yield found
+                    continue
             found = self._line(pid, ts, rest.rstrip())
             if found is not None:
                 if type(found) is list:
@@ -228,6 +229,8 @@ class StraceParser:
 
     def _absolute(self, pid: int, path: str, fd: str | None, fd_path: str | None) -> str:
         """`path` made absolute against the dirfd decoration, or else the process cwd."""
+        if path[:1] == "/":
+            return _normal(path)
         if fd == "AT_FDCWD" and fd_path is not None:
             base: str | None = unescape(fd_path)
             self._cwd[pid] = base  # -y shows the cwd: free cwd tracking
@@ -237,23 +240,34 @@ class StraceParser:
                 return _normal(base)
         else:
             base = self._cwd.get(pid)
-        if path[:1] == "/" or not base:
+        if not base:
             return _normal(path)
         return _normal(f"{base}/{path}")
 
     def _access(self, pid: int, ts: str, fd: str | None, fd_path: str | None, raw: str,
                 flags: str, ret: str, ret_path: str | None) -> Event | None:
+        # Hot: called for every successful open, so the common cases skip the helpers.
         if raw.startswith(MARK_PREFIX):
             mark = parse_mark(unescape(raw))
             return CellMark(pid, mark[0], mark[1], float(ts)) if mark else None
         if ret[0] == "-":
             return None
-        mode = _open_mode(flags)
-        if mode is None:
-            return None
-        path = self._absolute(pid, unescape(raw), fd, fd_path)
-        real = unescape(ret_path) if ret_path is not None else None
-        return Access(pid, path, mode, real, float(ts))
+        if "O_DIRECTORY" in flags:
+            mode = "d"
+        elif "O_RDWR" in flags:
+            mode = "rw"
+        elif "O_WRONLY" in flags or "O_CREAT" in flags or "O_TRUNC" in flags:
+            mode = "w"
+        elif "O_PATH" in flags:
+            return None  # a handle without reading, like a stat: not a use
+        else:
+            mode = "r"
+        path = unescape(raw) if "\\" in raw else raw
+        if path[:1] != "/" or "/." in path or "//" in path or path[-1] == "/":
+            path = self._absolute(pid, path, fd, fd_path)
+        if ret_path is not None and "\\" in ret_path:
+            ret_path = unescape(ret_path)
+        return Access(pid, path, mode, ret_path, float(ts))
 
     def _openat(self, pid: int, ts: str, rest: str) -> Event | None:
         match = _OPENAT.match(rest)
