@@ -17,7 +17,6 @@ import os
 import platform
 import resource
 import signal
-import socket
 import struct
 import sys
 import time
@@ -28,22 +27,8 @@ from ptrace import PtraceError
 from ptrace.binding import func as pt
 
 from ..events import Access, CellMark, Connect, Event, Exec, Exit, Spawn, parse_mark, to_json
+from . import ptrace_syscalls as linux
 
-# Linux x86_64 syscall numbers of what we record; other architectures are not supported.
-SYS_OPEN, SYS_CREAT, SYS_OPENAT, SYS_OPENAT2 = 2, 85, 257, 437
-SYS_EXECVE, SYS_EXECVEAT, SYS_CONNECT = 59, 322, 42
-OPENS = frozenset({SYS_OPEN, SYS_CREAT, SYS_OPENAT, SYS_OPENAT2})
-EXECS = frozenset({SYS_EXECVE, SYS_EXECVEAT})
-RECORDED = OPENS | EXECS | {SYS_CONNECT}
-AUDIT_ARCH_X86_64 = 0xC000003E
-
-O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
-O_CREAT, O_TRUNC, O_DIRECTORY = 0o100, 0o1000, 0o200000
-AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
-PATH_MAX, ARG_MAX_COUNT = 4096, 65536
-
-PTRACE_GET_SYSCALL_INFO = 0x420E
-SYSCALL_INFO_ENTRY, SYSCALL_INFO_EXIT, SYSCALL_INFO_SECCOMP = 1, 2, 3
 PTRACE_EVENT_SECCOMP = 7
 PTRACE_O_TRACESECCOMP, PTRACE_O_EXITKILL = 0x80, 0x100000
 OPTIONS = (pt.PTRACE_O_TRACESYSGOOD | pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEVFORK
@@ -51,22 +36,6 @@ OPTIONS = (pt.PTRACE_O_TRACESYSGOOD | pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEV
 WALL = 0x40000000
 SYSCALL_STOP = signal.SIGTRAP | 0x80
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
-
-
-class SyscallInfo(ctypes.Structure):
-    """struct ptrace_syscall_info; the union is read as raw words (entry/seccomp: nr, args)."""
-
-    _fields_ = [("op", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("arch", ctypes.c_uint32),
-                ("ip", ctypes.c_uint64), ("sp", ctypes.c_uint64), ("words", ctypes.c_uint64 * 8)]
-
-
-class SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
-
-
-class SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
 
 
 @dataclass(slots=True)
@@ -91,7 +60,7 @@ class Tracer:
     tasks: dict[int, Task] = field(default_factory=dict)
     announced: set[int] = field(default_factory=set)  # new tids whose parent reported them
     held: set[int] = field(default_factory=set)  # new tids stopped before their parent said so
-    mem: dict[int, int] = field(default_factory=dict)  # tgid -> fd of /proc/TGID/mem
+    memory: linux.TraceeMemory = field(default_factory=linux.TraceeMemory)
     main_status: int | None = None
     stop_signal: int | None = None  # a SIGTERM/SIGINT/SIGHUP we were sent and passed on
 
@@ -136,9 +105,7 @@ class Tracer:
                 self.signal_all(self.stop_signal)
         if task is not None and task.tid == task.tgid:
             self.emit(Exit(pid=tid, status=code, t=time.time()))
-            fd = self.mem.pop(tid, None)
-            if fd is not None:
-                os.close(fd)
+            self.memory.forget(tid)
         self.announced.discard(tid)
         self.held.discard(tid)
 
@@ -153,17 +120,19 @@ class Tracer:
             else:
                 self.held.add(tid)  # resumed once the parent's fork/clone event is recorded
             return
-        event = status >> 16
-        if sig == SYSCALL_STOP:
-            self.on_syscall(task)
-            self.resume(task)
-        elif sig == signal.SIGTRAP and event:
-            self.on_event(task, event)
-            self.resume(task)
-        elif sig in STOP_SIGNALS and _is_group_stop(tid):
-            self.resume(task)  # without PTRACE_LISTEN a group-stop cannot be kept: let it run
-        else:
-            self.resume(task, sig)
+        event, deliver = status >> 16, 0
+        try:
+            if sig == SYSCALL_STOP:
+                self.on_syscall(task)
+            elif sig == signal.SIGTRAP and event:
+                self.on_event(task, event)
+            elif not (sig in STOP_SIGNALS and _is_group_stop(tid)):
+                deliver = sig  # a signal for the tracee: pass it on
+            # (a group-stop cannot be kept without PTRACE_LISTEN: the tracee runs on)
+        except PtraceError as exc:  # SIGKILLed while stopped: its exit is reported next
+            if exc.errno != errno.ESRCH:
+                raise
+        self.resume(task, deliver)
 
     def on_event(self, task: Task, event: int) -> None:
         if event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
@@ -182,26 +151,25 @@ class Tracer:
                 if moved is not None:
                     task.nr, task.args, task.exec_call = moved.nr, moved.args, moved.exec_call
                     task.in_seccomp_call = moved.in_seccomp_call
-            fd = self.mem.pop(task.tgid, None)  # the old mem file still shows the old image
-            if fd is not None:
-                os.close(fd)
+            self.memory.forget(task.tgid)
         elif event == PTRACE_EVENT_SECCOMP:
             self.on_syscall(task)
 
     # -- syscalls ------------------------------------------------------------------------
 
     def on_syscall(self, task: Task) -> None:
-        info = SyscallInfo()
-        pt.ptrace(PTRACE_GET_SYSCALL_INFO, task.tid, ctypes.sizeof(info), ctypes.addressof(info))
-        if info.op == SYSCALL_INFO_SECCOMP:
+        info = linux.SyscallInfo()
+        pt.ptrace(linux.PTRACE_GET_SYSCALL_INFO, task.tid, ctypes.sizeof(info),
+                  ctypes.addressof(info))
+        if info.op == linux.SYSCALL_INFO_SECCOMP:
             task.in_seccomp_call = True
             self.enter(task, info.words[0], tuple(info.words[1:7]))
-        elif info.op == SYSCALL_INFO_ENTRY:
+        elif info.op == linux.SYSCALL_INFO_ENTRY:
             if task.in_seccomp_call and task.nr is not None:
                 return  # the syscall-entry stop that follows a seccomp stop
-            if info.words[0] in RECORDED:
+            if info.words[0] in linux.RECORDED:
                 self.enter(task, info.words[0], tuple(info.words[1:7]))
-        elif info.op == SYSCALL_INFO_EXIT:
+        elif info.op == linux.SYSCALL_INFO_EXIT:
             task.in_seccomp_call = False
             if task.nr is not None:
                 nr, args, exec_call = task.nr, task.args, task.exec_call
@@ -211,99 +179,55 @@ class Tracer:
 
     def enter(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
         task.nr, task.args, task.exec_call = nr, args, None
-        if nr in EXECS:  # the new image replaces this memory: read path and argv now
-            dirfd = _fd_arg(args[0]) if nr == SYS_EXECVEAT else AT_FDCWD
-            at = 1 if nr == SYS_EXECVEAT else 0
-            path = self.read_str(task, args[at])
-            if nr == SYS_EXECVEAT and not path and args[4] & AT_EMPTY_PATH:
-                path = _readlink(f"/proc/{task.tid}/fd/{dirfd}") or ""
-            task.exec_call = (self.absolute(task, dirfd, path), self.read_argv(task, args[at + 1]))
+        if nr in linux.EXECS:  # the new image replaces this memory: read path and argv now
+            dirfd = linux.fd_arg(args[0]) if nr == linux.SYS_EXECVEAT else linux.AT_FDCWD
+            at = 1 if nr == linux.SYS_EXECVEAT else 0
+            path = self.memory.read_str(task.tgid, args[at])
+            if nr == linux.SYS_EXECVEAT and not path and args[4] & linux.AT_EMPTY_PATH:
+                path = linux.readlink(f"/proc/{task.tid}/fd/{dirfd}") or ""
+            argv = self.memory.read_argv(task.tgid, args[at + 1])
+            task.exec_call = (self.absolute(task, dirfd, path), argv)
 
     def leave(self, task: Task, nr: int, args: tuple[int, ...],
               exec_call: tuple[str, list[str]] | None, rval: int) -> None:
         now = time.time()
-        if nr in OPENS:
-            at = 1 if nr in (SYS_OPENAT, SYS_OPENAT2) else 0
-            name = self.read_str(task, args[at])
+        if nr in linux.OPENS:
+            at = 1 if nr in (linux.SYS_OPENAT, linux.SYS_OPENAT2) else 0
+            name = self.memory.read_str(task.tgid, args[at])
             mark = parse_mark(name)
             if mark is not None:
                 self.emit(CellMark(pid=task.tgid, seq=mark[0], phase=mark[1], t=now))
             elif rval >= 0:
-                dirfd = _fd_arg(args[0]) if at else AT_FDCWD
+                dirfd = linux.fd_arg(args[0]) if at else linux.AT_FDCWD
                 path = self.absolute(task, dirfd, name)
-                real = _readlink(f"/proc/{task.tid}/fd/{rval}")
-                mode = _mode(self.open_flags(task, nr, args))
+                real = linux.readlink(f"/proc/{task.tid}/fd/{rval}")
+                mode = linux.open_mode(self.open_flags(task, nr, args))
                 self.emit(Access(pid=task.tgid, path=path, mode=mode,
                                  real=real if real and real.startswith("/") else None,
                                  t=now, source="ptrace"))
-        elif nr in EXECS:
+        elif nr in linux.EXECS:
             if rval == 0 and exec_call is not None:
                 self.emit(Exec(pid=task.tgid, path=exec_call[0], argv=exec_call[1], t=now))
-        elif nr == SYS_CONNECT and rval in (0, -errno.EINPROGRESS):
-            address = _sockaddr(self.read(task, args[1], min(args[2], 128)))
+        elif nr == linux.SYS_CONNECT and rval in (0, -errno.EINPROGRESS):
+            raw = self.memory.read(task.tgid, args[1], min(args[2], 128))
+            address = linux.sockaddr_address(raw)
             if address:
                 self.emit(Connect(pid=task.tgid, address=address, t=now))
 
     def open_flags(self, task: Task, nr: int, args: tuple[int, ...]) -> int:
-        if nr == SYS_CREAT:
-            return O_CREAT | O_WRONLY | O_TRUNC
-        if nr == SYS_OPENAT2:  # struct open_how starts with u64 flags
-            raw = self.read(task, args[2], 8)
+        if nr == linux.SYS_CREAT:
+            return linux.O_CREAT | linux.O_WRONLY | linux.O_TRUNC
+        if nr == linux.SYS_OPENAT2:  # struct open_how starts with u64 flags
+            raw = self.memory.read(task.tgid, args[2], 8)
             return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
-        return args[1] if nr == SYS_OPEN else args[2]
-
-    # -- tracee memory and /proc ---------------------------------------------------------
-
-    def read(self, task: Task, address: int, size: int) -> bytes:
-        fd = self.mem.get(task.tgid)
-        if fd is None:
-            try:
-                fd = self.mem[task.tgid] = os.open(f"/proc/{task.tgid}/mem", os.O_RDONLY)
-            except OSError:
-                return b""
-        try:
-            return os.pread(fd, size, address) if address else b""
-        except OSError:
-            return b""
-
-    def read_str(self, task: Task, address: int) -> str:
-        data = b""
-        while len(data) < PATH_MAX:
-            chunk = self.read(task, address + len(data), 256)
-            end = chunk.find(b"\0")
-            if end >= 0:
-                return os.fsdecode(data + chunk[:end])
-            if not chunk:
-                break
-            data += chunk
-        return os.fsdecode(data)
-
-    def read_argv(self, task: Task, address: int) -> list[str]:
-        argv: list[str] = []
-        while address and len(argv) < ARG_MAX_COUNT:
-            words = self.read(task, address, 8 * 64)
-            for (pointer,) in struct.iter_unpack("<Q", words[: len(words) // 8 * 8]):
-                if pointer == 0:
-                    return argv
-                argv.append(self.read_str(task, pointer))
-            if len(words) < 8:
-                break
-            address += len(words) // 8 * 8
-        return argv
+        return args[1] if nr == linux.SYS_OPEN else args[2]
 
     def absolute(self, task: Task, dirfd: int, path: str) -> str:
         if not path.startswith("/"):
-            where = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
-            base = _readlink(f"/proc/{task.tid}/{where}") or "/"
+            where = "cwd" if dirfd == linux.AT_FDCWD else f"fd/{dirfd}"
+            base = linux.readlink(f"/proc/{task.tid}/{where}") or "/"
             path = os.path.join(base, path) if path else base
         return "/" + os.path.normpath(path).lstrip("/")  # normpath keeps a leading "//"
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
 
 
 def _tgid_of(tid: int) -> int:
@@ -325,58 +249,7 @@ def _is_group_stop(tid: int) -> bool:
     return False
 
 
-def _fd_arg(word: int) -> int:
-    return ctypes.c_int32(word & 0xFFFFFFFF).value
-
-
-def _mode(flags: int) -> str:
-    if flags & O_DIRECTORY:
-        return "d"
-    if flags & O_ACCMODE == O_RDWR:
-        return "rw"
-    if flags & O_ACCMODE == O_WRONLY or flags & (O_CREAT | O_TRUNC):
-        return "w"
-    return "r"
-
-
-def _sockaddr(raw: bytes) -> str | None:
-    if len(raw) >= 8 and struct.unpack("<H", raw[:2])[0] == socket.AF_INET:
-        port = struct.unpack(">H", raw[2:4])[0]
-        return f"{socket.inet_ntop(socket.AF_INET, raw[4:8])}:{port}"
-    if len(raw) >= 24 and struct.unpack("<H", raw[:2])[0] == socket.AF_INET6:
-        port = struct.unpack(">H", raw[2:4])[0]
-        return f"[{socket.inet_ntop(socket.AF_INET6, raw[8:24])}]:{port}"
-    return None
-
-
 # -- starting the traced command -----------------------------------------------------------
-
-def _seccomp_program() -> SockFprog:
-    """BPF: stop (SECCOMP_RET_TRACE) at the recorded x86_64 syscalls, allow everything else."""
-    ld_abs, jeq, ret = 0x20, 0x15, 0x06
-    allow, trace = 0x7FFF0000, 0x7FF00000
-    nrs = sorted(RECORDED)
-    n = len(nrs)
-    code = [(ld_abs, 0, 0, 4), (jeq, 0, n + 1, AUDIT_ARCH_X86_64), (ld_abs, 0, 0, 0)]
-    code += [(jeq, n - j, 0, nr) for j, nr in enumerate(nrs)]
-    code += [(ret, 0, 0, allow), (ret, 0, 0, trace)]
-    array = (SockFilter * len(code))(*(SockFilter(*op) for op in code))
-    prog = SockFprog(len(code), array)
-    prog._keep = array  # the filter array must outlive the prctl call
-    return prog
-
-
-def _install_seccomp() -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
-    prog = _seccomp_program()
-    if libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) == 0:
-        return True
-    # Unprivileged tracers need no_new_privs first (setuid programs then lose their bit).
-    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
-        return False
-    return libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) == 0
-
 
 def _child(argv: list[str], report: int, seccomp: bool) -> None:
     """In the forked child: become a tracee, install the filter, stop, then exec argv."""
@@ -385,7 +258,7 @@ def _child(argv: list[str], report: int, seccomp: bool) -> None:
     except PtraceError as exc:
         os.write(report, f"E ptrace(PTRACE_TRACEME) failed: {exc}".encode())
         os._exit(126)
-    mode = b"S" if seccomp and _install_seccomp() else b"F"
+    mode = b"S" if seccomp and linux.install_seccomp() else b"F"
     os.write(report, mode)
     os.close(report)
     os.kill(os.getpid(), signal.SIGSTOP)  # the tracer sets its options during this stop
@@ -437,7 +310,6 @@ def trace(argv: list[str], out: TextIO, *, seccomp: bool = True) -> int:
 def _forward_signals(tracer: Tracer) -> dict[int, signal.Handlers]:
     """SIGTERM/SIGINT/SIGHUP go to the command, then (once it ended) to all it left behind."""
     def forward(signum: int, _frame: object) -> None:
-        tracer.out.flush()
         tracer.stop_signal = signum
         if tracer.main_pid in tracer.tasks:
             try:

@@ -1,0 +1,160 @@
+"""What the ptrace tracer knows of Linux x86_64: syscall numbers and flags, the seccomp
+filter that stops tracees only at recorded syscalls, and reading a tracee's memory.
+
+Split from `ptrace_run` (the wait loop) so each reads in one sitting; used only by it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+
+# Linux x86_64 syscall numbers of what we record; other architectures are not supported.
+SYS_OPEN, SYS_CREAT, SYS_OPENAT, SYS_OPENAT2 = 2, 85, 257, 437
+SYS_EXECVE, SYS_EXECVEAT, SYS_CONNECT = 59, 322, 42
+OPENS = frozenset({SYS_OPEN, SYS_CREAT, SYS_OPENAT, SYS_OPENAT2})
+EXECS = frozenset({SYS_EXECVE, SYS_EXECVEAT})
+RECORDED = OPENS | EXECS | {SYS_CONNECT}
+AUDIT_ARCH_X86_64 = 0xC000003E
+
+O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
+O_CREAT, O_TRUNC, O_DIRECTORY = 0o100, 0o1000, 0o200000
+AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
+PATH_MAX, ARG_MAX_COUNT = 4096, 65536
+
+PTRACE_GET_SYSCALL_INFO = 0x420E
+SYSCALL_INFO_ENTRY, SYSCALL_INFO_EXIT, SYSCALL_INFO_SECCOMP = 1, 2, 3
+
+
+class SyscallInfo(ctypes.Structure):
+    """struct ptrace_syscall_info; the union is read as raw words (entry/seccomp: nr, args)."""
+
+    _fields_ = [("op", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("arch", ctypes.c_uint32),
+                ("ip", ctypes.c_uint64), ("sp", ctypes.c_uint64), ("words", ctypes.c_uint64 * 8)]
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+
+class TraceeMemory:
+    """Reads tracees' memory through /proc/TGID/mem (one pread, not a ptrace call per word)."""
+
+    def __init__(self) -> None:
+        self.fds: dict[int, int] = {}
+
+    def forget(self, tgid: int) -> None:
+        """Drop the open mem file of `tgid`: after execve it still shows the old image."""
+        fd = self.fds.pop(tgid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def read(self, tgid: int, address: int, size: int) -> bytes:
+        """Up to `size` bytes at `address`; short or empty where memory is unmapped."""
+        fd = self.fds.get(tgid)
+        if fd is None:
+            try:
+                fd = self.fds[tgid] = os.open(f"/proc/{tgid}/mem", os.O_RDONLY)
+            except OSError:
+                return b""
+        try:
+            return os.pread(fd, size, address) if address else b""
+        except OSError:
+            return b""
+
+    def read_str(self, tgid: int, address: int) -> str:
+        """A NUL-terminated string (a path), decoded like os.fsdecode; at most PATH_MAX bytes."""
+        data = b""
+        while len(data) < PATH_MAX:
+            chunk = self.read(tgid, address + len(data), 256)
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return os.fsdecode(data + chunk[:end])
+            if not chunk:
+                break
+            data += chunk
+        return os.fsdecode(data)
+
+    def read_argv(self, tgid: int, address: int) -> list[str]:
+        """A NULL-terminated array of string pointers (execve's argv)."""
+        argv: list[str] = []
+        while address and len(argv) < ARG_MAX_COUNT:
+            words = self.read(tgid, address, 8 * 64)
+            for (pointer,) in struct.iter_unpack("<Q", words[: len(words) // 8 * 8]):
+                if pointer == 0:
+                    return argv
+                argv.append(self.read_str(tgid, pointer))
+            if len(words) < 8:
+                break
+            address += len(words) // 8 * 8
+        return argv
+
+
+def readlink(path: str) -> str | None:
+    """The target of a /proc link (a cwd, an fd), or None when the task or fd is gone."""
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def fd_arg(word: int) -> int:
+    """A syscall's int fd argument from its 64-bit register word (AT_FDCWD is negative)."""
+    return ctypes.c_int32(word & 0xFFFFFFFF).value
+
+
+def open_mode(flags: int) -> str:
+    """Access.mode from open flags: d(irectory), rw, w (write, create or truncate) or r."""
+    if flags & O_DIRECTORY:
+        return "d"
+    if flags & O_ACCMODE == O_RDWR:
+        return "rw"
+    if flags & O_ACCMODE == O_WRONLY or flags & (O_CREAT | O_TRUNC):
+        return "w"
+    return "r"
+
+
+def sockaddr_address(raw: bytes) -> str | None:
+    """"host:port" ("[v6]:port") of an AF_INET/AF_INET6 sockaddr; None for other families."""
+    if len(raw) >= 8 and struct.unpack("<H", raw[:2])[0] == socket.AF_INET:
+        port = struct.unpack(">H", raw[2:4])[0]
+        return f"{socket.inet_ntop(socket.AF_INET, raw[4:8])}:{port}"
+    if len(raw) >= 24 and struct.unpack("<H", raw[:2])[0] == socket.AF_INET6:
+        port = struct.unpack(">H", raw[2:4])[0]
+        return f"[{socket.inet_ntop(socket.AF_INET6, raw[8:24])}]:{port}"
+    return None
+
+
+def seccomp_program() -> SockFprog:
+    """BPF: stop (SECCOMP_RET_TRACE) at the recorded x86_64 syscalls, allow everything else."""
+    ld_abs, jeq, ret = 0x20, 0x15, 0x06
+    allow, trace = 0x7FFF0000, 0x7FF00000
+    nrs = sorted(RECORDED)
+    n = len(nrs)
+    code = [(ld_abs, 0, 0, 4), (jeq, 0, n + 1, AUDIT_ARCH_X86_64), (ld_abs, 0, 0, 0)]
+    code += [(jeq, n - j, 0, nr) for j, nr in enumerate(nrs)]
+    code += [(ret, 0, 0, allow), (ret, 0, 0, trace)]
+    array = (SockFilter * len(code))(*(SockFilter(*op) for op in code))
+    prog = SockFprog(len(code), array)
+    prog._keep = array  # the filter array must outlive the prctl call
+    return prog
+
+
+def install_seccomp() -> bool:
+    """Install `seccomp_program` in this process (and so all it starts); False if refused."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    prog = seccomp_program()
+    if libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) == 0:
+        return True
+    # Unprivileged tracers need no_new_privs first (setuid programs then lose their bit).
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
+        return False
+    return libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) == 0
