@@ -49,7 +49,8 @@ class AuditOptions:
     kernel_name: str | None = None
     python: str | None = None
     timeout: float | None = None  # per cell, seconds
-    progress: Callable[..., None] | None = None  # called by the recorder as cells run
+    #: progress(position, count, phase): the recorder calls it as each cell starts and ends.
+    progress: Callable[[int, int, str], None] | None = None
 
 
 @dataclass
@@ -234,9 +235,11 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
     tracer, tracer_warnings = choose_tracer(options.backend)
     record_dir = Path(tempfile.mkdtemp(prefix=f"flo-audit-{workflow.stem}-"))
     try:
-        record(RecordOptions(workflow=workflow, record_dir=record_dir, tracer=tracer,
+        record(RecordOptions(notebook=workflow.notebook, notebook_path=workflow.path,
+                             record_dir=record_dir, tracer=tracer,
                              kernel_name=options.kernel_name, python=options.python,
-                             timeout=options.timeout, progress=options.progress))
+                             timeout=options.timeout, on_cell=options.progress,
+                             user_file=workflow.path if workflow.kind == "py" else None))
         sources = {i: c.source for i, c in enumerate(workflow.notebook.cells)
                    if c.cell_type == "code"}
         derived = derive(record_dir, workflow.path.parent, cell_sources=sources,

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
@@ -97,7 +96,6 @@ class CellProgress:
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
                                  TimeElapsedColumn(), console=console, transient=True)
         self.task = self.progress.add_task("starting the kernel under the tracer", total=None)
-        self.started = time.monotonic()
 
     def __enter__(self) -> CellProgress:
         self.progress.start()
@@ -106,13 +104,14 @@ class CellProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def __call__(self, done: int, total: int, index: int | None = None, **_: object) -> None:
-        """`done` cells finished of `total`; `index` is the notebook index of the next one."""
-        if done >= total:
-            text = f"ran {total} cells; resolving what they used"
+    def __call__(self, position: int, count: int, phase: str) -> None:
+        """Cell `position` (0-based) of `count` started ("start") or ended (any other phase)."""
+        if phase == "start":
+            text = f"cell {position + 1} of {count}"
+        elif position + 1 >= count or phase != "end":
+            text = f"ran {position + 1} of {count} cells; resolving what they used"
         else:
-            where = f" (notebook cell {index})" if index is not None else ""
-            text = f"cell {done + 1} of {total}{where}"
+            text = f"cell {position + 1} of {count} done"
         self.progress.update(self.task, description=text)
 
 

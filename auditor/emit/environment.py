@@ -105,11 +105,14 @@ def _requires_names(dist: Any) -> set[str]:
     names = set()
     for text in getattr(dist, "requires", None) or ():
         try:
-            names.add(canonicalize_name(Requirement(text).name))
+            requirement = Requirement(text)
         except InvalidRequirement:
             head = re.split(r"[\s;<>=!~\[(]", text.strip(), maxsplit=1)[0]
             if head:
                 names.add(canonicalize_name(head))
+            continue
+        if requirement.marker is None or "extra" not in str(requirement.marker):
+            names.add(canonicalize_name(requirement.name))
     return names
 
 
@@ -144,7 +147,7 @@ def draft_environment(resolution: Any, index: Any, *, python: str, notebook_stem
         pid_roles.discard(TRACER)
         # A tool counts for the role that ran it; what it used is pinned when a cell ran it.
         if WORKER in pid_roles or (in_cells and pid_roles & {MANAGER, TOOL}):
-            seeds[ckey] = dist
+            seeds[ckey] = _installed(index, dist)
             reasons[ckey] = USED
             cells[ckey] = in_cells
             used_roles[ckey] = pid_roles
@@ -171,6 +174,17 @@ def draft_environment(resolution: Any, index: Any, *, python: str, notebook_stem
                             "it will not install elsewhere; publish it or vendor it")
     pins.sort(key=lambda p: p.key)
     return EnvironmentSpec(env_name(notebook_stem), python, pins, warnings)
+
+
+def _installed(index: Any, dist: Any) -> Any:
+    """The index's installed record of `dist` when it is the same version: a project's
+    source-tree egg-info can own the files an editable install maps, but the dist-info
+    (with direct_url.json) is what says how it was installed."""
+    installed = index.get(dist.name)
+    if installed is not None and installed.version == dist.version \
+            and installed.kind == dist.kind:
+        return installed
+    return dist
 
 
 def _explain_requirements(seeds: dict[str, Any], members: dict[str, Any],
