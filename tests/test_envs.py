@@ -187,3 +187,15 @@ def _wait_for_blocked_flocks(lock_file: Path, count: int, procs: list, limit: fl
         time.sleep(0.05)
     raise AssertionError(f"{count} flo-run env processes did not block on {lock_file} "
                          f"within {limit} s")
+
+
+def test_conda_pins_map_to_pypi_names() -> None:
+    from auditor.diff import Pin
+    from provisioner.envs.uv import requirement_line
+
+    assert requirement_line(Pin("pytorch", "2.1.0", "conda", "conda-forge")) == "torch==2.1.0"
+    assert requirement_line(Pin("numpy", "2.1.3", "conda", "conda-forge")) == "numpy==2.1.3"
+    assert requirement_line(Pin("openssl", "3.0.12", "conda", None)) is None  # runtime, skipped
+    assert requirement_line(Pin("floedit", "file:///src/floedit", "pip")) == \
+        "floedit @ file:///src/floedit"
+    assert requirement_line(Pin("pandas", None, "pip")) == "pandas"
