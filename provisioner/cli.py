@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print("flo-run: interrupted")
         return 130
     except FloError as exc:
-        console.print(f"flo-run: {exc}", markup=False, highlight=False)
+        console.print(f"flo-run: {exc}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
 
 

@@ -109,9 +109,12 @@ class UvBuilder(EnvBuilder):
             if line is None:
                 notes.append(f"skipped conda runtime package {pin.name} (not needed with pip)")
                 continue
-            label = pin.name if line.split("=")[0].split(" @")[0] == pin.name else \
-                f"conda pin {pin.name!r} tried as PyPI {line.split('=')[0]!r}"
-            lines[line] = label
+            pypi_name = re.split(r"[=@ ]", line)[0]
+            if pin.source == "conda":
+                lines[line] = f"conda pin {pin.name!r}" + (
+                    f" (as PyPI {pypi_name!r})" if pypi_name != pin.name else "")
+            else:
+                lines[line] = pin.name
 
         uv_run(["venv", "--relocatable", "--python", request.interpreter.executable,
                 "--no-config", "--quiet", str(target)], "creating the venv")
