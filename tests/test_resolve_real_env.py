@@ -63,6 +63,7 @@ def test_metadata_and_stdlib(venv):
     assert index.owner(stdlib_json).stdlib
     assert index.owner(stdlib_json).dist is None
     assert index.owner(env.executable).stdlib
+    assert index.owner(os.path.join(env.prefix, "pyvenv.cfg")).stdlib
 
 
 def test_closures_pin_installed_versions(venv):

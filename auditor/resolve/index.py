@@ -132,7 +132,9 @@ class EnvIndex:
 
     @staticmethod
     def _interpreter_files(env: Environment) -> set[str]:
-        names = {env.executable, os.path.realpath(env.executable)}
+        # pyvenv.cfg: read by every interpreter start-up in a venv, part of the interpreter.
+        names = {env.executable, os.path.realpath(env.executable),
+                 os.path.join(env.prefix, "pyvenv.cfg")}
         for folder in {os.path.dirname(env.executable), os.path.join(env.base_prefix, "bin")}:
             names.update(glob.glob(os.path.join(folder, "python*")))
         for folder in {os.path.join(env.base_prefix, "lib"), os.path.join(env.prefix, "lib")}:
