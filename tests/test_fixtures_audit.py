@@ -66,6 +66,18 @@ def test_must_exclude(run: AuditRun) -> None:
     assert not wrongly, f"installed, unused, yet listed: {sorted(wrongly)}"
 
 
+def test_summary_says_what_was_used(run: AuditRun) -> None:
+    """Each package the notebook used is reported as used, not just pulled in by another.
+
+    Catches DESIGN.md rule 6: `from dateutil import parser` counts for its cell even though
+    jupyter_client loaded dateutil before any cell ran.
+    """
+    packages = run.load_json("audit/summary.json").get("packages") or []
+    used = {canonicalize_name(p["name"]) for p in packages if p.get("reason") == "used"}
+    missing = run.scenario.must_include - used
+    assert not missing, f"not reported as used in audit/summary.json: {sorted(missing)}"
+
+
 def test_own_packages_absent(run: AuditRun) -> None:
     wrongly = OWN_UNUSED & run.environment.names()
     assert not wrongly, f"flo-backpack's own packages listed: {sorted(wrongly)}"
