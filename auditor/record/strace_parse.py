@@ -325,6 +325,7 @@ class StraceParser:
         if thread:
             self._leader[child] = pid
         else:
+            self._leader.pop(child, None)  # a reused thread id is a process now
             self._cwd[child] = self._cwd.get(pid)
         self._known.add(child)
         spawn = Spawn(pid, child, thread, float(ts))
