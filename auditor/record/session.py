@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import psutil
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync
@@ -203,6 +204,7 @@ class _Run:
         self.started = time.time()
         self.ended = self.started
         self.launched_pid: int | None = None
+        self.kernel_pid: int | None = None
 
     def start(self) -> None:
         env = {**os.environ, **self.options.env, TOKEN_VARIABLE: self.tree.token}
@@ -244,6 +246,9 @@ class _Run:
                               f"{self._stderr_tail()}") from exc
         finally:
             self.nb.cells.pop()
+        self.kernel_pid = kernel_record(self.record_dir).get("pid")
+        if self.kernel_pid:
+            self.tree.add_root(self.kernel_pid)
 
     def execute_cells(self) -> None:
         count = len(self.to_run)
@@ -273,14 +278,24 @@ class _Run:
             self.options.on_cell(position, count, phase)
 
     def shutdown(self) -> None:
-        """Stop the kernel gracefully, so its exit handlers flush the hook log."""
+        """Ask the kernel to quit and wait for it, so its exit handlers flush the hook log.
+
+        Waits for the kernel process itself, not the tracer: a tracer also waits for every
+        process the notebook left running, and teardown stops those.
+        """
         if self.status == KERNEL_DIED:
             return
         try:
             if self.status == TIMEOUT:  # end the running cell first, then ask the kernel to quit
                 run_sync(self.km.interrupt_kernel)()
-            run_sync(self.km.shutdown_kernel)(now=False)
-        except Exception as exc:  # teardown kills whatever is left
+            pid = self.kernel_pid or (None if self.km.flo_wrapped else self.launched_pid)
+            if pid is None:
+                run_sync(self.km.shutdown_kernel)(now=False)
+                return
+            kernel = psutil.Process(pid)
+            run_sync(self.km.request_shutdown)()
+            kernel.wait(timeout=self.km.shutdown_wait_time)
+        except Exception as exc:  # psutil.TimeoutExpired too: teardown kills what is left
             log.debug("graceful kernel shutdown failed: %s", exc)
 
     def teardown(self) -> None:

@@ -1,0 +1,176 @@
+"""kernels/flo_kernel.py alone, in plain interpreters of every supported version.
+
+The IPython shell is the protocol edge here: a stand-in records the handlers `attach`
+registers and the test calls them as IPython would around a cell. Everything else is real:
+real opens, a real subprocess, a real TCP connection, a real fork.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from auditor.events import mark_path as events_mark_path
+
+KERNEL_SIDE = Path(__file__).resolve().parent.parent / "kernels" / "flo_kernel.py"
+PYENV = Path.home() / ".pyenv" / "versions"
+
+# Runs inside the interpreter under test; argv: kernel side path, log path, work dir.
+SCRIPT = r'''
+import json, os, runpy, socket, subprocess, sys, threading, glob, urllib.request
+
+kernel_side, log, work = sys.argv[1:4]
+os.chdir(work)
+
+class Events:
+    def __init__(self):
+        self.handlers = {}
+    def register(self, name, fn):
+        self.handlers.setdefault(name, []).append(fn)
+
+class Shell:
+    events = Events()
+    def transform_cell(self, raw):
+        return raw.replace("%time ", "")
+
+class Info:
+    raw_cell = ("import json\nfrom os import path\nimport email.mime.text\n"
+                "from . import local\nimport not_installed_anywhere\n%time import csv\n")
+
+class Result:
+    info = Info()
+
+shell = Shell()
+path_before = list(sys.path)
+result = runpy.run_path(kernel_side, run_name="_flo_backpack_kernel")["attach"](
+    shell, {"log": log, "marks": True})
+assert result is None
+assert "_flo_backpack_kernel" not in sys.modules
+assert sys.path == path_before
+
+shell.events.handlers["post_run_cell"][0](Result())   # the bootstrap cell's own end: ignored
+shell.events.handlers["pre_run_cell"][0](Info())
+open("input.txt").read()
+with open("output.txt", "w") as out:
+    out.write("x")
+os.close(os.open("both.txt", os.O_RDWR | os.O_CREAT))
+try:
+    open("missing.txt")
+except OSError:
+    pass
+os.listdir("sub")
+glob.glob("sub/*.csv")
+subprocess.run(["true"], check=True)
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+client = socket.create_connection(server.getsockname())
+client.close()
+server.close()
+urllib.request.urlopen("file://" + os.path.abspath("input.txt")).close()
+import email.mime.text
+import csv
+child = os.fork()
+if child == 0:
+    open("child.txt").read()
+    os._exit(0)
+os.waitpid(child, 0)
+shell.events.handlers["post_run_cell"][0](Result())
+open("between.txt").read()
+sys.stdout.write(json.dumps({"pid": os.getpid(), "child": child,
+                             "modules": sorted(sys.modules)}))
+'''
+
+
+def _interpreters() -> list[str]:
+    found = [sys.executable]
+    for version in ("3.8", "3.13"):
+        candidates = sorted(PYENV.glob(f"{version}.*/bin/python"))
+        if candidates:
+            found.append(str(candidates[-1]))
+    return found
+
+
+def _run(python: str, tmp_path: Path) -> tuple[list[dict], dict]:
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    for name in ("input.txt", "child.txt", "between.txt"):
+        (work / name).write_text("data\n")
+    log = tmp_path / "hooks.jsonl"
+    done = subprocess.run([python, "-c", SCRIPT, str(KERNEL_SIDE), str(log), str(work)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    return records, json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("python", _interpreters(), ids=lambda p: Path(p).parent.parent.name)
+def test_kernel_side_logs_one_cell(python: str, tmp_path: Path) -> None:
+    records, facts = _run(python, tmp_path)
+    work = tmp_path / "work"
+    pid = facts["pid"]
+
+    kernel = records[0]
+    assert kernel["ev"] == "kernel" and kernel["pid"] == pid and kernel["seq"] is None
+    assert Path(kernel["executable"]).name.startswith("python")
+    assert kernel["markers"]["python_full_version"] == kernel["version"]
+    assert kernel["cwd"] == str(work)
+    assert any(p.endswith("os.py") for p in kernel["modules"])
+
+    cells = [(r["seq"], r["phase"]) for r in records if r["ev"] == "cell"]
+    assert cells == [(0, "start"), (0, "end")]  # the bootstrap's post_run_cell was ignored
+
+    opens = {(r["path"], r["mode"], r["seq"], r["pid"]) for r in records if r["ev"] == "open"}
+    assert (str(work / "input.txt"), "r", 0, pid) in opens
+    assert (str(work / "output.txt"), "w", 0, pid) in opens
+    assert (str(work / "both.txt"), "rw", 0, pid) in opens
+    assert (str(work / "between.txt"), "r", None, pid) in opens  # after the cell: machinery
+    assert (str(work / "child.txt"), "r", 0, facts["child"]) in opens
+    paths = {path for path, _, _, _ in opens}
+    assert str(work / "missing.txt") not in paths  # a failed read is not a use
+    assert str(tmp_path / "hooks.jsonl") not in paths
+    assert not any(p.startswith("/.flo-backpack-mark/") for p in paths)
+
+    listed = {r["path"] for r in records if r["ev"] == "listdir"}
+    assert {str(work / "sub"), str(work / "sub" / "*.csv")} <= listed
+
+    execs = [r for r in records if r["ev"] == "exec"]
+    assert len(execs) == 1, execs  # Popen and posix_spawn (3.13) are one exec
+    assert execs[0]["argv"] == ["true"] and Path(execs[0]["path"]).name == "true"
+    assert Path(execs[0]["path"]).is_absolute()
+
+    connects = [r["address"] for r in records if r["ev"] == "connect"]
+    assert len(connects) == 1 and connects[0].startswith("127.0.0.1:")
+    assert [r["url"] for r in records if r["ev"] == "url"] == [f"file://{work}/input.txt"]
+
+    forks = [r for r in records if r["ev"] == "fork"]
+    assert forks == [dict(forks[0], pid=pid, child=facts["child"], seq=0)]
+
+    imports = {(r["module"], r["static"]) for r in records if r["ev"] == "import"}
+    # json and os were loaded long before the cell: named statically, they still count.
+    assert {("json", True), ("os", True), ("os.path", True), ("email.mime.text", True),
+            ("csv", True)} <= imports
+    assert not any(m in ("local", "not_installed_anywhere") for m, _ in imports)
+    assert ("email.mime", False) in imports  # loaded as a side effect: seen as new
+    by_module = {r["module"]: r for r in records if r["ev"] == "import"}
+    assert by_module["json"]["path"].endswith("json/__init__.py")
+    assert all(r["seq"] == 0 for r in by_module.values())
+
+
+def test_mark_path_matches_the_event_model() -> None:
+    import runpy
+
+    kernel_side = runpy.run_path(str(KERNEL_SIDE), run_name="_flo_backpack_kernel_test")
+    for seq, phase in ((0, "start"), (12, "end")):
+        assert kernel_side["mark_path"](seq, phase) == events_mark_path(seq, phase)
+
+
+def test_markers_match_packaging(tmp_path: Path) -> None:
+    from packaging.markers import default_environment
+
+    records, _ = _run(sys.executable, tmp_path)
+    assert records[0]["markers"] == default_environment()
