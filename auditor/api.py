@@ -7,7 +7,6 @@ can be re-derived from a backpack's audit/ without running the notebook again.
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import shutil
@@ -30,8 +29,8 @@ from .emit.environment import (
 )
 from .emit.report import build_summary
 from .errors import Interrupted, RecordFormatError
-from .events import Access, Event, assign_cells
-from .roles import Roles, RoleTracker
+from .events import Event, assign_cells
+from .roles import PROCESS_KINDS, Roles, RoleTracker
 from .workflow import load_workflow
 
 # Files that are never data or per-cell "files": the system itself and pseudo filesystems.
@@ -118,27 +117,48 @@ def record_events(record_dir: Path, backend: str) -> tuple[Iterator[Event], list
     if backend != "hooks" and (record_dir / "hooks.jsonl").exists():
         from .record.hooks import hook_events
 
-        events = heapq.merge(events, hook_events(record_dir), key=lambda e: e.t)
+        events = _merge_by_time(events, hook_events(record_dir))
     return events, list(tracer.warnings(record_dir))
 
 
-class _CellFiles:
-    """Paths each cell read, kept so the summary can list the local files per cell."""
+def _merge_by_time(main: Iterable[Event], extra: Iterable[Event]) -> Iterator[Event]:
+    """Merge two time-ordered streams; `extra` (the hook log's imports) is the short one."""
+    pending_events = iter(extra)
+    pending = next(pending_events, None)
+    for event in main:
+        while pending is not None and pending.t <= event.t:
+            yield pending
+            pending = next(pending_events, None)
+        yield event
+    if pending is not None:
+        yield pending
+        yield from pending_events
 
-    def __init__(self) -> None:
+
+class _Observer:
+    """One pass over the stream on its way to the resolver: the process tree for roles, and
+    the paths each cell read (so the summary can list a cell's local files)."""
+
+    def __init__(self, tracker: RoleTracker) -> None:
+        self.tracker = tracker
         self.by_cell: dict[int, set[str]] = {}
 
     def watch(self, events: Iterable[Event]) -> Iterator[Event]:
-        by_cell = self.by_cell
+        seen, note, by_cell = self.tracker.seen, self.tracker.note, self.by_cell
         for event in events:
-            if event.cell is not None and type(event) is Access and event.mode != "d":
-                paths = by_cell.get(event.cell)
-                if paths is None:
-                    paths = by_cell[event.cell] = set()
-                paths.add(event.path)
+            seen.add(event.pid)
+            kind = event.kind
+            if kind == "access":
+                if event.cell is not None and event.mode != "d":  # type: ignore[union-attr]
+                    paths = by_cell.get(event.cell)
+                    if paths is None:
+                        paths = by_cell[event.cell] = set()
+                    paths.add(event.path)  # type: ignore[union-attr]
+            elif kind in PROCESS_KINDS:
+                note(event)
             yield event
 
-    def select(self, keep: set[str]) -> dict[int, list[str]]:
+    def cell_files(self, keep: set[str]) -> dict[int, list[str]]:
         return {cell: sorted(p for p in paths if p in keep)
                 for cell, paths in self.by_cell.items()}
 
@@ -164,8 +184,8 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     events, warnings = record_events(record_dir, session["backend"])
     cell_of_seq = {int(c["seq"]): int(c["index"]) for c in session.get("cells") or ()}
     tracker = RoleTracker(session.get("kernel_pid"), session.get("tracer_pid"))
-    cell_files = _CellFiles()
-    stream = cell_files.watch(tracker.watch(assign_cells(events, cell_of_seq)))
+    observer = _Observer(tracker)
+    stream = observer.watch(assign_cells(events, cell_of_seq))
 
     env = Environment.from_kernel_record(session["kernel"])
     index = index_environment(env, exclude_names=OWN_DISTRIBUTIONS)
@@ -184,7 +204,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
                "derive_seconds": round(time.monotonic() - started, 3)}
     summary = build_summary(session=session, spec=spec, compute=compute, resolution=resolution,
                             roles=roles, cell_sources=cell_sources,
-                            cell_files=cell_files.select(keep), warnings=warnings,
+                            cell_files=observer.cell_files(keep), warnings=warnings,
                             timings=timings)
     date = datetime.fromtimestamp(float(session.get("started") or time.time())).strftime("%Y-%m-%d")
     name = Path(notebook).name

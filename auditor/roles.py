@@ -17,13 +17,14 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .events import Event, Exec, Spawn
+from .events import Event, Exec, Exit, Spawn
 
 MANAGER = "manager"
 WORKER = "worker"
 TOOL = "tool"
 TRACER = "tracer"
 ROLES = (MANAGER, WORKER, TOOL)
+PROCESS_KINDS = frozenset({"spawn", "exec", "exit"})
 
 _PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)*)?[a-z]?(-dbg)?$")
 
@@ -99,17 +100,26 @@ class RoleTracker:
 
     def watch(self, events: Iterable[Event]) -> Iterator[Event]:
         """Pass `events` through unchanged, noting the process-tree ones."""
-        seen = self._seen
+        seen, note = self.seen, self.note
         for event in events:
             seen.add(event.pid)
-            kind = event.kind
-            if kind == "spawn":
-                self._spawn(event)  # type: ignore[arg-type]
-            elif kind == "exec":
-                self._last_exec[event.pid] = event  # type: ignore[assignment]
-            elif kind == "exit":
-                self._exits[event.pid] = event.status  # type: ignore[union-attr]
+            if event.kind in PROCESS_KINDS:
+                note(event)
             yield event
+
+    @property
+    def seen(self) -> set[int]:
+        """Every pid events came from (callers fusing their own loop add to it)."""
+        return self._seen
+
+    def note(self, event: Event) -> None:
+        """Record one Spawn, Exec or Exit event."""
+        if isinstance(event, Spawn):
+            self._spawn(event)
+        elif isinstance(event, Exec):
+            self._last_exec[event.pid] = event
+        elif isinstance(event, Exit):
+            self._exits[event.pid] = event.status
 
     def feed(self, events: Iterable[Event]) -> None:
         for _ in self.watch(events):
