@@ -42,6 +42,8 @@ def test_resolve_classifies_every_kind_of_access(tmp_path):
         Access(10, str(nb / "pkg" / "__pycache__" / "__init__.cpython-311.pyc"), "r", cell=1),
         Access(10, str(nb / "__pycache__" / "helper.cpython-311.pyc"), "w", cell=1),
         Access(10, str(nb / "data.csv"), "r", cell=1),
+        Access(10, str(nb / "model.pth"), "r", cell=1),  # weights, not a path file
+        Access(10, str(tmp_path / "elsewhere.dist-info" / "x"), "r", cell=1),
         Access(10, str(nb / "out.csv"), "w", cell=1),
         Access(10, str(nb), "d", cell=1),
         Access(10, str(site / "stray_module.py"), "r", cell=1),
@@ -63,7 +65,8 @@ def test_resolve_classifies_every_kind_of_access(tmp_path):
     assert result.stdlib_cells == {4}
     assert result.workflow == {str(nb / "helper.py"), str(nb / "pkg" / "__init__.py")}
     assert result.unknown == [str(site / "stray_module.py")]
-    assert result.outside == ["/etc/hosts", str(nb / "data.csv")]
+    assert result.outside == sorted(["/etc/hosts", str(nb / "data.csv"), str(nb / "model.pth"),
+                                     str(tmp_path / "elsewhere.dist-info" / "x")])
 
 
 def test_resolve_without_pid_filter_counts_every_process(tmp_path):

@@ -11,7 +11,7 @@ from tests.envs import add_conda_package, add_dist, file_url, make_env, site_of,
 def test_record_files_pyc_and_metadata(tmp_path):
     env = make_env(tmp_path)
     site = site_of(tmp_path)
-    info = add_dist(site, "alpha", "1.0", ["alpha/__init__.py", "alpha/_core.so",
+    info = add_dist(site, "alpha", "1.0", ["alpha/__init__.py", "alpha/_core.so", "alpha/w.pth",
                                           "alpha-extra.pth", "../../../bin/alpha-cli"])
     add_dist(site, "beta-pkg", "2.0", ["beta/__init__.py"])
     index = index_environment(env)
@@ -21,7 +21,7 @@ def test_record_files_pyc_and_metadata(tmp_path):
     for rel in ("alpha/__init__.py", "alpha/_core.so",
                 "alpha/__pycache__/__init__.cpython-311.pyc",
                 "alpha/__pycache__/__init__.cpython-311.opt-1.pyc",
-                "alpha/__pycache__/__init__.cpython-311.pyc.140234"):
+                "alpha/__pycache__/__init__.cpython-311.pyc.140234", "alpha/w.pth"):
         found = index.owner(str(site / rel))
         assert found is not None and found.dist == alpha and not found.metadata, rel
     script = index.owner(str(tmp_path / "bin" / "alpha-cli"))

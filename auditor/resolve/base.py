@@ -200,6 +200,10 @@ def register(cls: type[Scanner]) -> type[Scanner]:
 
 
 def is_metadata_path(path: str) -> bool:
-    """Installation metadata by shape: inside a dist-info/egg-info dir, conda-meta, or a .pth."""
-    return (".dist-info/" in path or ".egg-info/" in path or path.endswith((".pth", ".egg-info"))
+    """Installation metadata by shape: inside a dist-info/egg-info dir or conda-meta.
+
+    (`.pth` files are metadata only directly in a site dir: elsewhere `.pth` is often data,
+    such as PyTorch weights; the index checks where they are.)
+    """
+    return (".dist-info/" in path or ".egg-info/" in path or path.endswith(".egg-info")
             or "/conda-meta/" in path)

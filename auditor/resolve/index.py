@@ -119,7 +119,7 @@ class EnvIndex:
                     path = os.path.normpath(os.path.join(base, rel))
                 else:
                     path = f"{base}/{rel}"
-                metadata = is_metadata_path(path)
+                metadata = is_metadata_path(path) or self._is_site_pth(path)
                 if override or path not in files:
                     files[path] = (dist, metadata)
                 if not metadata:
@@ -188,19 +188,23 @@ class EnvIndex:
                 path = source
         if hit is not None:
             return self._ownership(hit[0], metadata=hit[1])
-        if is_metadata_path(path):
+        shape = is_metadata_path(path) or self._is_site_pth(path)
+        if shape and self.in_environment(path):
             return self._metadata_owner(path)
         if path in self._interpreter:
             return Ownership(None, stdlib=True)
         dist = self._editable_owner(path)
         if dist is not None:
-            return self._ownership(dist, editable=True)
+            return self._ownership(dist, metadata=shape, editable=True)
         dist = self._package_dir_owner(path)
         if dist is not None:
             return self._ownership(dist)
         if path.startswith(self._stdlib) and "-packages/" not in path:
             return Ownership(None, stdlib=True)
         return None
+
+    def _is_site_pth(self, path: str) -> bool:
+        return path.endswith(".pth") and path.rpartition("/")[0] in self._anchors
 
     def _metadata_owner(self, path: str) -> Ownership:
         for marker in (".dist-info", ".egg-info"):
