@@ -116,3 +116,66 @@ def test_unknown_keys_are_reported(tmp_path, notebook):
     assert backpack.compute.cores == 2
     assert sorted(w.split(": ", 1)[1] for w in backpack.warnings) == [
         "unknown key 'extra' ignored", "unknown key 'vine_factory_config.gpus' ignored"]
+
+
+# ---------------------------------------------------------------- real runs through the API
+
+TINY = {"cells": [{"cell_type": "code", "id": "c1", "metadata": {}, "outputs": [],
+                   "execution_count": None, "source": "import yaml\nprint(yaml.__version__)"},
+                  {"cell_type": "code", "id": "c2", "metadata": {}, "outputs": [],
+                   "execution_count": None, "source": "x = 1"}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                    "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5}
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    import json
+    import tempfile
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    nb = folder / "tiny.ipynb"
+    nb.write_text(json.dumps(TINY))
+    scratch = tmp_path / "scratch"  # where audit() keeps its temporary record folder
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return nb, scratch
+
+
+@pytest.mark.slow
+def test_audit_writes_a_backpack_that_derive_reproduces(tiny, tmp_path):
+    from auditor.api import AuditOptions, audit, derive_backpack
+
+    nb, scratch = tiny
+    seen = []
+    result = audit(nb, AuditOptions(output=tmp_path / "bp", backend="hooks",
+                                    progress=lambda *a: seen.append(a)))
+    assert result.exit_code == 0 and result.backpack == tmp_path / "bp"
+    assert ("hooks.jsonl" in {p.name for p in (result.backpack / "audit").iterdir()})
+    assert {p["name"] for p in result.summary["packages"] if p["reason"] == "used"} == {"PyYAML"}
+    assert (0, 2, "start") in seen and (1, 2, "end") in seen
+    assert list(scratch.iterdir()) == []  # the temporary record folder is gone
+    derived, _ = derive_backpack(result.backpack)
+    for name in ("software/environment.yml", "software/requirements.txt", "compute/compute.yml"):
+        assert derived.texts[name] == (result.backpack / name).read_text(), name
+    assert load_backpack(result.backpack).complete
+
+
+@pytest.mark.slow
+def test_interrupted_audit_writes_nothing_and_leaves_no_temporary_folder(tiny, tmp_path):
+    from auditor.api import AuditOptions, audit
+    from auditor.errors import Interrupted
+
+    nb, scratch = tiny
+
+    def ctrl_c(position, count, phase):
+        if phase == "start" and position == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        audit(nb, AuditOptions(output=tmp_path / "bp", backend="hooks", progress=ctrl_c))
+    assert not (tmp_path / "bp").exists()
+    assert list(scratch.iterdir()) == []
+    assert leftovers(tmp_path) == []
