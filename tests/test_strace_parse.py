@@ -196,11 +196,13 @@ def test_malformed_lines_are_counted_never_raised():
     lines = ["", "garbage\n", "12 1.5\n",
              "12 1.5 openat(AT_FDCWD</x>, \"a\", O_RDONLY) = 3</x/a>\n",
              "12 1.6 openat(AT_FDCWD</x>, \"unterminated, O_RDONLY) = 3</x/a>\n",
+             "12 1.65.3 openat(AT_FDCWD</x>, \"c\", O_RDONLY) = 3</x/c>\n",
+             "12 1.66 +++ exited with 9x +++\n",
              "12 1.7 openat(AT_FDCWD</x>, \"b\", O_RDONLY) = 3</x/b>"]
     parser = StraceParser()
     events = list(parser.parse(lines))
     assert [(e.path, e.t) for e in events] == [("/x/a", 1.5), ("/x/b", 1.7)]
-    assert parser.skipped == 3
+    assert parser.skipped == 5
 
 
 def test_state_stays_per_live_pid_on_a_long_trace():

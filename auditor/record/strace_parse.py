@@ -136,18 +136,23 @@ class StraceParser:
                 self._started = True
                 known.add(pid)
                 self._cwd[pid] = self._initial_cwd
-            if rest.startswith("openat("):
-                # the bulk of any trace, kept inline: one match, no state unless it succeeded
-                match = openat(rest)
-                if match is not None:
-                    fd, fd_path, raw, flags, ret, ret_path = match.groups()
-                    if ret[0] != "-" or raw.startswith(MARK_PREFIX):
+            try:
+                if rest.startswith("openat("):
+                    # the bulk of any trace, kept inline: one match, no state unless it succeeded
+                    match = openat(rest)
+                    if match is not None:
+                        fd, fd_path, raw, flags, ret, ret_path = match.groups()
+                        if ret[0] == "-" and not raw.startswith(MARK_PREFIX):
+                            continue
                         found = self._access(leader(pid, pid), ts, fd, fd_path, raw, flags,
                                              ret, ret_path)
-                        if found is not None:
-                            yield found
-                    continue
-            found = self._line(pid, ts, rest.rstrip())
+                    else:
+                        found = self._line(pid, ts, rest.rstrip())
+                else:
+                    found = self._line(pid, ts, rest.rstrip())
+            except ValueError:  # a bad timestamp or number the regexes let through
+                self._skip(line)
+                continue
             if found is not None:
                 if type(found) is list:
                     yield from found
@@ -171,7 +176,11 @@ class StraceParser:
     def _replay(self, pid: int) -> list[Event]:
         events: list[Event] = []
         for held_pid, ts, rest in self._pending.pop(pid, ()):
-            found = self._line(held_pid, ts, rest.rstrip())
+            try:
+                found = self._line(held_pid, ts, rest.rstrip())
+            except ValueError:
+                self._skip(f"{held_pid} {ts} {rest}")
+                continue
             if type(found) is list:
                 events.extend(found)
             elif found is not None:
