@@ -11,6 +11,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -108,8 +109,9 @@ class Distribution:
     channel: str | None = None
     build: str | None = None
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """The canonical name (PEP 503): how requirements and other spellings find it."""
         return canonicalize_name(self.name)
 
     @property
