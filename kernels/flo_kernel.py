@@ -32,6 +32,8 @@ WANTED = frozenset((
 ))
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _BUFFERED_LINES = 512
+# JSON string literal, \u-escaping non-ASCII and lone surrogates (undecodable path bytes).
+_json_string = json.encoder.encode_basestring_ascii
 
 
 def mark_path(seq, phase):
@@ -43,7 +45,7 @@ def attach(shell, config):
     """Start logging into config["log"]; returns None so the bootstrap cell displays nothing."""
     side = _KernelSide(config["log"], bool(config.get("marks", True)), shell)
     side.write_kernel_record()
-    sys.addaudithook(side.hook)
+    sys.addaudithook(_make_hook(side.handlers))
     shell.events.register("pre_run_cell", side.pre_run_cell)
     shell.events.register("post_run_cell", side.post_run_cell)
     if hasattr(os, "register_at_fork"):
@@ -89,7 +91,16 @@ class _KernelSide:
         record = {"ev": ev, "pid": self.pid if pid is None else pid, "t": time.time(),
                   "seq": self.seq}
         record.update(fields)
-        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        self.append(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+
+    def write_path(self, ev, path, mode=None):
+        """write() for the hot path (open, listdir): formatted by hand, about 4x cheaper."""
+        seq = "null" if self.seq is None else self.seq
+        extra = f',"mode":"{mode}"' if mode else ""
+        self.append(f'{{"ev":"{ev}","pid":{self.pid},"t":{time.time()!r},"seq":{seq},'
+                    f'"path":{_json_string(path)}{extra}}}\n')
+
+    def append(self, line):
         with self.lock:
             self.lines.append(line)
             full = len(self.lines) >= _BUFFERED_LINES
@@ -187,15 +198,7 @@ class _KernelSide:
             if path:
                 self.write("import", {"module": name, "path": path, "static": False})
 
-    # -- the audit hook -----------------------------------------------------------------
-
-    def hook(self, event, args):
-        if event not in WANTED:
-            return
-        try:
-            self.handlers[event](args)
-        except Exception:
-            pass  # never let logging break the user's code
+    # -- audit hook handlers (one per wanted event) --------------------------------------
 
     def on_open(self, args):
         path = _path_arg(args[0])
@@ -205,9 +208,11 @@ class _KernelSide:
         if path == self.log_path:
             return
         mode = _open_mode(args[1] if len(args) > 1 else None, args[2] if len(args) > 2 else None)
-        if mode == "r" and not os.path.exists(path):
-            return  # audited before the attempt: a failed read open is not a use
-        self.write("open", {"path": path, "mode": mode})
+        # The event comes before the attempt, and a failed read is not a use. A syscall
+        # tracer (marks on) records which opens succeeded, so only hooks alone pay the stat.
+        if mode == "r" and not self.marks and not os.path.exists(path):
+            return
+        self.write_path("open", path, mode)
 
     def on_popen(self, args):
         executable, argv = args[0], _argv(args[1])
@@ -245,12 +250,27 @@ class _KernelSide:
     def on_listdir(self, args):
         path = _path_arg(args[0]) if args and args[0] is not None else "."
         if path is not None:
-            self.write("listdir", {"path": os.path.abspath(path)})
+            self.write_path("listdir", os.path.abspath(path))
 
     def on_glob(self, args):
         pattern = _path_arg(args[0])
         if pattern:
-            self.write("listdir", {"path": os.path.abspath(pattern)})
+            self.write_path("listdir", os.path.abspath(pattern))
+
+
+def _make_hook(handlers):
+    """The audit hook: a closure, as every audited event of the process pays for its call
+    (id() and sys._getframe() are audited too); unwanted events cost one set lookup."""
+    wanted = WANTED
+
+    def hook(event, args):
+        if event in wanted:
+            try:
+                handlers[event](args)
+            except Exception:
+                pass  # never let logging break the user's code
+
+    return hook
 
 
 def _path_arg(value):

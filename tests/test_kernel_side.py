@@ -23,7 +23,7 @@ PYENV = Path.home() / ".pyenv" / "versions"
 SCRIPT = r'''
 import json, os, runpy, socket, subprocess, sys, threading, glob, urllib.request
 
-kernel_side, log, work = sys.argv[1:4]
+kernel_side, log, work, marks = sys.argv[1:5]
 os.chdir(work)
 
 class Events:
@@ -47,7 +47,7 @@ class Result:
 shell = Shell()
 path_before = list(sys.path)
 result = runpy.run_path(kernel_side, run_name="_flo_backpack_kernel")["attach"](
-    shell, {"log": log, "marks": True})
+    shell, {"log": log, "marks": marks == "marks"})
 assert result is None
 assert "_flo_backpack_kernel" not in sys.modules
 assert sys.path == path_before
@@ -95,13 +95,14 @@ def _interpreters() -> list[str]:
     return found
 
 
-def _run(python: str, tmp_path: Path) -> tuple[list[dict], dict]:
+def _run(python: str, tmp_path: Path, marks: bool = False) -> tuple[list[dict], dict]:
     work = tmp_path / "work"
     (work / "sub").mkdir(parents=True)
     for name in ("input.txt", "child.txt", "between.txt"):
         (work / name).write_text("data\n")
     log = tmp_path / "hooks.jsonl"
-    done = subprocess.run([python, "-c", SCRIPT, str(KERNEL_SIDE), str(log), str(work)],
+    done = subprocess.run([python, "-c", SCRIPT, str(KERNEL_SIDE), str(log), str(work),
+                           "marks" if marks else "hooks only"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in log.read_text().splitlines()]
@@ -174,3 +175,13 @@ def test_markers_match_packaging(tmp_path: Path) -> None:
 
     records, _ = _run(sys.executable, tmp_path)
     assert records[0]["markers"] == default_environment()
+
+
+def test_with_a_syscall_tracer_marks_are_opened_but_not_logged(tmp_path: Path) -> None:
+    records, _ = _run(sys.executable, tmp_path, marks=True)
+    opened = {r["path"] for r in records if r["ev"] == "open"}
+    assert not any(p.startswith("/.flo-backpack-mark/") for p in opened)
+    # The tracer knows which opens failed, so the hook skips its existence check.
+    assert str(tmp_path / "work" / "missing.txt") in opened
+    assert [(r["seq"], r["phase"]) for r in records if r["ev"] == "cell"] == [
+        (0, "start"), (0, "end")]
