@@ -23,7 +23,7 @@ from auditor.errors import RecordError
 from auditor.events import Access, Import, assign_cells, mark_path
 from auditor.record.base import Tracer
 from auditor.record.hooks import HooksTracer, hook_events, read_hook_log
-from auditor.record.session import RecordOptions, Recording, record
+from auditor.record.session import Recording, RecordOptions, record
 
 REPO = Path(__file__).resolve().parents[1]
 #: Set in each test's kernel environment (every descendant inherits it), naming the test's

@@ -360,7 +360,7 @@ def _kernel_name(options: RecordOptions) -> str:
     if options.python:
         return "python3"  # only the launch settings are used; argv comes from --python
     name = (options.kernel_name
-            or options.notebook.get("metadata", {}).get("kernelspec", {}).get("name")
+            or (options.notebook.get("metadata", {}).get("kernelspec") or {}).get("name")
             or "python3")
     try:
         spec = KernelSpecManager().get_kernel_spec(name)
