@@ -308,6 +308,9 @@ class _Run:
             except Exception as exc:
                 log.debug("stopping kernel channels failed: %s", exc)
             survivors = self.tree.stop_all()
+            launched = getattr(self.km.provisioner, "process", None)
+            if launched is not None:
+                launched.poll()  # reap it: it is our child
             for proc in survivors:
                 self.warnings.append(f"process {proc.pid} started by the notebook could not "
                                      "be stopped; kill it by hand")
