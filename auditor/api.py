@@ -236,6 +236,14 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(i for i in items if i))
 
 
+def _add_warnings(derived: Derived, warnings: list[str]) -> None:
+    """Warnings found while writing (helpers not copied) go into summary.json too."""
+    if warnings:
+        derived.warnings[:] = _unique([*derived.warnings, *warnings])
+        derived.summary["warnings"] = list(derived.warnings)
+        derived.texts[SUMMARY] = json.dumps(derived.summary, indent=2, default=_jsonable) + "\n"
+
+
 def default_output(path: str | Path) -> Path:
     return Path.cwd() / f"{Path(path).stem}-backpack"
 
@@ -265,11 +273,7 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
         derived = derive(record_dir, workflow.path.parent, cell_sources=sources,
                          extra_warnings=tracer_warnings)
         copies, copy_warnings = workflow_copies(workflow.path, derived.resolution.workflow)
-        if copy_warnings:
-            derived.warnings.extend(copy_warnings)
-            derived.summary["warnings"] = derived.warnings
-            derived.texts[SUMMARY] = json.dumps(derived.summary, indent=2,
-                                                default=_jsonable) + "\n"
+        _add_warnings(derived, copy_warnings)
         copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
                    if f.is_file() and f.name != "summary.json"]
         written = write_backpack(dest, texts=derived.texts, copies=copies, force=options.force)
@@ -296,7 +300,7 @@ def derive_backpack(audit_dir: str | Path, output: str | Path | None = None,
     backpack_workflow = record_dir.parent / "workflow"
     if notebook.is_file():
         copies, copy_warnings = workflow_copies(notebook, derived.resolution.workflow)
-        derived.warnings.extend(copy_warnings)
+        _add_warnings(derived, copy_warnings)
     elif backpack_workflow.is_dir():
         copies = [(f, f"workflow/{f.relative_to(backpack_workflow).as_posix()}")
                   for f in sorted(backpack_workflow.rglob("*")) if f.is_file()]

@@ -77,3 +77,17 @@ def test_a_file_named_like_a_subcommand_is_audited_as_a_path(tmp_path):
     done = flo_audit(tmp_path, "derive")
     assert done.returncode == 2
     assert "unsupported file type '(none)'" in done.stderr
+
+
+def test_a_percent_script_becomes_one_cell_per_marker(tmp_path):
+    from auditor.workflow import load_workflow
+
+    script = tmp_path / "job.py"
+    script.write_text("import os\n# %%\nx = 1\n# %% [markdown]\n# Notes\n# %% Plot\nprint(x)\n")
+    flow = load_workflow(script)
+    assert [(c.cell_type, c.source) for c in flow.notebook.cells] == [
+        ("code", "import os"), ("code", "x = 1"), ("markdown", "Notes"), ("code", "print(x)")]
+    assert flow.code_cells == 3 and flow.kind == "py"
+    plain = tmp_path / "plain.py"
+    plain.write_text("a = 1\nb = 2\n")
+    assert [c.source for c in load_workflow(plain).notebook.cells] == ["a = 1\nb = 2"]
