@@ -89,7 +89,12 @@ def test_notebook_reexecutes_in_the_fresh_env(fresh_env: FreshEnv) -> None:
 
     client = NotebookClient(notebook, km=manager, timeout=300,
                             resources={"metadata": {"path": str(workdir)}})
-    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    try:
+        client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    finally:
+        # nbclient leaves a kernel it did not create running: stop it, whatever happened.
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
 
     printed = "".join(out.get("text", "") for out in notebook.cells[-1].outputs)
     assert printed.strip() == str(fresh_env.python.parent.parent)
