@@ -26,6 +26,9 @@ subcommands (give the word first, instead of PATH):
   flo-audit derive AUDIT_DIR [-o OUT]   re-derive the outputs from a saved audit record
                                         (a backpack, or its audit/ folder) without running
                                         the notebook again
+  flo-audit diff A B                    what changed between two audits (backpacks, audit
+                                        folders, or single environment.yml / data.yml files)
+  flo-audit diff BACKPACK --here        will this backpack run with this interpreter?
 A PATH that exists as a file is always audited, even if it is named like a subcommand.
 
 exit status: 0 every cell ran; 1 the notebook failed, timed out or its kernel died (the
@@ -76,6 +79,28 @@ def _derive_parser() -> argparse.ArgumentParser:
                         help="write a new backpack here (default: only print the summary)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def _diff_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="flo-audit diff",
+        description="Compare two audits per role (manager, worker): python version, packages "
+                    "added/removed/upgraded/downgraded/moved, data entries, per-cell use. "
+                    "With --here, compare a backpack with an installed interpreter instead. "
+                    "Exit status like diff(1): 0 same, 1 different, 2 error.")
+    parser.add_argument("a", metavar="A",
+                        help="a backpack, an audit folder, an environment.yml or a data.yml")
+    parser.add_argument("b", metavar="B", nargs="?", help="the other side (not with --here)")
+    parser.add_argument("--here", action="store_true",
+                        help="compare A's environments with an interpreter's installed packages")
+    parser.add_argument("--python", metavar="PYTHON",
+                        help="with --here: the interpreter (default: the one running flo-audit)")
+    parser.add_argument("--ignore-patch", action="store_true",
+                        help="hide patch-level version changes (1.2.3 -> 1.2.4)")
+    parser.add_argument("--format", choices=("table", "markdown", "json"), default="table",
+                        help="table for people, markdown for a pull-request comment, json")
+    parser.add_argument("--json", action="store_true", help="same as --format json")
     return parser
 
 
@@ -161,6 +186,26 @@ def _derive(argv: list[str]) -> int:
     return 0 if derived.complete else 1
 
 
+def _diff(argv: list[str]) -> int:
+    from .diff import diff, diff_here, render_markdown, render_table
+
+    args = _diff_parser().parse_args(argv)
+    if args.here == (args.b is not None):
+        raise UsageError("give two sides to compare (A B), or one backpack with --here")
+    if args.python and not args.here:
+        raise UsageError("--python goes with --here")
+    result = diff_here(args.a, args.python) if args.here else \
+        diff(args.a, args.b, ignore_patch=args.ignore_patch)
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+    elif fmt == "markdown":
+        print(render_markdown(result), end="")
+    else:
+        render_table(result, Console())
+    return result.exit_code
+
+
 def _render(summary: dict, backpack: str | None, as_json: bool, console: Console,
             render: Callable[..., None]) -> None:
     if as_json:
@@ -169,8 +214,8 @@ def _render(summary: dict, backpack: str | None, as_json: bool, console: Console
         render(summary, backpack, console)
 
 
-#: Subcommand word -> handler; `flo-audit diff A B` goes here when it comes.
-_SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"derive": _derive}
+#: Subcommand word -> handler.
+_SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"derive": _derive, "diff": _diff}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,43 +12,21 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import UsageError
+from .specs import (
+    DataItem,
+    EnvSpec,
+    Pin,
+    load_yaml,
+    parse_data,
+    parse_environment,
+    parse_requirements,
+)
 
 ROLES = ("manager", "worker")
 ENV_FILES = {"manager": "environment.yml", "worker": "worker-environment.yml"}
-
-
-@dataclass(frozen=True)
-class Pin:
-    """One package of an environment spec, as pinned."""
-
-    name: str
-    version: str | None  # None when unpinned; the URL for direct references
-    source: str  # "conda" | "pip"
-    channel: str | None = None
-
-    @property
-    def key(self) -> str:
-        return canonicalize_name(self.name)
-
-
-@dataclass
-class EnvSpec:
-    python: str | None
-    pins: dict[str, Pin]
-
-
-@dataclass(frozen=True)
-class DataItem:
-    name: str
-    target: str
-    checksum: str | None
-    size: int | None
 
 
 @dataclass
@@ -90,123 +68,6 @@ class DiffResult:
 
 # ---------------------------------------------------------------- reading sides
 
-def _load_yaml(path: Path) -> object:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UsageError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-
-
-def parse_conda_spec(spec: str) -> tuple[str, str | None, str | None]:
-    """`channel::name==1.2`, `name=1.2=build`, `name>=1` -> (name, version or None, channel)."""
-    channel = None
-    if "::" in spec:
-        channel, spec = spec.split("::", 1)
-    spec = spec.strip()
-    for i, ch in enumerate(spec):
-        if ch in "=<>!~ ":
-            name, rest = spec[:i], spec[i:].strip()
-            break
-    else:
-        return spec, None, channel
-    if rest.startswith("=="):
-        version: str | None = rest[2:].split("=")[0].strip()
-    elif rest.startswith("=") and not rest.startswith("=>"):
-        version = rest[1:].split("=")[0].strip().rstrip("*").rstrip(".")
-    else:
-        version = None  # a range: not a pin
-    return name, version or None, channel
-
-
-def parse_environment(path: Path) -> EnvSpec:
-    """Read a conda-format environment.yml into pins by canonical name."""
-    doc = _load_yaml(path)
-    if not isinstance(doc, dict) or not isinstance(doc.get("dependencies"), list):
-        raise UsageError(f"{path}: key 'dependencies': expected a list of packages "
-                         "(is this a conda environment.yml?)")
-    python: str | None = None
-    pins: dict[str, Pin] = {}
-    for item in doc["dependencies"]:
-        if isinstance(item, dict):
-            pip_list = item.get("pip")
-            if not isinstance(pip_list, list):
-                raise UsageError(f"{path}: key 'dependencies': a mapping entry must be "
-                                 "'pip: [requirements]'")
-            for line in pip_list:
-                pin = _parse_pip_line(str(line), path)
-                if pin:
-                    pins[pin.key] = pin
-            continue
-        if not isinstance(item, str):
-            raise UsageError(f"{path}: key 'dependencies': expected strings, found {item!r}")
-        name, version, channel = parse_conda_spec(item)
-        if canonicalize_name(name) == "python":
-            python = version
-        elif canonicalize_name(name) != "pip" or version:
-            pin = Pin(name, version, "conda", channel)
-            pins[pin.key] = pin
-    return EnvSpec(python, pins)
-
-
-def parse_requirements(path: Path) -> EnvSpec:
-    pins = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        pin = _parse_pip_line(line, path)
-        if pin:
-            pins[pin.key] = pin
-    return EnvSpec(None, pins)
-
-
-def _parse_pip_line(line: str, path: Path) -> Pin | None:
-    line = line.split(" #", 1)[0].strip()
-    if not line or line.startswith("#"):
-        return None
-    if line.startswith("-e "):
-        url = line[3:].strip()
-        return Pin(Path(url.rstrip("/")).name, url, "pip")
-    if line.startswith("-"):
-        return None  # pip options (--index-url, ...) are not packages
-    try:
-        req = Requirement(line)
-    except InvalidRequirement as exc:
-        raise UsageError(f"{path}: not a pip requirement: {line!r} ({exc})") from None
-    if req.url:
-        return Pin(req.name, req.url, "pip")
-    exact = [s.version for s in req.specifier if s.operator in ("==", "===")]
-    return Pin(req.name, exact[0] if exact else None, "pip")
-
-
-def parse_data(path: Path) -> dict[tuple[str, str], DataItem]:
-    """Data entries of a data.yml (profiles schema, or the legacy flat `data:` list)."""
-    doc = _load_yaml(path)
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path}: expected a mapping with 'profiles' or 'data'")
-    entries: list = []
-    if isinstance(doc.get("profiles"), dict):
-        for profile in doc["profiles"].values():
-            if isinstance(profile, dict):
-                entries.extend(profile.get("data") or [])
-    elif isinstance(doc.get("data"), list):
-        entries = doc["data"]
-    else:
-        raise UsageError(f"{path}: key 'profiles': expected a mapping of profiles "
-                         "(or a legacy top-level 'data' list)")
-    items: dict[tuple[str, str], DataItem] = {}
-    for entry in entries:
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise UsageError(f"{path}: each data entry needs a 'name', found {entry!r}")
-        target = str(entry.get("target_location", entry.get("source", "")))
-        size = entry.get("expected_size")
-        items[(str(entry["name"]), target)] = DataItem(
-            str(entry["name"]), target, entry.get("checksum"),
-            int(size) if isinstance(size, int) else None)
-    return items
-
-
 def load_side(path: str | Path) -> Side:
     """Read one side of a diff: a backpack, an audit folder, or one spec file."""
     p = Path(path)
@@ -231,8 +92,8 @@ def load_side(path: str | Path) -> Side:
     if (software / ENV_FILES["manager"]).exists():
         side.envs["manager"] = parse_environment(software / ENV_FILES["manager"])
         worker = software / ENV_FILES["worker"]
-        side.envs["worker"] = parse_environment(worker) if worker.exists() \
-            else side.envs["manager"]
+        if worker.exists():  # absent = the same as the manager's (DESIGN.md layout)
+            side.envs["worker"] = parse_environment(worker)
     data = root / "data" / "data.yml"
     if data.exists():
         side.data = parse_data(data)
@@ -243,7 +104,7 @@ def load_side(path: str | Path) -> Side:
 
 
 def _looks_like_data(path: Path) -> bool:
-    doc = _load_yaml(path)
+    doc = load_yaml(path)
     return isinstance(doc, dict) and ("profiles" in doc or "data" in doc) \
         and "dependencies" not in doc
 
@@ -352,6 +213,11 @@ def compare_cells(a: list[dict], b: list[dict]) -> list[Change]:
     return changes
 
 
+def _role_env(side: Side, role: str) -> EnvSpec | None:
+    """A role's environment; a missing worker environment is the manager's."""
+    return side.envs.get(role) or (side.envs.get("manager") if role == "worker" else None)
+
+
 def diff(a: str | Path, b: str | Path, ignore_patch: bool = False) -> DiffResult:
     """Compare two sides; the result lists every change, per role."""
     sa, sb = load_side(a), load_side(b)
@@ -360,8 +226,11 @@ def diff(a: str | Path, b: str | Path, ignore_patch: bool = False) -> DiffResult
                          "has no environment or data spec")
     changes: list[Change] = []
     for role in ROLES:
-        if role in sa.envs and role in sb.envs:
-            changes.extend(compare_envs(role, sa.envs[role], sb.envs[role], ignore_patch))
+        ea, eb = _role_env(sa, role), _role_env(sb, role)
+        if role == "worker" and "worker" not in sa.envs and "worker" not in sb.envs:
+            continue  # neither side ran workers: the manager rows say it all
+        if ea is not None and eb is not None:
+            changes.extend(compare_envs(role, ea, eb, ignore_patch))
     if sa.data is not None or sb.data is not None:
         changes.extend(compare_data(sa.data or {}, sb.data or {}))
     if sa.cells is not None and sb.cells is not None:
@@ -386,7 +255,7 @@ def diff_here(backpack: str | Path, python: str | None = None) -> DiffResult:
     changes: list[Change] = []
     for role in ROLES:
         spec = side.envs.get(role)
-        if spec is None or (role == "worker" and spec is side.envs.get("manager")):
+        if spec is None:
             continue
         for change in compare_envs(role, spec, here, ignore_patch=False):
             if change.change == "added":

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from auditor.diff import EnvSpec, parse_data, parse_environment, parse_requirements
 from auditor.errors import FloError
+from auditor.specs import EnvSpec, parse_data, parse_environment, parse_requirements
 
 from .envs import EnvCache, EnvRequest, canonical_spec, find_interpreter, get_builder
 from .envs.base import BuiltEnv

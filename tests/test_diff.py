@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from auditor.diff import diff, parse_conda_spec, render_markdown
+from auditor.diff import diff, render_markdown
 from auditor.errors import UsageError
+from auditor.specs import parse_conda_spec
 
 
 def write_env(folder: Path, body: str, name: str = "environment.yml") -> Path:
@@ -57,8 +58,17 @@ def test_versions_compared_as_versions_not_strings(tmp_path: Path) -> None:
     assert ("package", "numpy", "moved") in changes
     assert ("python", "python", "changed") in changes
     assert not any(name == "six" for _, name, _ in changes)  # 1.16 == 1.16.0
-    # worker env absent = same as manager: every manager change shows for the worker too
-    assert {c.role for c in diff(a, b).changes} == {"manager", "worker"}
+    # no worker environment on either side: only manager rows
+    assert {c.role for c in diff(a, b).changes} == {"manager"}
+
+
+def test_worker_environment_compared_per_role(tmp_path: Path) -> None:
+    a = write_env(tmp_path / "a", BASE)
+    b = write_env(tmp_path / "b", BASE)
+    write_env(b, BASE.replace("      - pandas==2.2.3\n", ""), "worker-environment.yml")
+    changes = {(c.role, c.name, c.change) for c in diff(a, b).changes}
+    # A's worker environment is its manager's; B's workers lost pandas
+    assert changes == {("worker", "pandas", "removed")}
 
 
 def test_ignore_patch_hides_patch_level_changes(tmp_path: Path) -> None:

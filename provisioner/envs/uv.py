@@ -17,9 +17,9 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from auditor.diff import Pin
 from auditor.errors import CommandError, FloError
 from auditor.process import run
+from auditor.specs import Pin
 
 from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
 

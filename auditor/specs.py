@@ -1,0 +1,163 @@
+"""Models of the backpack's spec files as both sides read them: environments and data entries.
+
+`parse_environment` reads a conda-format environment.yml (conda specs and the `pip:` list) into
+exact pins; `parse_data` reads data.yml in the Floability schema (profiles) or the legacy flat
+list. Errors name the file, the key and what was expected. The audit's diff and the
+provisioner's environment builder both read specs through here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One package of an environment spec, as pinned."""
+
+    name: str
+    version: str | None  # None when unpinned; the URL for direct references
+    source: str  # "conda" | "pip"
+    channel: str | None = None
+
+    @property
+    def key(self) -> str:
+        return canonicalize_name(self.name)
+
+
+@dataclass
+class EnvSpec:
+    python: str | None
+    pins: dict[str, Pin]
+
+
+@dataclass(frozen=True)
+class DataItem:
+    name: str
+    target: str
+    checksum: str | None
+    size: int | None
+
+
+def load_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UsageError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+def parse_conda_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """`channel::name==1.2`, `name=1.2=build`, `name>=1` -> (name, version or None, channel)."""
+    channel = None
+    if "::" in spec:
+        channel, spec = spec.split("::", 1)
+    spec = spec.strip()
+    for i, ch in enumerate(spec):
+        if ch in "=<>!~ ":
+            name, rest = spec[:i], spec[i:].strip()
+            break
+    else:
+        return spec, None, channel
+    if rest.startswith("=="):
+        version: str | None = rest[2:].split("=")[0].strip()
+    elif rest.startswith("=") and not rest.startswith("=>"):
+        version = rest[1:].split("=")[0].strip().rstrip("*").rstrip(".")
+    else:
+        version = None  # a range: not a pin
+    return name, version or None, channel
+
+
+def parse_environment(path: Path) -> EnvSpec:
+    """Read a conda-format environment.yml into pins by canonical name."""
+    doc = load_yaml(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("dependencies"), list):
+        raise UsageError(f"{path}: key 'dependencies': expected a list of packages "
+                         "(is this a conda environment.yml?)")
+    python: str | None = None
+    pins: dict[str, Pin] = {}
+    for item in doc["dependencies"]:
+        if isinstance(item, dict):
+            pip_list = item.get("pip")
+            if not isinstance(pip_list, list):
+                raise UsageError(f"{path}: key 'dependencies': a mapping entry must be "
+                                 "'pip: [requirements]'")
+            for line in pip_list:
+                pin = _parse_pip_line(str(line), path)
+                if pin:
+                    pins[pin.key] = pin
+            continue
+        if not isinstance(item, str):
+            raise UsageError(f"{path}: key 'dependencies': expected strings, found {item!r}")
+        name, version, channel = parse_conda_spec(item)
+        if canonicalize_name(name) == "python":
+            python = version
+        elif canonicalize_name(name) != "pip" or version:
+            pin = Pin(name, version, "conda", channel)
+            pins[pin.key] = pin
+    return EnvSpec(python, pins)
+
+
+def parse_requirements(path: Path) -> EnvSpec:
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        pin = _parse_pip_line(line, path)
+        if pin:
+            pins[pin.key] = pin
+    return EnvSpec(None, pins)
+
+
+def _parse_pip_line(line: str, path: Path) -> Pin | None:
+    line = line.split(" #", 1)[0].strip()
+    if not line or line.startswith("#"):
+        return None
+    if line.startswith("-e "):
+        url = line[3:].strip()
+        return Pin(Path(url.rstrip("/")).name, url, "pip")
+    if line.startswith("-"):
+        return None  # pip options (--index-url, ...) are not packages
+    try:
+        req = Requirement(line)
+    except InvalidRequirement as exc:
+        raise UsageError(f"{path}: not a pip requirement: {line!r} ({exc})") from None
+    if req.url:
+        return Pin(req.name, req.url, "pip")
+    exact = [s.version for s in req.specifier if s.operator in ("==", "===")]
+    return Pin(req.name, exact[0] if exact else None, "pip")
+
+
+def parse_data(path: Path) -> dict[tuple[str, str], DataItem]:
+    """Data entries of a data.yml (profiles schema, or the legacy flat `data:` list)."""
+    doc = load_yaml(path)
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: expected a mapping with 'profiles' or 'data'")
+    entries: list = []
+    if isinstance(doc.get("profiles"), dict):
+        for profile in doc["profiles"].values():
+            if isinstance(profile, dict):
+                entries.extend(profile.get("data") or [])
+    elif isinstance(doc.get("data"), list):
+        entries = doc["data"]
+    else:
+        raise UsageError(f"{path}: key 'profiles': expected a mapping of profiles "
+                         "(or a legacy top-level 'data' list)")
+    items: dict[tuple[str, str], DataItem] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise UsageError(f"{path}: each data entry needs a 'name', found {entry!r}")
+        target = str(entry.get("target_location", entry.get("source", "")))
+        size = entry.get("expected_size")
+        items[(str(entry["name"]), target)] = DataItem(
+            str(entry["name"]), target, entry.get("checksum"),
+            int(size) if isinstance(size, int) else None)
+    return items
