@@ -71,7 +71,7 @@ def render_summary(summary: Mapping[str, Any], backpack: str | None,
     used = [p for p in packages if p.get("reason") == USED]
     if used:
         table = Table(title="Packages the notebook used", title_justify="left", box=None,
-                      pad_edge=False)
+                      pad_edge=False, min_width=40)
         table.add_column("package", style="bold")
         table.add_column("version")
         table.add_column("cells")
@@ -86,12 +86,14 @@ def render_summary(summary: Mapping[str, Any], backpack: str | None,
                 f"{len(packages) - len(used) - required} kernel machinery)")
     console.print(line)
     unknown = summary.get("unknown_paths") or []
-    if unknown:
-        console.print(f"{len(unknown)} paths no package owns (listed in audit/summary.json)")
+    warnings = summary.get("warnings") or []
+    console.print(f"{len(unknown)} unknown paths (inside the environment, owned by no package"
+                  f"{': listed in audit/summary.json' if unknown else ''}), "
+                  f"{len(warnings)} warnings")
     workflow_files = summary.get("workflow_files") or []
     if workflow_files:
         console.print(f"{len(workflow_files)} local workflow files copied into workflow/")
-    for warning in summary.get("warnings") or ():
+    for warning in warnings:
         console.print(Text("warning: ", style="yellow bold") + Text(warning))
     if not summary.get("complete"):
         console.print(Text(_incomplete_line(summary), style="red bold"))
