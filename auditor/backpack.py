@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .data_spec import DataSpec, load_data_spec
 from .emit.compute import ComputeSpec
 from .errors import FloError, UsageError
 
@@ -145,6 +146,7 @@ class Backpack:
     data: dict | None = None
     summary: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    data_spec: DataSpec | None = None  # data.yml as a model (profiles of DataEntry)
 
     @property
     def complete(self) -> bool:
@@ -169,8 +171,11 @@ def load_backpack(path: str | Path) -> Backpack:
                         in (root / REQUIREMENTS).read_text(encoding="utf-8").splitlines()
                         if line.strip() and not line.lstrip().startswith("#")]
     data = _read_yaml(root / DATA, "a mapping") if (root / DATA).exists() else None
+    data_spec = load_data_spec(root / DATA, data) if data is not None else None
+    if data_spec is not None:
+        warnings.extend(data_spec.warnings)
     return Backpack(root, workflow, environment, worker, compute, requirements, data, summary,
-                    warnings)
+                    warnings, data_spec)
 
 
 def _read_yaml(path: Path, expected: str) -> Any:

@@ -1,0 +1,215 @@
+"""The model of data/data.yml as read back: profiles, policies and `DataEntry` items.
+
+Both schemas are read: the Floability one (`schema_version`, `default_profile`,
+`profiles: {name: {policy: {...}, data: [...]}}`) and the legacy flat `data:` list (one profile
+named "default"). Entries are the same `DataEntry` the drafter writes (auditor/emit/data.py).
+Keys the drafter adds for people (`read_by`, `first_cell`) are read; other unknown keys are
+reported as warnings, never errors. Errors name the file, the entry and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+from .emit.checksums import parse_checksum
+from .emit.data import DataEntry
+from .errors import FloError
+
+SOURCE_TYPES = ("backpack", "fs", "file", "http", "https", "s3")
+POST_FETCH = ("untar", "unzip")
+LEGACY_PROFILE = "default"
+_ENTRY_KEYS = {"name", "source_type", "source", "target_location", "expected_size", "checksum",
+               "files", "post_fetch", "read_by", "first_cell"}
+_POLICY_KEYS = {"retry_attempts", "timeout", "backoff"}
+
+
+class DataSpecError(FloError):
+    """data/data.yml does not follow the schema."""
+
+
+@dataclass(frozen=True)
+class DataPolicy:
+    """How hard to try: `retry_attempts` is the number of attempts in all (at least one),
+    `timeout` the seconds a connection may stay silent, `backoff` the first pause between
+    attempts (doubled each time)."""
+
+    retry_attempts: int = 3
+    timeout: float = 60.0
+    backoff: float = 1.0
+
+    @property
+    def attempts(self) -> int:
+        return max(1, self.retry_attempts)
+
+
+@dataclass
+class DataProfile:
+    name: str
+    policy: DataPolicy
+    entries: list[DataEntry]
+
+
+@dataclass
+class DataSpec:
+    path: Path
+    profiles: dict[str, DataProfile]
+    default_profile: str | None = None
+    schema_version: str | None = None
+    legacy: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def profile(self, name: str | None = None) -> DataProfile:
+        """The profile to use: `name`, else `default_profile`, else the only one."""
+        if name is None:
+            name = self.default_profile
+            if name is None and len(self.profiles) == 1:
+                name = next(iter(self.profiles))
+        if name is None:
+            raise DataSpecError(f"{self.path}: no default_profile and several profiles "
+                                f"({', '.join(self.profiles)}); choose one with --profile")
+        if name not in self.profiles:
+            if self.legacy:
+                raise DataSpecError(f"{self.path}: has a flat 'data' list, no profiles; "
+                                    f"drop --profile {name}")
+            raise DataSpecError(f"{self.path}: no profile {name!r}; expected one of "
+                                f"{', '.join(self.profiles) or '(none)'}")
+        return self.profiles[name]
+
+
+def load_data_spec(path: Path, doc: object) -> DataSpec:
+    """Validate a parsed data.yml document `doc` read from `path`."""
+    if not isinstance(doc, dict):
+        raise DataSpecError(f"{path}: expected a mapping with 'profiles' (or a legacy 'data' "
+                            f"list), got {type(doc).__name__}")
+    warnings: list[str] = []
+    if "profiles" in doc:
+        profiles_doc = doc["profiles"]
+        if not isinstance(profiles_doc, dict) or not profiles_doc:
+            raise DataSpecError(f"{path}: key 'profiles': expected a mapping of profile name "
+                                "-> {policy, data}")
+        profiles = {str(name): _profile(path, str(name), body, f"profiles.{name}", warnings)
+                    for name, body in profiles_doc.items()}
+        for key in sorted(set(doc) - {"schema_version", "default_profile", "profiles"}):
+            warnings.append(f"{path}: unknown key {key!r} ignored")
+        default = doc.get("default_profile")
+        if default is not None and str(default) not in profiles:
+            raise DataSpecError(f"{path}: key 'default_profile': expected one of "
+                                f"{', '.join(profiles)}, got {default!r}")
+        version = doc.get("schema_version")
+        return DataSpec(path, profiles, None if default is None else str(default),
+                        None if version is None else str(version), False, warnings)
+    if "data" in doc:
+        profile = _profile(path, LEGACY_PROFILE, doc, "", warnings)
+        return DataSpec(path, {LEGACY_PROFILE: profile}, LEGACY_PROFILE, None, True, warnings)
+    raise DataSpecError(f"{path}: key 'profiles': missing; expected a mapping of profiles "
+                        "(or a legacy top-level 'data' list)")
+
+
+def _profile(path: Path, name: str, body: object, where: str,
+             warnings: list[str]) -> DataProfile:
+    prefix = f"{where}." if where else ""
+    if not isinstance(body, dict):
+        raise DataSpecError(f"{path}: key {where!r}: expected a mapping with 'data'")
+    policy = _policy(path, body.get("policy") or {}, f"{prefix}policy", warnings)
+    items = body.get("data")
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        raise DataSpecError(f"{path}: key '{prefix}data': expected a list of data entries")
+    entries = [_entry(path, item, f"{prefix}data[{i}]", warnings) for i, item in enumerate(items)]
+    seen_names: set[str] = set()
+    seen_targets: dict[str, str] = {}
+    for entry in entries:
+        if entry.name in seen_names:
+            raise DataSpecError(f"{path}: profile {name!r}: entry name {entry.name!r} appears "
+                                "twice; expected unique names")
+        seen_names.add(entry.name)
+        target = str(PurePosixPath(entry.target_location))
+        if target in seen_targets:
+            raise DataSpecError(f"{path}: profile {name!r}: entries {seen_targets[target]!r} "
+                                f"and {entry.name!r} share target_location {target!r}")
+        seen_targets[target] = entry.name
+    return DataProfile(name, policy, entries)
+
+
+def _policy(path: Path, doc: object, where: str, warnings: list[str]) -> DataPolicy:
+    if not isinstance(doc, dict):
+        raise DataSpecError(f"{path}: key {where!r}: expected a mapping with retry_attempts "
+                            "and timeout")
+    for key in sorted(set(doc) - _POLICY_KEYS):
+        warnings.append(f"{path}: unknown key '{where}.{key}' ignored")
+    values = {}
+    for key, kind in (("retry_attempts", int), ("timeout", float), ("backoff", float)):
+        if key not in doc:
+            continue
+        value = doc[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                or (kind is int and not isinstance(value, int)):
+            raise DataSpecError(f"{path}: key '{where}.{key}': expected a non-negative "
+                                f"{'integer' if kind is int else 'number'}, got {value!r}")
+        values[key] = kind(value)
+    return DataPolicy(**values)
+
+
+def _entry(path: Path, item: object, where: str, warnings: list[str]) -> DataEntry:
+    if not isinstance(item, dict):
+        raise DataSpecError(f"{path}: key {where!r}: expected a mapping with name, source_type, "
+                            f"source, target_location; got {item!r}")
+    label = f"{where} ({item['name']!r})" if "name" in item else where
+
+    def fail(key: str, expected: str) -> DataSpecError:
+        return DataSpecError(f"{path}: entry {label}: key {key!r}: {expected}")
+
+    source = item.get("source")
+    if not isinstance(source, str) or not source:
+        raise fail("source", f"expected a path or URL string, got {source!r}")
+    name = item.get("name")
+    if not isinstance(name, (str, int)) or isinstance(name, bool) or str(name) == "":
+        raise fail("name", f"expected a non-empty string, got {name!r}")
+    source_type = item.get("source_type") or _infer_source_type(source)
+    if source_type not in SOURCE_TYPES:
+        raise fail("source_type", f"expected one of {', '.join(SOURCE_TYPES)}, "
+                                  f"got {source_type!r}")
+    target = item.get("target_location")
+    if target is None:
+        target = PurePosixPath(urlparse(source).path if "://" in source else source).name
+    if not isinstance(target, str) or not target:
+        raise fail("target_location", f"expected a path relative to the run folder, "
+                                      f"got {target!r}")
+    size = item.get("expected_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise fail("expected_size", f"expected a non-negative integer (bytes), got {size!r}")
+    files = item.get("files")
+    if files is not None and (isinstance(files, bool) or not isinstance(files, int) or files < 0):
+        raise fail("files", f"expected a non-negative integer, got {files!r}")
+    checksum = item.get("checksum")
+    if checksum is not None:
+        try:
+            parse_checksum(str(checksum))
+        except ValueError as exc:
+            raise fail("checksum", f"expected 'algo:hex': {exc}") from None
+        checksum = str(checksum)
+    post_fetch = item.get("post_fetch")
+    if post_fetch is not None:
+        if isinstance(post_fetch, str):
+            post_fetch = {"operation": post_fetch}
+        if not isinstance(post_fetch, dict) or post_fetch.get("operation") not in POST_FETCH:
+            raise fail("post_fetch", f"expected {{operation: untar|unzip}}, got {post_fetch!r}")
+    for key in sorted(set(item) - _ENTRY_KEYS):
+        warnings.append(f"{path}: entry {label}: unknown key {key!r} ignored")
+    first_cell = item.get("first_cell")
+    return DataEntry(name=str(name), source_type=source_type, source=source,
+                     target_location=target, expected_size=size, checksum=checksum,
+                     read_by=str(item.get("read_by", "manager")),
+                     first_cell=first_cell if isinstance(first_cell, int) else None,
+                     files=files, post_fetch=post_fetch)
+
+
+def _infer_source_type(source: str) -> str:
+    """Legacy entries may omit source_type: a URL says it, an absolute path is fs."""
+    scheme = urlparse(source).scheme.lower() if "://" in source else ""
+    if scheme:
+        return scheme
+    return "fs" if source.startswith("/") else "backpack"
