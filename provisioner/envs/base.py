@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 BOOTSTRAP = {
     "manager": ("ipykernel", "distributed", "cloudpickle"),
     "worker": ("distributed", "cloudpickle"),
+    "lab": ("jupyterlab",),  # the manager of an interactive `flo-run BP` (with "manager")
 }
 
 
