@@ -52,8 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         if args_list and args_list[0] not in COMMANDS and not args_list[0].startswith("-"):
-            raise UsageError("running a backpack (flo-run BP --execute) is not built yet; "
-                             "available: flo-run validate BP, flo-run env BP")
+            from . import run_cli  # flo-run BP [--execute ...]: its own options and output
+
+            return run_cli.main(args_list)
         args = _parser().parse_args(args_list)
         if args.command == "validate":
             return _validate(args)
