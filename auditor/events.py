@@ -78,6 +78,7 @@ class Connect:
     t: float = 0.0
     cell: int | None = None
     url: str | None = None
+    host: str | None = None  # the name looked up before a socket connect to an address
     kind = "connect"
 
 

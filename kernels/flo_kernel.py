@@ -17,7 +17,7 @@ import atexit
 import json
 import os
 import platform
-import socket
+import runpy
 import sys
 import sysconfig
 import threading
@@ -26,11 +26,6 @@ import time
 # Keep in sync with auditor/events.py (MARK_PREFIX, mark_path).
 MARK_PREFIX = "/.flo-backpack-mark/"
 
-WANTED = frozenset((
-    "open", "subprocess.Popen", "os.exec", "os.posix_spawn", "os.system", "socket.connect",
-    "urllib.Request", "os.listdir", "os.scandir", "glob.glob",
-))
-_INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _BUFFERED_LINES = 512
 # JSON string literal, \u-escaping non-ASCII and lone surrogates (undecodable path bytes).
 _json_string = json.encoder.encode_basestring_ascii
@@ -45,6 +40,10 @@ def attach(shell, config):
     """Start logging into config["log"]; returns None so the bootstrap cell displays nothing."""
     side = _KernelSide(config["log"], bool(config.get("marks", True)), shell)
     side.write_kernel_record()
+    # The network handlers (hosts, URLs) live beside this file, loaded by path like it.
+    net = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "flo_net.py"),
+                         run_name="_flo_backpack_net")
+    side.handlers.update(net["network_handlers"](side.write))
     sys.addaudithook(_make_hook(side.handlers))
     shell.events.register("pre_run_cell", side.pre_run_cell)
     shell.events.register("post_run_cell", side.post_run_cell)
@@ -78,8 +77,6 @@ class _KernelSide:
             "os.exec": self.on_exec,
             "os.posix_spawn": self.on_posix_spawn,
             "os.system": self.on_system,
-            "socket.connect": self.on_connect,
-            "urllib.Request": self.on_url,
             "os.listdir": self.on_listdir,
             "os.scandir": self.on_listdir,
             "glob.glob": self.on_glob,
@@ -149,6 +146,7 @@ class _KernelSide:
             "platlib": sysconfig.get_path("platlib"),
             "markers": _marker_environment(),
             "cwd": os.getcwd(),
+            "home": os.path.expanduser("~"),
             "modules": sorted(modules),
         })
         self.flush()
@@ -234,19 +232,6 @@ class _KernelSide:
         command = _path_arg(args[0]) or ""
         self.write("exec", {"path": "/bin/sh", "argv": ["/bin/sh", "-c", command]})
 
-    def on_connect(self, args):
-        sock, address = args[0], args[1]
-        if getattr(sock, "family", None) not in _INET_FAMILIES or not isinstance(address, tuple):
-            return
-        host, port = address[0], address[1]
-        if isinstance(host, bytes):
-            host = host.decode("ascii", "replace")
-        text = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-        self.write("connect", {"address": text})
-
-    def on_url(self, args):
-        self.write("url", {"url": str(args[0])})
-
     def on_listdir(self, args):
         path = _path_arg(args[0]) if args and args[0] is not None else "."
         if path is not None:
@@ -261,7 +246,7 @@ class _KernelSide:
 def _make_hook(handlers):
     """The audit hook: a closure, as every audited event of the process pays for its call
     (id() and sys._getframe() are audited too); unwanted events cost one set lookup."""
-    wanted = WANTED
+    wanted = frozenset(handlers)
 
     def hook(event, args):
         if event in wanted:

@@ -40,15 +40,28 @@ class HooksTracer(Tracer):
 
 
 def hook_events(record_dir: Path) -> Iterator[Event]:
-    """The Import and URL Connect events of hooks.jsonl, in time order.
+    """The Import events, URLs and named connects of hooks.jsonl, in time order.
 
-    Syscall traces cannot show which module a cell named or which URL it opened; the strace
-    and ptrace backends merge these into their own streams by time.
+    Syscall traces cannot show which module a cell named, which URL it opened or which host
+    name an address was looked up as; the strace and ptrace backends merge these into their
+    own streams by time.
     """
     selected = ([event for event in _convert(entry)
-                 if isinstance(event, Import) or (isinstance(event, Connect) and event.url)]
-                for entry in read_hook_log(record_dir) if entry.get("ev") in ("import", "url"))
+                 if isinstance(event, Import)
+                 or (isinstance(event, Connect) and (event.url or event.host))]
+                for entry in read_hook_log(record_dir)
+                if entry.get("ev") in ("import", "url", "connect"))
     return _in_time_order(selected)
+
+
+def listed_dir(path: str) -> str:
+    """The folder a listing read: `path` itself, or for a glob pattern the deepest folder
+    above its first wildcard (`/data/run*/*.csv` -> `/data`)."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if any(c in part for c in "*?["):
+            return "/".join(parts[:i]) or "/"
+    return path
 
 
 def _in_time_order(groups: Iterable[list[Event]]) -> Iterator[Event]:
@@ -69,7 +82,7 @@ def _convert(entry: dict[str, Any]) -> list[Event]:
         if kind == "open":
             return [Access(pid, entry["path"], entry.get("mode") or "r", t=t, source="hook")]
         if kind == "listdir":
-            return [Access(pid, entry["path"], "d", t=t, source="hook")]
+            return [Access(pid, listed_dir(entry["path"]), "d", t=t, source="hook")]
         if kind == "import":
             path = entry.get("path")
             found: list[Event] = [Import(pid, entry["module"], path, t=t)]
@@ -79,7 +92,7 @@ def _convert(entry: dict[str, Any]) -> list[Event]:
         if kind == "exec":
             return [Exec(pid, entry.get("path") or "", list(entry.get("argv") or []), t=t)]
         if kind == "connect":
-            return [Connect(pid, entry["address"], t=t)]
+            return [Connect(pid, entry["address"], t=t, host=entry.get("host"))]
         if kind == "url":
             return [Connect(pid, entry["url"], t=t, url=entry["url"])]
         if kind == "cell":
