@@ -1,0 +1,21 @@
+"""Engines: a Dask scheduler and workers for the notebook's kernel to connect to."""
+
+from __future__ import annotations
+
+from . import dask_local  # noqa: F401  (registers the dask-local engine)
+from .base import (
+    ADDRESS_VARIABLE,
+    FILE_VARIABLE,
+    Cluster,
+    Engine,
+    EngineError,
+    EngineSpec,
+    VersionMismatch,
+    check_versions,
+    get_engine,
+    installed_versions,
+    register,
+)
+
+__all__ = ["ADDRESS_VARIABLE", "FILE_VARIABLE", "Cluster", "Engine", "EngineError", "EngineSpec",
+           "VersionMismatch", "check_versions", "get_engine", "installed_versions", "register"]

@@ -1,0 +1,242 @@
+"""`flo-run BP`: validate -> data -> environments -> engine -> notebook, timed phase by phase.
+
+Each run gets its own folder under the scratch dir, holding a copy of workflow/ (the notebook's
+working directory, where data lands at its target locations), the scheduler file and the
+engine's logs. The folder is removed at the end unless `keep`. Whatever happens, every process
+the run started is stopped before `run_backpack` returns or raises.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from auditor.errors import FloError, Interrupted
+
+from . import api, runner
+from .engines import EngineSpec, get_engine
+from .envs import EnvCache, get_builder
+from .envs.base import BuiltEnv, EnvRequest
+
+#: Phases of the closing summary, in order (the Floability paper's Table III rows).
+PHASES = ("validation", "data", "manager environment", "worker environment", "engine start",
+          "notebook execution", "teardown")
+
+
+class NotebookFailed(FloError):
+    """The notebook ran but did not complete; the executed notebook was still written."""
+
+    exit_code = 1
+
+
+@dataclass
+class RunOptions:
+    backpack: Path
+    execute: bool = True
+    output: Path | None = None  # executed notebook; default ./<stem>-executed.ipynb
+    parameters: dict[str, object] = field(default_factory=dict)
+    workers: int | None = None  # overrides min-workers
+    scratch_dir: Path | None = None
+    cache_dir: Path | None = None
+    keep: bool = False
+    host: str = "127.0.0.1"
+    python: str | None = None
+    profile: str | None = None
+    engine: str = "dask-local"
+    timeout: float | None = None  # per cell
+
+
+@dataclass
+class RunReport:
+    """What a run did and how long each phase took; `status` is the notebook's."""
+
+    backpack: Path
+    run_dir: Path
+    phases: dict[str, float] = field(default_factory=dict)
+    envs: dict[str, BuiltEnv] = field(default_factory=dict)  # role -> env
+    status: str = "not started"
+    output: Path | None = None
+    failed_cell: dict | None = None
+    message: str = ""
+    cluster: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    kept: bool = False
+    url: str | None = None
+
+    @property
+    def total(self) -> float:
+        return self.phases.get("total", sum(self.phases.values()))
+
+    def to_dict(self) -> dict:
+        return {"backpack": str(self.backpack), "run_dir": str(self.run_dir),
+                "kept": self.kept, "status": self.status,
+                "output": str(self.output) if self.output else None,
+                "failed_cell": self.failed_cell, "message": self.message,
+                "phases": {k: round(v, 3) for k, v in self.phases.items()},
+                "envs": {role: {"path": str(e.path), "from_cache": e.from_cache,
+                                "seconds": round(e.seconds, 3)} for role, e in self.envs.items()},
+                "cluster": self.cluster, "notes": self.notes, "url": self.url}
+
+
+def default_scratch_dir() -> Path:
+    if env := os.environ.get("FLO_SCRATCH_DIR"):
+        return Path(env).expanduser()
+    return Path(tempfile.gettempdir()) / "flo-run"
+
+
+def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: None,
+                 on_lab: Callable[[runner.Lab], None] | None = None) -> RunReport:
+    """Run a backpack headless (`options.execute`) or interactively (JupyterLab until Ctrl-C).
+
+    Raises `NotebookFailed` (with `.report`) when a cell fails; the executed notebook is written
+    first. `on_lab` is called with the running JupyterLab (interactive mode) before waiting.
+    """
+    started = time.monotonic()
+    scratch = (options.scratch_dir or default_scratch_dir()).expanduser().absolute()
+    scratch.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"run-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                    dir=scratch))
+    report = RunReport(Path(options.backpack).expanduser().absolute(), run_dir)
+    cluster = None
+    try:
+        checked = _phase(report, "validation", lambda: api.validate(report.backpack))
+        if not checked.valid:
+            raise api.InvalidBackpack(checked)
+        _copy_workflow(report.backpack / "workflow", run_dir)
+        _phase(report, "data", lambda: _fetch_data(report, options))
+        _environments(report, checked, options, say)
+        compute = _compute(report.backpack)
+        workers = options.workers if options.workers is not None else max(compute.min_workers, 1)
+        spec = EngineSpec(run_dir=run_dir, worker_python=report.envs["worker"].python_path,
+                          manager_python=report.envs["manager"].python_path, workers=workers,
+                          max_workers=max(compute.max_workers, workers), threads=compute.cores,
+                          memory_mb=compute.memory, host=options.host)
+        say(f"starting {workers} Dask worker(s)")
+        cluster = _phase(report, "engine start", lambda: get_engine(options.engine).start(spec))
+        report.cluster = cluster.to_dict()
+        report.notes += cluster.notes
+        if options.execute:
+            _execute(report, options, checked.workflow, cluster, say)
+        else:
+            _interactive(report, cluster, on_lab)
+    except KeyboardInterrupt:
+        report.status = "interrupted"
+        raise Interrupted("interrupted; the run's Jupyter, workers and scheduler were "
+                          "stopped") from None
+    finally:
+        if cluster is not None:
+            survivors = _phase(report, "teardown", cluster.stop)
+            if survivors:
+                report.notes.append(f"{len(survivors)} process(es) could not be stopped: "
+                                    + ", ".join(str(p.pid) for p in survivors))
+        report.phases["total"] = time.monotonic() - started
+        report.kept = options.keep
+        if not options.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if report.status not in ("complete", "stopped"):
+        error = NotebookFailed(f"the notebook did not complete: {report.message}; the executed "
+                               f"notebook is {report.output}")
+        error.report = report  # type: ignore[attr-defined]
+        raise error
+    return report
+
+
+def _phase(report: RunReport, name: str, work: Callable[[], object]) -> object:
+    began = time.monotonic()
+    try:
+        return work()
+    finally:
+        report.phases[name] = report.phases.get(name, 0.0) + time.monotonic() - began
+
+
+def _copy_workflow(workflow: Path, run_dir: Path) -> None:
+    """workflow/ becomes the run folder's content: the notebook and its helper modules."""
+    shutil.copytree(workflow, run_dir, dirs_exist_ok=True, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+
+
+def _fetch_data(report: RunReport, options: RunOptions) -> None:
+    if not (report.backpack / "data" / "data.yml").exists():
+        return
+    try:
+        data = importlib.import_module("provisioner.data")
+    except ImportError:
+        report.notes.append("data/data.yml not fetched: provisioner.data is not available")
+        return
+    data.fetch(report.backpack, report.run_dir, options.profile)
+
+
+def _environments(report: RunReport, checked: api.ValidationResult, options: RunOptions,
+                  say: Callable[[str], None]) -> None:
+    """Manager and worker environments (shared when their specs are equal), each timed. The
+    interactive manager also gets JupyterLab (the `lab` role), which pins cannot move."""
+    cache = EnvCache(options.cache_dir or _default_cache(options))
+    builder = get_builder("uv")
+    for request in api.plan_environments(checked, options.python):
+        if not options.execute and "manager" in request.roles:
+            requests = [EnvRequest(request.spec, request.interpreter, ("manager", "lab"))]
+            if "worker" in request.roles:
+                requests.append(EnvRequest(request.spec, request.interpreter, ("worker",)))
+        else:
+            requests = [request]
+        for one in requests:
+            roles = [r for r in one.roles if r != "lab"]
+            say(f"{'+'.join(roles)} environment")
+            phase = f"{roles[0]} environment"
+            env = _phase(report, phase, lambda o=one: _ensure(cache, builder, o, report))
+            for role in roles:
+                report.envs[role] = env
+            report.notes += env.notes
+    report.phases.setdefault("worker environment", 0.0)
+
+
+def _ensure(cache: EnvCache, builder, request: EnvRequest, report: RunReport) -> BuiltEnv:
+    return cache.ensure(request, lambda target: builder.build(request, target),
+                        backpack=str(report.backpack))
+
+
+def _default_cache(options: RunOptions) -> Path | None:
+    if os.environ.get("FLO_CACHE_DIR") or options.scratch_dir is None:
+        return None
+    return Path(options.scratch_dir).expanduser().absolute() / "envs"
+
+
+def _compute(root: Path):  # -> ComputeSpec
+    from auditor.backpack import load_backpack
+    from auditor.emit.compute import ComputeSpec
+
+    if not (root / "compute" / "compute.yml").exists():
+        return ComputeSpec()
+    return load_backpack(root).compute
+
+
+def _execute(report: RunReport, options: RunOptions, workflow: Path, cluster, say) -> None:
+    notebook = report.run_dir / workflow.name
+    output = (options.output or Path.cwd() / f"{workflow.stem}-executed.ipynb")
+    say(f"executing {workflow.name}")
+    result = _phase(report, "notebook execution", lambda: runner.execute(
+        notebook, Path(output).expanduser().absolute(), python=report.envs["manager"].python_path,
+        cwd=report.run_dir, env=cluster.environment(), parameters=options.parameters,
+        timeout=options.timeout))
+    report.status, report.output = result.status, result.output
+    report.failed_cell, report.message = result.failed_cell, result.message
+
+
+def _interactive(report: RunReport, cluster, on_lab) -> None:
+    manager = report.envs["manager"].python_path
+
+    def launch(argv, log_name, cwd=None):  # the lab's kernels connect to the cluster too
+        return cluster.launch(argv, log_name, cwd=cwd, env=cluster.environment())
+
+    lab = runner.start_lab(manager, report.run_dir, launch, host=cluster.spec.host)
+    report.url = lab.url
+    if on_lab is not None:
+        on_lab(lab)
+    lab.process.wait()  # until Ctrl-C (KeyboardInterrupt) or the server stops by itself
+    report.status = "stopped"

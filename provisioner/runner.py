@@ -1,0 +1,224 @@
+"""Run the notebook in the manager environment: headless (nbclient) or interactive (JupyterLab).
+
+Headless: a kernelspec written for this run in a temporary JUPYTER_PATH-style folder names the
+manager environment's python (`-m ipykernel_launcher`), so the kernel is that environment's
+whatever flo-run itself runs in. Parameters are injected papermill-style. The executed notebook
+is written whatever happens to the cells; `Execution.status` says how it ended.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import secrets
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from auditor.errors import FloError
+
+from .engines.base import free_port, wait_for
+
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+
+
+class RunnerError(FloError):
+    """The kernel or JupyterLab could not be started."""
+
+
+def parse_value(text: str) -> object:
+    """A `-p NAME VALUE` value: a Python literal when it is one (1, 0.5, True, [1, 2]), else the
+    string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def inject_parameters(notebook: nbformat.NotebookNode, parameters: Mapping[str, object]) -> int:
+    """Insert (or replace) the `injected-parameters` cell: after the cell tagged `parameters`,
+    else at the top. Returns its index, or -1 when there are no parameters."""
+    if not parameters:
+        return -1
+    source = "# Parameters\n" + "".join(f"{name} = {value!r}\n"
+                                       for name, value in parameters.items())
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = [INJECTED_TAG]
+    cells = notebook.cells
+    old = next((i for i, c in enumerate(cells) if INJECTED_TAG in _tags(c)), None)
+    if old is not None:
+        cells[old] = cell
+        return old
+    after = next((i for i, c in enumerate(cells) if PARAMETERS_TAG in _tags(c)), None)
+    index = 0 if after is None else after + 1
+    cells.insert(index, cell)
+    return index
+
+
+def _tags(cell: nbformat.NotebookNode) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+@dataclass
+class Execution:
+    """How a headless run ended: `complete`, `failed` (a cell raised), `timeout`,
+    `kernel-died`; `failed_cell` = {index, ename, evalue} for a failed cell."""
+
+    output: Path
+    status: str
+    seconds: float
+    failed_cell: dict | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "complete"
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.output), "status": self.status,
+                "seconds": round(self.seconds, 3), "failed_cell": self.failed_cell,
+                "message": self.message}
+
+
+def write_kernelspec(folder: Path, python: Path, env: Mapping[str, str]) -> str:
+    """A kernelspec for this run under `folder/kernels/`; returns its name."""
+    name = "flo-run-manager"
+    spec_dir = folder / "kernels" / name
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "flo-run manager", "language": "python",
+            "env": dict(env), "metadata": {"debugger": False}}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    return name
+
+
+def kernel_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """flo-run's own environment minus what would make the manager python use flo-run's
+    packages (VIRTUAL_ENV, PYTHONPATH), plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "JUPYTER_PATH")}
+    env.update(extra)
+    return env
+
+
+def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
+            env: Mapping[str, str] | None = None, parameters: Mapping[str, object] | None = None,
+            timeout: float | None = None,
+            on_cell: Callable[[int, int], None] | None = None) -> Execution:
+    """Execute `notebook` in a kernel of `python`'s environment with cwd `cwd`; write the
+    executed notebook to `output` even when a cell fails or the kernel dies."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    started = time.monotonic()
+    nb = nbformat.read(notebook, as_version=4)
+    inject_parameters(nb, parameters or {})
+    failed: dict = {}
+
+    def cell_error(cell: nbformat.NotebookNode, cell_index: int, execute_reply: dict) -> None:
+        content = execute_reply.get("content", {})
+        failed.update(index=cell_index, ename=content.get("ename", ""),
+                      evalue=content.get("evalue", ""))
+
+    def cell_start(cell: nbformat.NotebookNode, cell_index: int) -> None:
+        if on_cell is not None:
+            on_cell(cell_index, len(nb.cells))
+
+    with tempfile.TemporaryDirectory(prefix="flo-run-kernelspec-") as specs:
+        name = write_kernelspec(Path(specs), python, {})
+        km = KernelManager(kernel_name=name,
+                           kernel_spec_manager=KernelSpecManager(kernel_dirs=[
+                               str(Path(specs) / "kernels")]))
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name=name,
+                                resources={"metadata": {"path": str(cwd)}},
+                                on_cell_error=cell_error, on_cell_start=cell_start)
+        status, message = "complete", ""
+        try:
+            client.execute(env=kernel_environment(env or {}))
+        except CellExecutionError as exc:
+            status = "failed"
+            message = _first_line(exc) if not failed else ""
+        except CellTimeoutError:
+            status, message = "timeout", f"a cell ran longer than {timeout:g} s"
+        except DeadKernelError as exc:
+            status, message = "kernel-died", f"the kernel died: {_first_line(exc)}"
+        finally:
+            _shutdown(km)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, output)
+    if status == "failed" and failed:
+        message = (f"cell {failed['index']} raised {failed['ename']}: "
+                   f"{failed['evalue']}").rstrip(": ")
+    return Execution(output, status, time.monotonic() - started, failed or None, message)
+
+
+def _shutdown(km: object) -> None:
+    try:
+        if km.has_kernel:  # type: ignore[attr-defined]
+            km.shutdown_kernel(now=True)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 (already gone; the process tree teardown covers it)
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+# ---------------------------------------------------------------- interactive
+
+
+@dataclass
+class Lab:
+    """A running JupyterLab server: its URL (with token) and process."""
+
+    url: str
+    token: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def status_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/status?token={self.token}"
+
+
+def start_lab(python: Path, root: Path, launch: Callable[..., subprocess.Popen[bytes]],
+              host: str = "127.0.0.1", timeout: float = 120.0) -> Lab:
+    """Start JupyterLab from the manager environment, serving `root`, bound to `host` with a
+    fresh token; returns once it answers /api/status. `launch(argv, log_name, cwd)` starts the
+    process (the engine's Cluster.launch, so teardown finds it)."""
+    token = secrets.token_hex(24)
+    port = free_port(host)
+    argv = [python, "-m", "jupyterlab", "--no-browser", f"--ServerApp.ip={host}",
+            f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
+    process = launch(argv, "jupyterlab.log", cwd=root)
+    lab = Lab(f"http://{host}:{port}/lab?token={token}", token, port, process)
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/api/status?token={token}",
+                                        timeout=2) as answer:
+                return answer.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def died() -> str | None:
+        return (None if process.poll() is None
+                else f"JupyterLab exited with status {process.returncode}")
+
+    try:
+        wait_for(answers, timeout, "starting JupyterLab", died, interval=0.2)
+    except FloError as exc:
+        raise RunnerError(str(exc)) from None
+    return lab
