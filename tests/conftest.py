@@ -22,6 +22,9 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+# The `slurm` fixture (a real single-node SLURM) for the batch-engine tests.
+pytest_plugins = ["conftest_slurm"]
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures" / "notebooks"
 #: Upper bound for one audit of one fixture, including kernel start-up, resolving and writing.
