@@ -55,6 +55,7 @@ class EngineSpec:
     max_workers: int = 1  # adaptive upper bound
     threads: int = 1  # per worker (compute.yml cores)
     memory_mb: int = 0  # per worker (compute.yml memory); 0 = no limit
+    disk_mb: int = 0  # per worker (compute.yml disk), for batch engines; 0 = not asked
     host: str = "127.0.0.1"
     start_timeout: float = 120.0
     token: str = ""  # marks every process started, for teardown
@@ -222,6 +223,7 @@ class Engine:
     failure while starting leaves no process behind."""
 
     name = ""
+    cluster_class: type[Cluster] = Cluster  # an engine may add its own teardown
 
     def start(self, spec: EngineSpec) -> Cluster:
         if spec.manager_python is not None:
@@ -229,7 +231,7 @@ class Engine:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         tree = ProcessTree(spec.token or f"flo-run-{os.getpid()}-{time.time_ns()}")
         spec.token = tree.token
-        cluster = Cluster(spec, tree)
+        cluster = self.cluster_class(spec, tree)
         try:
             self._start(spec, cluster)
         except BaseException:
