@@ -1,0 +1,16 @@
+"""flo-run's data step: data/data.yml -> verified files in the run folder.
+
+`fetch` is what the runner calls before any environment or engine work; `verify` checks what
+is in place. Sources live in sources.py (one class per source_type), downloads in download.py,
+post_fetch unpacking in extract.py.
+"""
+
+from __future__ import annotations
+
+from .fetch import check_content, default_run_dir, fetch, resolve_target, verify
+from .results import DataError, EntryResult, FetchReport, Mismatch, VerifyReport
+from .sources import SOURCES, Source, get_source
+
+__all__ = ["SOURCES", "DataError", "EntryResult", "FetchReport", "Mismatch", "Source",
+           "VerifyReport", "check_content", "default_run_dir", "fetch", "get_source",
+           "resolve_target", "verify"]

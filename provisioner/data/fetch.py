@@ -1,0 +1,281 @@
+"""Fetch and verify a backpack's data: data.yml -> verified files at their run-folder targets.
+
+Order of work, so that a bad entry costs nothing: read data.yml (through auditor.backpack),
+resolve every target (inside the run folder, or "use in place"), check every local source
+exists, and only then copy or download, concurrently. Each entry is staged next to its target,
+verified (size, file count, checksum), and renamed into place; a failure cancels the rest and
+raises `DataError` with one line naming the entry, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from auditor.backpack import load_backpack
+from auditor.data_spec import DataPolicy, DataProfile
+from auditor.emit.checksums import checksum_of, directory_stats, parse_checksum
+from auditor.emit.data import DataEntry
+from auditor.errors import FloError
+
+from .download import Cancelled
+from .extract import already_extracted, extract
+from .results import DataError, EntryResult, FetchReport, Mismatch, VerifyReport
+from .sources import Source, StageContext, get_source, remove
+
+Progress = Callable[[str, int, "int | None"], None]  # (entry name, bytes so far, total or None)
+
+
+def default_run_dir(backpack: str | Path, scratch_dir: str | Path | None = None) -> Path:
+    """`<scratch>/runs/<backpack name>-<hash of its path>`; scratch is --scratch-dir,
+    $FLO_SCRATCH_DIR, or ~/.cache/flo-backpack (some clusters forbid /tmp)."""
+    root = Path(backpack).expanduser().absolute()
+    scratch = scratch_dir or os.environ.get("FLO_SCRATCH_DIR") \
+        or Path.home() / ".cache" / "flo-backpack"
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    return Path(scratch).expanduser().absolute() / "runs" / f"{root.name}-{tag}"
+
+
+@dataclass
+class PlannedEntry:
+    entry: DataEntry
+    source: Source
+    target: Path | None  # None: used in place at its source (an fs entry outside the run)
+
+    @property
+    def in_place(self) -> bool:
+        return self.target is None
+
+
+def resolve_target(entry: DataEntry, run_dir: Path) -> Path | None:
+    """The entry's path in the run folder; None for the "use in place" convention (an fs
+    entry whose absolute target_location is its own source). Anything else leaving the run
+    folder is refused."""
+    where = entry.target_location
+    expected = "expected a path inside the run folder"
+    if os.path.isabs(where) or where.startswith("~"):
+        if entry.source_type == "fs" and os.path.normpath(where) == \
+                os.path.normpath(entry.source):
+            return None
+        raise DataError(f"data entry {entry.name!r}: target_location {where!r} is absolute; "
+                        f"{expected} (only an fs entry whose target equals its source is used "
+                        "in place)", entry.name)
+    parts = PurePosixPath(where.replace("\\", "/")).parts
+    if ".." in parts:
+        raise DataError(f"data entry {entry.name!r}: target_location {where!r} climbs out with "
+                        f"'..'; {expected}", entry.name)
+    if not [p for p in parts if p != "."]:
+        raise DataError(f"data entry {entry.name!r}: target_location {where!r} is the run "
+                        f"folder itself; {expected}, naming a file or folder", entry.name)
+    target = run_dir / where
+    if not target.resolve().is_relative_to(run_dir.resolve()):
+        raise DataError(f"data entry {entry.name!r}: target_location {where!r} leads outside "
+                        f"the run folder through a symlink; {expected}", entry.name)
+    return target
+
+
+def check_content(path: Path, entry: DataEntry) -> int:
+    """Verify content at `path` against the entry; returns its size. Raises `Mismatch`."""
+    label = f"data entry {entry.name!r} ({entry.source_type} {entry.source})"
+    if not path.exists():
+        raise Mismatch(f"{label}: expected content at {path}, found nothing", entry.name)
+    if path.is_dir():
+        files, size = directory_stats(path)
+        if entry.files is not None and files != entry.files:
+            raise Mismatch(f"{label}: expected {entry.files} files in the folder, found {files}",
+                           entry.name)
+    else:
+        size = path.stat().st_size
+    if entry.expected_size is not None and size != entry.expected_size:
+        raise Mismatch(f"{label}: expected {entry.expected_size} bytes, found {size}", entry.name)
+    if entry.checksum:
+        algo, digest = parse_checksum(entry.checksum)
+        found = checksum_of(path, algo)
+        if found != f"{algo}:{digest}":
+            raise Mismatch(f"{label}: expected checksum {algo}:{digest}, found {found}",
+                           entry.name)
+    return size
+
+
+def _plan(profile: DataProfile, backpack: Path, run_dir: Path) -> list[PlannedEntry]:
+    planned = [PlannedEntry(e, get_source(e, backpack), resolve_target(e, run_dir))
+               for e in profile.entries]
+    for item in planned:
+        item.source.check()
+    return planned
+
+
+def _profile(backpack: Path, profile: str | None) -> DataProfile | None:
+    spec = load_backpack(backpack).data_spec
+    return spec.profile(profile) if spec is not None else None
+
+
+def fetch(backpack: Path, run_dir: Path, profile: str | None = None, *,
+          progress: Progress | None = None, jobs: int = 4) -> FetchReport:
+    """Put every entry of the chosen profile in place under `run_dir`, verified.
+
+    Entries already in place and verified are skipped. Raises `DataError` (with `.report`)
+    when any entry fails; the run folder then holds no half-made file under any target name.
+    """
+    started = time.monotonic()
+    root = Path(backpack).expanduser().absolute()
+    run_dir = Path(run_dir).expanduser().absolute()
+    chosen = _profile(root, profile)
+    report = FetchReport(root, run_dir, chosen.name if chosen else None)
+    if chosen is None:
+        return report
+    planned = _plan(chosen, root, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cancel = threading.Event()
+    results: dict[str, EntryResult] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="flo-fetch")
+    try:
+        futures = {pool.submit(_fetch_one, item, chosen.policy, progress, cancel): item
+                   for item in planned}
+        for future in as_completed(futures):
+            result = future.result()
+            results[result.name] = result
+            if not result.ok:
+                cancel.set()
+    except BaseException:
+        cancel.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for item in planned:
+        results.setdefault(item.entry.name, EntryResult(
+            item.entry.name, item.entry.source, str(item.target or item.entry.source),
+            ok=False, status="cancelled", message="not fetched: another entry failed"))
+    report.entries = [results[item.entry.name] for item in planned]
+    report.seconds = time.monotonic() - started
+    problems = report.problems
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(problems[0].message + more, problems[0].name, report)
+    return report
+
+
+def _fetch_one(item: PlannedEntry, policy: DataPolicy, progress: Progress | None,
+               cancel: threading.Event) -> EntryResult:
+    entry = item.entry
+    started = time.monotonic()
+    result = EntryResult(entry.name, entry.source, str(item.target or entry.source))
+
+    def report_bytes(done: int, total: int | None) -> None:
+        if progress:
+            progress(entry.name, done, total)
+
+    try:
+        if cancel.is_set():
+            raise Cancelled("cancelled")
+        if item.target is None:
+            result.bytes = check_content(Path(entry.source), entry)
+            result.status, result.from_cache = "in place", True
+        else:
+            _put_in_place(item, item.target, policy, report_bytes, cancel, result)
+            if entry.post_fetch:
+                result.extracted = _post_fetch(item.target, entry)
+        report_bytes(result.bytes, result.bytes)
+    except Cancelled:
+        result.ok, result.status, result.message = False, "cancelled", "cancelled"
+    except FloError as exc:
+        result.ok, result.status, result.message = False, "failed", str(exc)
+    except OSError as exc:
+        result.ok, result.status = False, "failed"
+        result.message = f"data entry {entry.name!r}: {exc.strerror or exc} ({exc.filename})"
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _put_in_place(item: PlannedEntry, target: Path, policy: DataPolicy,
+                  report_bytes: Callable[[int, int | None], None], cancel: threading.Event,
+                  result: EntryResult) -> None:
+    entry = item.entry
+    if target.exists():
+        try:
+            result.bytes = check_content(target, entry)
+            result.status, result.from_cache = "present", True
+            return
+        except Mismatch:
+            pass  # stale or damaged: fetch again, replace only once the new copy verifies
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(policy, report_bytes, cancel)
+    staged = item.source.stage(target, ctx)
+    try:
+        try:
+            result.bytes = check_content(staged.path, entry)
+        except Mismatch:
+            if not staged.resumed:
+                raise
+            remove(staged.path)  # the resumed bytes may be stale: one clean download
+            ctx.fresh = True
+            staged = item.source.stage(target, ctx)
+            result.bytes = check_content(staged.path, entry)
+        _replace(staged.path, target)
+    except BaseException as exc:
+        if not isinstance(exc, Cancelled):
+            remove(staged.path)
+        raise
+    result.status = "fetched"
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Rename `new` over `target`; a folder target is swapped out first, then removed."""
+    if target.is_dir() and not target.is_symlink():
+        old = target.parent / f".{target.name}.flo-old-{os.getpid()}"
+        os.rename(target, old)
+        os.rename(new, target)
+        remove(old)
+    else:
+        os.replace(new, target)
+
+
+def _post_fetch(target: Path, entry: DataEntry) -> list[str]:
+    assert entry.post_fetch is not None
+    done = already_extracted(target)
+    if done is not None:
+        return done
+    try:
+        return extract(target, entry.post_fetch["operation"], entry.name)
+    except DataError:
+        remove(target)  # a refused archive is not left behind looking fetched
+        raise
+
+
+def verify(backpack: Path, run_dir: Path | None = None, profile: str | None = None) -> VerifyReport:
+    """Check sizes and checksums of what is in place: in `run_dir` when given, else the
+    local sources themselves (backpack, fs, file); remote entries then stay unchecked."""
+    started = time.monotonic()
+    root = Path(backpack).expanduser().absolute()
+    run = Path(run_dir).expanduser().absolute() if run_dir is not None else None
+    chosen = _profile(root, profile)
+    report = VerifyReport(root, run, chosen.name if chosen else None)
+    for entry in chosen.entries if chosen else []:
+        result = EntryResult(entry.name, entry.source, None, status="verified")
+        item_started = time.monotonic()
+        try:
+            source = get_source(entry, root)
+            path: Path | None
+            if run is not None:
+                target = resolve_target(entry, run)
+                path = target if target is not None else Path(entry.source)
+            else:
+                path = source.local_path()
+            if path is None:
+                result.status = "unchecked"
+                result.message = "remote source: give --run-dir to check the fetched copy"
+            else:
+                result.target = str(path)
+                result.bytes = check_content(path, entry)
+        except FloError as exc:
+            result.ok, result.status, result.message = False, "failed", str(exc)
+        result.seconds = time.monotonic() - item_started
+        report.entries.append(result)
+    report.seconds = time.monotonic() - started
+    return report

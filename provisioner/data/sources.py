@@ -1,0 +1,234 @@
+"""Where data comes from: one class per `source_type`, behind one small base and one registry.
+
+A source does two things: `check()` before any work (a local source that is missing fails
+here, before anything is copied or downloaded), and `stage(target, ctx)`, which puts the content
+at a temporary path next to `target` and returns it. The caller verifies the staged content and
+renames it into place; a source never writes under the target's own name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import unquote, urlparse
+
+from auditor.data_spec import DataPolicy
+from auditor.emit.data import DataEntry
+
+from .download import ByteProgress, Cancelled, DownloadError, download
+from .results import DataError
+
+
+@dataclass
+class StageContext:
+    policy: DataPolicy
+    progress: ByteProgress | None = None
+    cancel: threading.Event | None = None
+    fresh: bool = False  # ignore any partial download and start over
+
+
+@dataclass
+class Staged:
+    path: Path
+    resumed: bool = False  # continued a partial download: a bad checksum earns one fresh try
+
+
+def temp_name(target: Path, tag: str = "tmp") -> Path:
+    """A hidden sibling of `target`: same filesystem (rename is atomic), never its name."""
+    return target.parent / f".{target.name}.flo-{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class Source:
+    """Base class: bookkeeping shared by every source type."""
+
+    kind: ClassVar[str] = ""
+    remote: ClassVar[bool] = False
+
+    def __init__(self, entry: DataEntry, backpack: Path) -> None:
+        self.entry = entry
+        self.backpack = backpack
+
+    def fail(self, what: str) -> DataError:
+        return DataError(f"data entry {self.entry.name!r} ({self.entry.source_type} "
+                         f"{self.entry.source}): {what}", self.entry.name)
+
+    def local_path(self) -> Path | None:
+        """The content as a local path, for sources that have one (verify reads it there)."""
+        return None
+
+    def check(self) -> None:
+        """Cheap existence check before any work; remote sources are checked by fetching."""
+        path = self.local_path()
+        if path is not None and not path.exists():
+            raise self.fail(f"expected the source to exist, found no file or folder at {path}")
+
+    def stage(self, target: Path, ctx: StageContext) -> Staged:
+        raise NotImplementedError
+
+
+class LocalSource(Source):
+    """A file or folder on this machine: hard-linked when on the same filesystem, else copied."""
+
+    def stage(self, target: Path, ctx: StageContext) -> Staged:
+        source = self.local_path()
+        assert source is not None
+        self.check()
+        tmp = temp_name(target)
+        done = 0
+
+        def link_or_copy(src: str, dst: str) -> None:
+            nonlocal done
+            if ctx.cancel is not None and ctx.cancel.is_set():
+                raise Cancelled("cancelled")
+            try:
+                os.link(src, dst)
+            except OSError:  # another filesystem, or links not allowed here
+                shutil.copy2(src, dst)
+            done += os.stat(dst).st_size
+            if ctx.progress:
+                ctx.progress(done, self.entry.expected_size)
+
+        try:
+            if source.is_dir():
+                shutil.copytree(source, tmp, copy_function=link_or_copy)
+            else:
+                link_or_copy(str(source), str(tmp))
+        except BaseException:
+            remove(tmp)
+            raise
+        return Staged(tmp)
+
+
+class BackpackSource(LocalSource):
+    """A path inside the backpack folder, e.g. data/measurements.csv."""
+
+    kind = "backpack"
+
+    def local_path(self) -> Path:
+        relative = self.entry.source.removeprefix("backpack://")
+        root = self.backpack.resolve()
+        path = (root / relative).resolve()
+        if os.path.isabs(relative) or not path.is_relative_to(root):
+            raise self.fail("expected a path inside the backpack folder "
+                            f"(like data/x.csv), found {relative!r}")
+        return path
+
+
+class FsSource(LocalSource):
+    """A path on this machine's filesystem (absolute; relative is taken from the backpack)."""
+
+    kind = "fs"
+
+    def local_path(self) -> Path:
+        path = Path(self.entry.source).expanduser()
+        return path if path.is_absolute() else self.backpack / path
+
+
+class FileUrlSource(LocalSource):
+    """A file:// URL: a local path written as a URL."""
+
+    kind = "file"
+
+    def local_path(self) -> Path:
+        parsed = urlparse(self.entry.source)
+        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+            raise self.fail("expected a file:///absolute/path URL")
+        return Path(unquote(parsed.path))
+
+
+class HttpSource(Source):
+    """http:// and https://: downloaded into a hidden `.part` next to the target."""
+
+    kind = "http"
+    remote = True
+
+    def stage(self, target: Path, ctx: StageContext) -> Staged:
+        part = target.parent / f".{target.name}.part"
+        if ctx.fresh:
+            part.unlink(missing_ok=True)
+        try:
+            done = download(self.entry.source, part, policy=ctx.policy,
+                            expected_size=self.entry.expected_size, progress=ctx.progress,
+                            cancel=ctx.cancel)
+        except DownloadError as exc:
+            if not exc.transient:
+                part.unlink(missing_ok=True)
+            raise self.fail(str(exc)) from None
+        return Staged(part, resumed=done.resumed_from > 0)
+
+
+class S3Source(Source):
+    """s3://bucket/key through fsspec + s3fs (optional: only needed when an entry uses s3)."""
+
+    kind = "s3"
+    remote = True
+
+    def _filesystem(self):  # noqa: ANN202 (fsspec type, imported lazily)
+        try:
+            import fsspec
+            import s3fs  # noqa: F401  (fsspec finds it by protocol)
+        except ImportError:
+            raise self.fail("s3 sources need s3fs: pip install s3fs") from None
+        return fsspec.filesystem("s3")
+
+    def stage(self, target: Path, ctx: StageContext) -> Staged:
+        fs = self._filesystem()
+        tmp = temp_name(target)
+        last: Exception | None = None
+        for attempt in range(ctx.policy.attempts):
+            if attempt and ctx.cancel is not None and \
+                    ctx.cancel.wait(ctx.policy.backoff * 2 ** (attempt - 1)):
+                break
+            try:
+                _copy_stream(fs.open(self.entry.source, "rb"), tmp, ctx)
+                return Staged(tmp)
+            except FileNotFoundError:
+                remove(tmp)
+                raise self.fail("expected the object to exist, found none") from None
+            except Cancelled:
+                remove(tmp)
+                raise
+            except Exception as exc:  # s3fs raises botocore/aiohttp errors of many kinds
+                last = exc
+        remove(tmp)
+        raise self.fail(f"download failed after {ctx.policy.attempts} attempts: {last}")
+
+
+def _copy_stream(stream, tmp: Path, ctx: StageContext) -> None:  # noqa: ANN001
+    done = 0
+    with stream as src, open(tmp, "wb") as out:
+        while chunk := src.read(1 << 20):
+            if ctx.cancel is not None and ctx.cancel.is_set():
+                raise Cancelled("cancelled")
+            out.write(chunk)
+            done += len(chunk)
+            if ctx.progress:
+                ctx.progress(done, None)
+
+
+SOURCES: dict[str, Callable[[DataEntry, Path], Source]] = {
+    "backpack": BackpackSource, "fs": FsSource, "file": FileUrlSource,
+    "http": HttpSource, "https": HttpSource, "s3": S3Source,
+}
+
+
+def get_source(entry: DataEntry, backpack: Path) -> Source:
+    """The source object for an entry, found by its `source_type`."""
+    try:
+        return SOURCES[entry.source_type](entry, backpack)
+    except KeyError:
+        raise DataError(f"data entry {entry.name!r}: source_type {entry.source_type!r} is not "
+                        f"supported; expected one of {', '.join(SOURCES)}", entry.name) from None
