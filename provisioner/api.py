@@ -16,6 +16,9 @@ import yaml
 from auditor.errors import FloError
 from auditor.specs import EnvSpec, parse_data, parse_environment, parse_requirements
 
+from . import data as data_step
+from .data import FetchReport, VerifyReport, default_run_dir
+from .data.fetch import Progress as DataProgress
 from .envs import EnvCache, EnvRequest, canonical_spec, find_interpreter, get_builder
 from .envs.base import BuiltEnv
 from .envs.cache import CachedEnv
@@ -194,6 +197,32 @@ def _problem_from(exc: FloError, root: Path) -> Problem:
     if rest.startswith("key '"):
         key, _, rest = rest[5:].partition("': ")
     return Problem(file, key, rest or text)
+
+
+# ---------------------------------------------------------------- data
+
+
+def fetch_data(backpack: str | Path, run_dir: str | Path | None = None,
+               profile: str | None = None, *, scratch_dir: str | Path | None = None,
+               progress: DataProgress | None = None,
+               jobs: int = 4) -> FetchReport:
+    """Validate, then put the data of `backpack` in place under `run_dir` (default:
+    `default_run_dir`), verified. Raises `DataError` naming the first bad entry."""
+    checked = validate(backpack)
+    if not checked.valid:
+        raise InvalidBackpack(checked)
+    run = Path(run_dir) if run_dir is not None else default_run_dir(checked.root, scratch_dir)
+    return data_step.fetch(checked.root, run, profile, progress=progress, jobs=jobs)
+
+
+def verify_data(backpack: str | Path, run_dir: str | Path | None = None,
+                profile: str | None = None) -> VerifyReport:
+    """Validate, then check sizes and checksums of the data in `run_dir` (or, without one,
+    of the local sources themselves)."""
+    checked = validate(backpack)
+    if not checked.valid:
+        raise InvalidBackpack(checked)
+    return data_step.verify(checked.root, run_dir, profile)
 
 
 # ---------------------------------------------------------------- environments
