@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from . import dask_local  # noqa: F401  (registers the dask-local engine)
+from . import (
+    dask_local,  # noqa: F401  (registers the dask-local engine)
+    jobqueue,  # noqa: F401  (registers the slurm engine; dask-jobqueue is lazy)
+)
 from .base import (
     ADDRESS_VARIABLE,
     FILE_VARIABLE,
