@@ -116,7 +116,8 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         spec = EngineSpec(run_dir=run_dir, worker_python=report.envs["worker"].python_path,
                           manager_python=report.envs["manager"].python_path, workers=workers,
                           max_workers=max(compute.max_workers, workers), threads=compute.cores,
-                          memory_mb=compute.memory, host=options.host)
+                          memory_mb=compute.memory, disk_mb=compute.disk,
+                          host=options.host)
         say(f"starting {workers} Dask worker(s)")
         cluster = _phase(report, "engine start", lambda: get_engine(options.engine).start(spec))
         report.cluster = cluster.to_dict()
