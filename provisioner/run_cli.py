@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the run folder in place")
     p.add_argument("--host", default="127.0.0.1", help="interface the scheduler, workers and "
                    "JupyterLab listen on (default loopback)")
+    p.add_argument("--engine", default="dask-local", choices=("dask-local", "slurm"),
+                   help="where workers run: processes here (dask-local) or SLURM jobs "
+                   "(slurm; needs flo-backpack[slurm])")
     p.add_argument("--profile", help="data.yml profile")
     p.add_argument("--python", help="interpreter to build environments on")
     p.add_argument("--timeout", type=float, help="seconds a cell may run (default: no limit)")
@@ -56,7 +59,8 @@ def main(argv: Sequence[str]) -> int:
         parameters={name: parse_value(value) for name, value in args.parameter},
         workers=args.workers, scratch_dir=Path(args.scratch_dir) if args.scratch_dir else None,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, keep=args.keep,
-        host=args.host, python=args.python, profile=args.profile, timeout=args.timeout)
+        host=args.host, python=args.python, profile=args.profile, timeout=args.timeout,
+        engine=args.engine)
     err = Console(stderr=True, highlight=False)
     say = (lambda _: None) if args.json else (lambda text: err.print(f"[dim]{text}[/dim]"))
 
