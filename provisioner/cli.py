@@ -18,7 +18,7 @@ from auditor.errors import FloError, UsageError
 
 from . import api
 
-COMMANDS = ("validate", "env")
+COMMANDS = ("validate", "env", "fetch", "verify")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +44,22 @@ def _parser() -> argparse.ArgumentParser:
                                          "~/.cache/flo-backpack/envs)")
     env.add_argument("--python", help="interpreter to build on (must match python= if pinned)")
     env.add_argument("--json", action="store_true", help="print a JSON result")
+
+    fetch = sub.add_parser("fetch", help="put data.yml's entries in place, verified")
+    fetch.add_argument("backpack")
+    fetch.add_argument("--profile", help="data.yml profile (default: its default_profile)")
+    fetch.add_argument("--run-dir", help="run folder (default: SCRATCH/runs/<backpack>-<hash>)")
+    fetch.add_argument("--scratch-dir", help="where run folders live (default: "
+                                             "$FLO_SCRATCH_DIR or ~/.cache/flo-backpack)")
+    fetch.add_argument("--jobs", type=int, default=4, help="entries fetched at once")
+    fetch.add_argument("--json", action="store_true", help="print a JSON result")
+
+    verify = sub.add_parser("verify", help="check sizes and checksums of the data in place")
+    verify.add_argument("backpack")
+    verify.add_argument("--profile", help="data.yml profile (default: its default_profile)")
+    verify.add_argument("--run-dir", help="check the copies in this run folder (default: "
+                                          "check the backpack and fs sources themselves)")
+    verify.add_argument("--json", action="store_true", help="print a JSON result")
     return parser
 
 
@@ -58,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(args_list)
         if args.command == "validate":
             return _validate(args)
+        if args.command in ("fetch", "verify"):
+            return _data(args)
         return _env(args)
     except KeyboardInterrupt:
         console.print("flo-run: interrupted")
@@ -138,6 +156,32 @@ def _render_listing(listing: api.CacheListing) -> None:
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .data.render import progress_display, render_report
+
+    out = Console(highlight=False)
+    if args.command == "verify":
+        report = api.verify_data(args.backpack, args.run_dir, args.profile)
+    else:
+        try:
+            with progress_display(Console(stderr=True)) as progress:
+                report = api.fetch_data(args.backpack, args.run_dir, args.profile,
+                                        scratch_dir=args.scratch_dir, progress=progress,
+                                        jobs=args.jobs)
+        except DataError as exc:
+            if exc.report is not None and args.json:
+                print(json.dumps(exc.report.to_dict(), indent=2))
+            elif exc.report is not None:
+                render_report(exc.report, out)
+            raise
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        render_report(report, out)
+    return report.exit_code
 
 
 if __name__ == "__main__":
