@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest_slurm import SETUP, Slurm
@@ -56,3 +57,43 @@ def test_plain_slurmcluster_runs_a_task_inside_a_job(slurm: Slurm, tmp_path) -> 
     assert ctx["job"] in jobs
     assert ctx["python"] == sys.executable and ctx["cwd"] == str(tmp_path)
     slurm.wait_for("our smoke job gone from squeue", lambda: not slurm.jobs(name))
+
+
+@pytest.fixture(scope="module")
+def worker_python(tmp_path_factory) -> Path:
+    """A worker environment with its own interpreter path: a venv whose site-packages chains
+    to this one's (so it has distributed) but whose sys.executable is its own."""
+    prefix = tmp_path_factory.mktemp("worker-env") / "env"
+    subprocess.run([sys.executable, "-m", "uv", "venv", "-q", "--python", sys.executable,
+                    str(prefix)], check=True, timeout=120)
+    [site] = prefix.glob("lib/python*/site-packages")
+    here = next(p for p in sys.path if p.endswith("site-packages"))
+    (site / "_flo_test_parent.pth").write_text(here + "\n")
+    return prefix / "bin" / "python"
+
+
+def test_engine_runs_tasks_in_slurm_jobs_and_stop_cancels_them(
+        slurm: Slurm, worker_python: Path, tmp_path: Path) -> None:
+    from distributed import Client
+
+    from provisioner.engines import EngineSpec, get_engine
+
+    spec = EngineSpec(run_dir=tmp_path / "run", worker_python=worker_python,
+                      workers=1, max_workers=2, threads=1,  # no manager: no version check
+                      memory_mb=512, disk_mb=100, start_timeout=90)
+    cluster = get_engine("slurm").start(spec)
+    try:
+        jobs = slurm.jobs(cluster.job_name)
+        assert jobs and set(jobs.values()) == {"RUNNING"}
+        script = (spec.run_dir / "logs" / "slurm-manager.log").read_text()
+        assert "--mem=512M" in script and "--tmp=100M" in script and "-t " not in script
+        with Client(cluster.scheduler_address, timeout=30) as client:
+            ctx = client.submit(task_context_function(), pure=False).result(timeout=60)
+    finally:
+        survivors = cluster.stop()
+    assert ctx["job"] in jobs
+    assert ctx["python"] == str(worker_python) and ctx["cwd"] == str(spec.run_dir)
+    assert survivors == []
+    assert slurm.jobs(cluster.job_name) == {}  # stop() waited for squeue to let go
+    assert cluster.scheduler_process.poll() is not None and cluster.worker_pids == []
+    assert list((spec.run_dir / "logs").glob(f"{cluster.job_name}-*.err"))
