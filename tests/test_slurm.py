@@ -6,6 +6,7 @@ a SLURM job with the worker environment's python, and stopping cancels every job
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -97,3 +98,35 @@ def test_engine_runs_tasks_in_slurm_jobs_and_stop_cancels_them(
     assert slurm.jobs(cluster.job_name) == {}  # stop() waited for squeue to let go
     assert cluster.scheduler_process.poll() is not None and cluster.worker_pids == []
     assert list((spec.run_dir / "logs").glob(f"{cluster.job_name}-*.err"))
+
+
+@pytest.mark.slow
+def test_flo_run_execute_on_slurm(slurm: Slurm, tmp_path: Path) -> None:
+    import json
+
+    import nbformat
+    from test_envs import PY311, make_backpack
+
+    if not PY311.exists():
+        pytest.skip("needs ~/.pyenv/versions/3.11.7")
+    versions = {n: importlib.metadata.version(n) for n in ("dask", "distributed", "cloudpickle")}
+    bp = make_backpack(tmp_path / "bp", "3.11.7", [f"{n}=={v}" for n, v in versions.items()])
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os, sys\nfrom distributed import Client\nclient = Client()\n"
+        "where = client.submit(lambda: (os.environ.get('SLURM_JOB_ID'), sys.executable),"
+        " pure=False).result()\nprint(repr(where))")]
+    nbformat.write(nb, bp / "workflow" / "analysis.ipynb")
+    out = tmp_path / "out.ipynb"
+    done = subprocess.run(
+        [sys.executable, "-m", "provisioner.cli", str(bp), "--execute", "--engine", "slurm",
+         "-o", str(out), "--json", "--scratch-dir", str(tmp_path / "scratch")],
+        capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    report = json.loads(done.stdout)
+    assert report["cluster"]["engine"] == "slurm" and report["cluster"]["jobs"]
+    printed = nbformat.read(out, as_version=4).cells[0].outputs[0]["text"]
+    job, python = eval(printed)  # the repr of a (str, str) tuple printed by the notebook
+    assert job in report["cluster"]["jobs"]
+    assert python == str(Path(report["envs"]["worker"]["path"]) / "bin" / "python")
+    assert slurm.jobs(report["cluster"]["job_name"]) == {}
