@@ -1,49 +1,42 @@
 """Draft data/data.yml from what the run read (DESIGN.md rule 8).
 
-An input is a file the run read that no environment or system package owns, that is not
-pseudo-filesystem, cache or tool configuration, not the workflow's own code, and that the run
-did not write before reading it. Written files are outputs; written-then-read are
-intermediates. Secrets are flagged, never listed, copied or hashed.
+An input is a file the manager or a worker read that no environment or system package owns,
+that is not pseudo-filesystem, cache or tool configuration, not the workflow's own code, and
+that the run did not write before reading it. Written files are outputs; written-then-read
+are intermediates. Secrets are flagged, never listed, copied or hashed.
+
+`DataCollector.note` watches the event stream on its way to the resolver (one pass over the
+trace); `DataCollector.draft` then classifies, hashes and names the inputs.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from ..events import Access, Connect, Event
+from .checksums import directory_files
+from .data_hash import Progress, checksum_url, sha256_file, sha256_folder
+from .data_rules import (
+    CODE_SUFFIXES,
+    PORTS,
+    DataRules,
+    Owned,
+    environment_owner,
+    is_local,
+    normalize_url,
+)
 
-# Path prefixes that are never data: pseudo filesystems and the system itself (system files are
-# software, resolved to Debian packages elsewhere).
-SYSTEM_PREFIXES = ("/proc/", "/sys/", "/dev/", "/run/", "/etc/", "/usr/", "/lib/", "/lib32/",
-                   "/lib64/", "/libx32/", "/bin/", "/sbin/", "/var/lib/", "/var/cache/",
-                   "/var/run/", "/snap/")
+__all__ = ["DataCollector", "DataDraft", "DataEntry", "DataRules", "draft_data",
+           "environment_owner"]
 
-# Caches and tool configuration, relative to HOME (and their usual environment overrides).
-HOME_TOOL_DIRS = (".cache", ".config", ".ipython", ".jupyter", ".local/share/jupyter",
-                  ".matplotlib", ".keras", ".dask", ".conda", ".condarc", ".npm", ".pyenv",
-                  ".local/lib", ".local/bin", ".python_history", ".bash_history")
-TOOL_ENV_DIRS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "IPYTHONDIR",
-                 "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
-                 "NUMBA_CACHE_DIR", "PYTHONPYCACHEPREFIX")
-
-# Secrets: never listed, copied or hashed; flagged so the user provides them at run time.
-SECRET_HOME_PATHS = (".ssh/", ".aws/credentials", ".aws/config", ".netrc", ".git-credentials",
-                     ".kube/config", ".pgpass", ".docker/config.json", ".pypirc",
-                     ".config/gcloud/", ".azure/", ".gnupg/")
-SECRET_NAME_PATTERNS = ("*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_ed25519*",
-                        "id_ecdsa*", ".env", ".env.*", "*.env", "*token*", "*passwd*",
-                        "*password*", "*secret*", "credentials", "credentials.json")
-
-ARCHIVE_SUFFIXES = {".tar.gz": "untar", ".tgz": "untar", ".tar.bz2": "untar", ".tar.xz": "untar",
-                    ".tar": "untar", ".zip": "unzip"}
-CODE_SUFFIXES = (".py", ".pyc", ".pyx", ".so", ".ipynb")
-HASH_CHUNK = 1 << 20
+ARCHIVE_SUFFIXES = {".tar.gz": "untar", ".tgz": "untar", ".tar.bz2": "untar",
+                    ".tar.xz": "untar", ".tar": "untar", ".zip": "unzip"}
+MANAGER, WORKER, TOOL, TRACER = "manager", "worker", "tool", "tracer"
 
 
 @dataclass
@@ -56,11 +49,11 @@ class DataEntry:
     target_location: str
     expected_size: int | None = None
     checksum: str | None = None
-    read_by: str = "manager"
+    read_by: str = MANAGER
     first_cell: int | None = None
     files: int | None = None  # directory entries: how many files
     post_fetch: dict[str, str] | None = None
-    absolute: bool = False  # lies outside the notebook's folder: not portable as it is
+    absolute: bool = False  # outside the notebook's folder: not portable as it is
 
     def to_yaml_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"name": self.name, "source_type": self.source_type,
@@ -77,187 +70,282 @@ class DataEntry:
 
 @dataclass
 class DataDraft:
+    """The inputs (data.yml) and everything the summary reports about the run's files."""
+
     inputs: list[DataEntry] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     intermediates: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
-    remote: list[str] = field(default_factory=list)  # connections without a URL (host:port)
+    remote: list[str] = field(default_factory=list)  # connections without a URL
+    scratch: int = 0  # files the run wrote under the temp dir (or made and removed): not listed
     warnings: list[str] = field(default_factory=list)
 
-
-@dataclass
-class _Seen:
-    first_read: float | None = None
-    first_write: float | None = None
-    role: str = "manager"
-    cell: int | None = None
-    used_as: str = ""  # the path as the process named it
+    @property
+    def absolute(self) -> list[str]:
+        return [e.source for e in self.inputs if e.absolute and e.source_type == "fs"]
 
 
-class DataRules:
-    """Which paths can be data at all: the static part of rule 8."""
-
-    def __init__(self, home: str | None = None, ignore: Iterable[str] = (),
-                 environ: dict[str, str] | None = None) -> None:
-        environ = dict(os.environ if environ is None else environ)
-        self.home = (home or environ.get("HOME") or os.path.expanduser("~")).rstrip("/")
-        tool_dirs = [os.path.join(self.home, d) for d in HOME_TOOL_DIRS]
-        tool_dirs += [environ[v] for v in TOOL_ENV_DIRS if environ.get(v)]
-        self.never = tuple(p.rstrip("/") + "/" for p in [*tool_dirs, *ignore]) + SYSTEM_PREFIXES
-        self.never_exact = frozenset(p.rstrip("/") for p in tool_dirs)
-
-    def is_secret(self, path: str) -> bool:
-        rel = path[len(self.home) + 1:] if path.startswith(self.home + "/") else None
-        if rel is not None and any(rel == s.rstrip("/") or rel.startswith(s)
-                                   for s in SECRET_HOME_PATHS):
-            return True
-        name = os.path.basename(path).lower()
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in SECRET_NAME_PATTERNS)
-
-    def never_data(self, path: str) -> bool:
-        if path.startswith(self.never) or path in self.never_exact:
-            return True
-        return "/__pycache__/" in path or path.endswith(".pyc")
+@dataclass(slots=True)
+class _Use:
+    t: float
+    pid: int
+    cell: int | None
+    used_as: str
 
 
-def draft_data(events: Iterable[Event], roles: dict[int, str], *,
-               owned: Callable[[str, str | None], bool], notebook_dir: str, cwd: str,
-               rules: DataRules, workflow: Iterable[str] = (),
-               progress: Callable[[str, int, int], None] | None = None) -> DataDraft:
-    """Turn the run's accesses into a data draft.
+class _PathState:
+    """The first read and first write of one path by each process."""
 
-    `owned(path, real)` says whether an environment owns the path (or it lies inside one);
-    `roles` maps pid -> "manager" | "worker" | "tool" (tools count for data like their
-    caller: a `gzip -d input.gz` reads an input). Manager reads outside cells are kernel
-    machinery and ignored.
-    """
-    seen: dict[str, _Seen] = {}
-    listed: dict[str, _Seen] = {}
-    urls: dict[str, _Seen] = {}
-    draft = DataDraft()
-    skip = frozenset(os.path.normpath(p) for p in workflow)
-    for event in events:
+    __slots__ = ("reads", "writes", "secret", "plain_read")
+
+    def __init__(self, secret: bool) -> None:
+        self.reads: dict[int, _Use] = {}
+        self.writes: dict[int, _Use] = {}
+        self.secret = secret
+        self.plain_read = False  # opened read-only at least once (not only O_RDWR)
+
+
+class DataCollector:
+    """Collects the run's file, directory and network use as events stream past."""
+
+    def __init__(self, rules: DataRules, owned: Owned, notebook_dir: str, cwd: str) -> None:
+        self.rules, self.owned = rules, owned
+        self.notebook_dir = os.path.normpath(notebook_dir)
+        self.cwd = os.path.normpath(cwd)
+        self.paths: dict[str, _PathState | None] = {}
+        self.listed: dict[str, dict[int, _Use] | None] = {}  # None: not a data folder
+        self.urls: dict[str, dict[int, _Use]] = {}
+        self.connects: dict[str, str | None] = {}  # "ip:port" -> host name looked up
+
+    def note(self, event: Event) -> None:
+        """Watch one event (any kind; only Access and Connect matter)."""
         if isinstance(event, Connect):
-            role = roles.get(event.pid, "worker")
-            if event.url:
-                urls.setdefault(event.url, _Seen(event.t, None, role, event.cell, event.url))
-            elif event.address not in draft.remote:
-                draft.remote.append(event.address)
-            continue
+            self._connect(event)
+            return
         if not isinstance(event, Access):
-            continue
-        role = roles.get(event.pid, "worker")
-        if role == "manager" and event.cell is None:
-            continue
+            return
         path = event.real or event.path
-        if rules.never_data(path) or path in skip or rules.never_data(event.path):
-            continue
         if event.mode == "d":
-            listed.setdefault(path, _Seen(event.t, None, role, event.cell, event.path))
-            continue
-        state = seen.get(path)
+            self._listing(event, path)
+            return
+        state = self.paths.get(path, _UNSEEN)
+        if state is _UNSEEN:
+            state = self.paths[path] = self._classify(path, event.path, event.real)
         if state is None:
-            state = seen[path] = _Seen(role=role, cell=event.cell, used_as=event.path)
+            return
+        use = _Use(event.t, event.pid, event.cell, event.path)
         if event.mode == "w":
-            if state.first_write is None:
-                state.first_write = event.t
-        elif state.first_read is None:
-            state.first_read = event.t
-            state.role, state.cell, state.used_as = role, event.cell, event.path
-
-    candidates: dict[str, _Seen] = {}
-    for path, state in seen.items():
-        if state.first_read is None:
-            if not owned(path, None):
-                draft.outputs.append(path)
-            continue
-        if state.first_write is not None and state.first_write <= state.first_read:
-            draft.intermediates.append(path)
-            continue
-        if owned(path, None) or path.endswith(CODE_SUFFIXES) and path.startswith(notebook_dir):
-            continue
-        if rules.is_secret(path):
-            draft.secrets.append(path)
-            continue
-        if os.path.isdir(path):
-            continue
-        candidates[path] = state
-
-    names: set[str] = set()
-    for directory, state in sorted(listed.items()):
-        members = _all_files_read(directory, candidates)
-        if not members:
-            continue
-        entry = _entry(directory, state, notebook_dir, cwd, names, is_dir=True)
-        entry.files = len(members)
-        entry.expected_size = sum(_size(m) or 0 for m in members)
-        first = min(members, key=lambda m: candidates[m].first_read or 0.0)
-        entry.read_by, entry.first_cell = candidates[first].role, candidates[first].cell
-        for member in members:
-            del candidates[member]
-        draft.inputs.append(entry)
-
-    intermediates_after = sorted(draft.intermediates)
-    for path, state in sorted(candidates.items()):
-        entry = _entry(path, state, notebook_dir, cwd, names)
-        entry.expected_size = _size(path)
-        if entry.expected_size is None:
-            draft.warnings.append(f"{path}: read by the run but gone before it could be hashed; "
-                                  "listed without size or checksum")
+            state.writes.setdefault(event.pid, use)
         else:
+            state.reads.setdefault(event.pid, use)
+            if event.mode == "r":
+                state.plain_read = True
+
+    def _classify(self, path: str, named: str, real: str | None) -> _PathState | None:
+        rules = self.rules
+        if rules.is_system(path) or rules.is_system(named) or self.owned(named, real):
+            return None
+        if rules.is_secret(path) or rules.is_secret(named):
+            return _PathState(secret=True)
+        if rules.is_tool_state(path) or rules.is_tool_state(named):
+            return None
+        return _PathState(secret=False)
+
+    def _listing(self, event: Access, path: str) -> None:
+        uses = self.listed.get(path, _UNSEEN)
+        if uses is _UNSEEN:
+            data = not (self.rules.never_data(path) or self.owned(event.path, event.real))
+            uses = self.listed[path] = {} if data else None
+        if uses is not None:
+            uses.setdefault(event.pid, _Use(event.t, event.pid, event.cell, event.path))
+
+    def _connect(self, event: Connect) -> None:
+        if event.url:
+            url = normalize_url(event.url)
+            if url:
+                self.urls.setdefault(url, {}).setdefault(
+                    event.pid, _Use(event.t, event.pid, event.cell, event.url))
+        elif event.host or event.address not in self.connects:
+            self.connects[event.address] = event.host or self.connects.get(event.address)
+
+    # -- the draft ------------------------------------------------------------------------
+
+    def draft(self, roles: Any, *, workflow: Iterable[str] = (), started: float | None = None,
+              progress: Progress | None = None, checksum_remote: bool = False) -> DataDraft:
+        """Classify what was seen, then hash and name the inputs.
+
+        `roles`: an `auditor.roles.Roles`, or a mapping pid -> role for tests. Manager use
+        outside cells is kernel machinery and does not count; a tool counts as the role of
+        the process that ran it (`gzip -d input.gz` reads an input). `started`: when the run
+        began (files opened for update and modified since then are outputs).
+        """
+        role_of = _role_lookup(roles)
+        draft = DataDraft()
+        skip = frozenset(os.path.normpath(p) for p in workflow)
+        candidates: dict[str, _Use] = {}
+        written_after: list[tuple[float, str]] = []  # intermediates: (first write, path)
+        for path, state in sorted(self.paths.items()):
+            if state is None or path in skip:
+                continue
+            read = _first(state.reads, role_of)
+            write = _first(state.writes, role_of)
+            if read is None:
+                if write is not None:
+                    self._produced(draft.outputs, draft, path)
+                continue
+            if write is not None and write.t <= read.t:
+                self._produced(draft.intermediates, draft, path)
+                written_after.append((write.t, path))
+                continue
+            if state.secret:
+                draft.secrets.append(path)
+            elif os.path.isdir(path) or self._own_code(path):
+                continue
+            elif not state.plain_read and not os.path.exists(path):
+                draft.scratch += 1  # only opened for update, gone now: made and removed
+            elif not state.plain_read and _modified_since(path, started):
+                # Opened for update (sqlite opens so even to read) and changed by the run.
+                draft.outputs.append(path)
+                draft.warnings.append(f"{path}: opened for update and changed during the "
+                                      "run; listed as an output, not an input (add it to "
+                                      "data/data.yml by hand if the notebook needs its "
+                                      "earlier content)")
+            else:
+                candidates[path] = read
+        names: set[str] = set()
+        self._folders(draft, candidates, role_of, names, progress)
+        for path, read in sorted(candidates.items()):
+            entry = self._entry(path, read, role_of, names)
             entry.checksum = sha256_file(path, progress)
-        suffix = next((s for s in ARCHIVE_SUFFIXES if path.endswith(s)), None)
-        if suffix and _extracted_and_read(path, state, seen, intermediates_after):
-            entry.post_fetch = {"operation": ARCHIVE_SUFFIXES[suffix]}
-        draft.inputs.append(entry)
+            entry.expected_size = _size(path) if entry.checksum else None
+            if entry.checksum is None:
+                draft.warnings.append(f"{path}: read by the run but gone before it could be "
+                                      "hashed; listed without size or checksum")
+            suffix = next((s for s in ARCHIVE_SUFFIXES if path.endswith(s)), None)
+            if suffix and any(t >= read.t for t, _ in written_after):
+                entry.post_fetch = {"operation": ARCHIVE_SUFFIXES[suffix]}
+            draft.inputs.append(entry)
+        self._remote(draft, role_of, names, progress, checksum_remote)
+        for group in (draft.outputs, draft.intermediates, draft.secrets, draft.remote):
+            group.sort()
+        return draft
 
-    for url, state in sorted(urls.items()):
-        scheme = url.split(":", 1)[0].lower()
-        if scheme not in ("http", "https"):
+    def _produced(self, group: list[str], draft: DataDraft, path: str) -> None:
+        scratch = self.rules.is_temp(path) and not _under(path, self.notebook_dir)
+        if scratch or not os.path.lexists(path):
+            draft.scratch += 1  # temp space outside the notebook's, or made and removed
+        else:
+            group.append(path)
+
+    def _own_code(self, path: str) -> bool:
+        return path.endswith(CODE_SUFFIXES) and _under(path, self.notebook_dir)
+
+    def _folders(self, draft: DataDraft, candidates: dict[str, _Use], role_of: Callable,
+                 names: set[str], progress: Progress | None) -> None:
+        """A listed folder whose every file the run read becomes one entry."""
+        taken: list[str] = []
+        for folder, uses in sorted(self.listed.items(), key=lambda kv: len(kv[0])):
+            listing = _first(uses, role_of) if uses else None
+            if listing is None or any(_under(folder, t) for t in taken):
+                continue
+            members = [str(full) for _, full in directory_files(folder)]
+            if not members or any(m not in candidates for m in members):
+                continue
+            digest = sha256_folder(folder, progress)
+            if digest is None:
+                draft.warnings.append(f"{folder}: changed while it was hashed; its files are "
+                                      "listed one by one")
+                continue
+            first = min((candidates[m] for m in members), key=lambda u: u.t)
+            entry = self._entry(folder, _Use(first.t, first.pid, first.cell, listing.used_as),
+                                role_of, names, is_dir=True)
+            entry.checksum, entry.files, entry.expected_size = digest
+            for member in members:
+                del candidates[member]
+            taken.append(folder)
+            draft.inputs.append(entry)
+
+    def _entry(self, path: str, use: _Use, role_of: Callable, names: set[str],
+               is_dir: bool = False) -> DataEntry:
+        used = os.path.normpath(os.path.join(self.cwd, use.used_as))
+        target = os.path.relpath(used, self.cwd) if _under(used, self.cwd) else used
+        stem = os.path.basename(path.rstrip("/"))
+        for suffix in (*ARCHIVE_SUFFIXES, ".gz", ".bz2", ".xz"):
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        if not is_dir:
+            stem = os.path.splitext(stem)[0]
+        return DataEntry(name=_unique(_slug(stem), names), source_type="fs", source=used,
+                         target_location=target, read_by=role_of(use.pid),
+                         first_cell=use.cell, absolute=not _under(used, self.notebook_dir))
+
+    def _remote(self, draft: DataDraft, role_of: Callable, names: set[str],
+                progress: Progress | None, checksum_remote: bool) -> None:
+        reached: set[tuple[str, str]] = set()
+        for url, uses in sorted(self.urls.items()):
+            use = _first(uses, role_of)
+            parts = urlsplit(url)
+            if use is None or parts.scheme not in ("http", "https"):
+                continue
+            reached.add(((parts.hostname or "").lower(), str(parts.port or PORTS[parts.scheme])))
+            base = parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.hostname or "download"
+            entry = DataEntry(name=_unique(_slug(base), names), source_type=parts.scheme,
+                              source=url, target_location=base, read_by=role_of(use.pid),
+                              first_cell=use.cell)
+            if checksum_remote:
+                try:
+                    entry.expected_size, entry.checksum = checksum_url(url, progress=progress)
+                except (OSError, ValueError) as exc:
+                    draft.warnings.append(f"{url}: could not be downloaded to checksum it "
+                                          f"({exc}); listed without checksum")
+            draft.inputs.append(entry)
+        for address, host in self.connects.items():
+            ip, _, port = address.rpartition(":")
+            ip = ip.strip("[]")
+            if is_local(ip) or (ip, port) in reached or ((host or "").lower(), port) in reached:
+                continue
+            draft.remote.append(f"{host}:{port} ({ip})" if host else address)
+
+
+_UNSEEN: Any = object()
+
+
+def _role_lookup(roles: Any) -> Callable[[int], str]:
+    if hasattr(roles, "of"):
+        parents = getattr(roles, "parent", {})
+
+        def role_of(pid: int) -> str:
+            role, steps = roles.of(pid), 0
+            while role == TOOL and pid in parents and steps < 100:
+                pid, steps = parents[pid], steps + 1
+                role = roles.of(pid)
+            return role
+        return role_of
+    return lambda pid: roles.get(pid, MANAGER)
+
+
+def _first(uses: Mapping[int, _Use], role_of: Callable[[int], str]) -> _Use | None:
+    """The earliest use that counts: not the tracer's, not the manager's between cells."""
+    best = None
+    for use in uses.values():
+        role = role_of(use.pid)
+        if role == TRACER or (role == MANAGER and use.cell is None):
             continue
-        base = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "download"
-        draft.inputs.append(DataEntry(
-            name=_unique(_slug(base), names), source_type=scheme, source=url,
-            target_location=base, read_by=state.role, first_cell=state.cell))
-    for group in (draft.outputs, draft.intermediates, draft.secrets, draft.remote):
-        group.sort()
-    return draft
+        if best is None or use.t < best.t:
+            best = use
+    return best
 
 
-def _entry(path: str, state: _Seen, notebook_dir: str, cwd: str, names: set[str],
-           is_dir: bool = False) -> DataEntry:
-    used = state.used_as if os.path.isabs(state.used_as) else os.path.join(cwd, state.used_as)
-    used = os.path.normpath(used) if not is_dir else path
-    inside = used.startswith(cwd.rstrip("/") + "/")
-    target = os.path.relpath(used, cwd) if inside else used
-    stem = os.path.basename(path.rstrip("/"))
-    for suffix in (*ARCHIVE_SUFFIXES, ".gz", ".bz2", ".xz"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    stem = os.path.splitext(stem)[0] if not is_dir else stem
-    return DataEntry(name=_unique(_slug(stem), names), source_type="fs", source=path,
-                     target_location=target, read_by=state.role, first_cell=state.cell,
-                     absolute=not used.startswith(notebook_dir.rstrip("/") + "/"))
+def _under(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
 
 
-def _all_files_read(directory: str, candidates: dict[str, _Seen]) -> list[str]:
+def _modified_since(path: str, started: float | None) -> bool:
     try:
-        files = [os.path.join(directory, n) for n in os.listdir(directory)]
+        return started is not None and os.stat(path).st_mtime >= started
     except OSError:
-        return []
-    files = [f for f in files if os.path.isfile(f)]
-    if not files or any(f not in candidates for f in files):
-        return []
-    return sorted(files)
-
-
-def _extracted_and_read(archive: str, state: _Seen, seen: dict[str, _Seen],
-                        intermediates: list[str]) -> bool:
-    """An archive earns a post_fetch step when the run wrote files after reading it and
-    read them back (it extracted the archive and used the contents)."""
-    t = state.first_read or 0.0
-    return any((seen[p].first_write or 0.0) >= t for p in intermediates if p in seen)
+        return False
 
 
 def _size(path: str) -> int | None:
@@ -265,23 +353,6 @@ def _size(path: str) -> int | None:
         return os.stat(path).st_size
     except OSError:
         return None
-
-
-def sha256_file(path: str, progress: Callable[[str, int, int], None] | None = None) -> str | None:
-    """Stream a file through sha256 (never loaded whole); None if it vanished."""
-    digest = hashlib.sha256()
-    try:
-        total = os.stat(path).st_size
-        done = 0
-        with open(path, "rb") as src:
-            while chunk := src.read(HASH_CHUNK):
-                digest.update(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(path, done, total)
-    except OSError:
-        return None
-    return "sha256:" + digest.hexdigest()
 
 
 def _slug(text: str) -> str:
@@ -297,42 +368,13 @@ def _unique(name: str, names: set[str]) -> str:
     return candidate
 
 
-def render_data_yml(draft: DataDraft, notebook: str) -> str:
-    """The data.yml text (Floability schema), with a header saying how it was drafted."""
-    import yaml
-
-    header = (f"# Drafted by flo-audit from a traced run of {notebook}.\n"
-              "# Inputs only: files the run read and did not write first, plus URLs it fetched.\n"
-              "# Outputs, intermediates and secrets are listed in audit/summary.json.\n")
-    doc = {"schema_version": 1.0, "default_profile": "local_data",
-           "profiles": {"local_data": {"policy": {"retry_attempts": 3, "timeout": 60},
-                                       "data": [e.to_yaml_dict() for e in draft.inputs]}}}
-    return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
-
-
-def bundle(draft: DataDraft, notebook_dir: str, dest: Path, max_bytes: int) -> list[str]:
-    """Copy inputs under the notebook's folder into `dest` (the backpack's data/) as
-    `backpack` sources, up to `max_bytes` in all; returns warnings for what was left out."""
-    import shutil
-
-    warnings: list[str] = []
-    total = 0
-    root = notebook_dir.rstrip("/") + "/"
-    for entry in draft.inputs:
-        if entry.source_type != "fs" or not entry.source.startswith(root):
-            continue
-        size = entry.expected_size or 0
-        if total + size > max_bytes:
-            warnings.append(f"{entry.name}: not bundled ({size} bytes would pass the "
-                            f"--max-bundle-size of {max_bytes} bytes)")
-            continue
-        rel = os.path.relpath(entry.source, notebook_dir)
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.isdir(entry.source):
-            shutil.copytree(entry.source, target, dirs_exist_ok=True)
-        else:
-            shutil.copy2(entry.source, target)
-        total += size
-        entry.source_type, entry.source = "backpack", f"data/{rel}"
-    return warnings
+def draft_data(events: Iterable[Event], roles: Any, *, owned: Owned, notebook_dir: str,
+               cwd: str, rules: DataRules, workflow: Iterable[str] = (),
+               started: float | None = None, progress: Progress | None = None,
+               checksum_remote: bool = False) -> DataDraft:
+    """Collect from `events` and draft in one call (for callers holding a list of events)."""
+    collector = DataCollector(rules, owned, notebook_dir, cwd)
+    for event in events:
+        collector.note(event)
+    return collector.draft(roles, workflow=workflow, started=started, progress=progress,
+                           checksum_remote=checksum_remote)
