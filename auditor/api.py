@@ -18,8 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .backpack import SUMMARY, check_destination, workflow_copies, write_backpack
+from .backpack import DATA, SUMMARY, check_destination, workflow_copies, write_backpack
 from .emit.compute import ComputeSpec, draft_compute, render_compute_yml
+from .emit.data import DataDraft
+from .emit.data_report import data_summary
+from .emit.data_stage import bundle_inputs, collector_for_record
+from .emit.data_yml import render_data_yml
 from .emit.environment import (
     OWN_DISTRIBUTIONS,
     EnvironmentSpec,
@@ -50,6 +54,12 @@ class AuditOptions:
     timeout: float | None = None  # per cell, seconds
     #: progress(position, count, phase): the recorder calls it as each cell starts and ends.
     progress: Callable[[int, int, str], None] | None = None
+    bundle_data: bool = False  # copy inputs under the notebook's folder into data/
+    max_bundle_size: int = 100 * 10**6  # bytes, for bundle_data
+    checksum_remote: bool = False  # download each http(s) input once to checksum it
+    env: dict[str, str] = field(default_factory=dict)  # added to the kernel's environment
+    #: on_hash(path or url, bytes done, bytes in all): while inputs are hashed.
+    on_hash: Callable[[str, int, int], None] | None = None
 
 
 @dataclass
@@ -64,6 +74,8 @@ class Derived:
     summary: dict
     texts: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+
+    data: DataDraft | None = None  # data/data.yml and the summary's data part
 
     @property
     def complete(self) -> bool:
@@ -142,12 +154,17 @@ class _Observer:
     def __init__(self, tracker: RoleTracker) -> None:
         self.tracker = tracker
         self.by_cell: dict[int, set[str]] = {}
+        #: Also sees every Access and Connect (the data draft's collector), when set.
+        self.on_data: Callable[[Event], None] | None = None
 
     def watch(self, events: Iterable[Event]) -> Iterator[Event]:
         seen, note, by_cell = self.tracker.seen, self.tracker.note, self.by_cell
+        on_data = self.on_data
         for event in events:
             seen.add(event.pid)
             kind = event.kind
+            if on_data is not None and (kind == "access" or kind == "connect"):
+                on_data(event)
             if kind == "access":
                 if event.cell is not None and event.mode != "d":  # type: ignore[union-attr]
                     paths = by_cell.get(event.cell)
@@ -165,11 +182,13 @@ class _Observer:
 
 def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
            cell_sources: dict[int, str] | None = None,
-           extra_warnings: Iterable[str] = ()) -> Derived:
+           extra_warnings: Iterable[str] = (), checksum_remote: bool = False,
+           on_hash: Callable[[str, int, int], None] | None = None) -> Derived:
     """Resolve and emit everything from a saved record folder, without running anything.
 
     `notebook_dir` is the notebook's folder at record time (default: from session.json);
     `cell_sources` maps code-cell index -> source (default: from executed.ipynb).
+    `checksum_remote` downloads each http(s) input once; `on_hash` follows input hashing.
     """
     from .resolve import Environment, index_environment, resolve
 
@@ -189,8 +208,12 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
 
     env = Environment.from_kernel_record(session["kernel"])
     index = index_environment(env, exclude_names=OWN_DISTRIBUTIONS)
+    data = collector_for_record(session, index, notebook_dir, ignore=own_code_dirs())
+    observer.on_data = data.note  # before the stream is consumed (by resolve)
     resolution = resolve(stream, index, notebook_dir, ignore=own_code_dirs())
     roles = tracker.roles()
+    draft = data.draft(roles, workflow=resolution.workflow, started=session.get("started"),
+                       progress=on_hash, checksum_remote=checksum_remote)
 
     stem = Path(notebook).stem
     spec = draft_environment(resolution, index, python=env.version, notebook_stem=stem,
@@ -198,7 +221,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     compute = draft_compute()
     keep = set(resolution.workflow) | {p for p in resolution.outside if not p.startswith(_SYSTEM)}
     warnings = _unique([*(session.get("warnings") or ()), *extra_warnings, *warnings,
-                        *spec.warnings])
+                        *spec.warnings, *draft.warnings])
     timings = {"run_seconds": round(float(session.get("ended") or 0)
                                     - float(session.get("started") or 0), 3),
                "derive_seconds": round(time.monotonic() - started, 3)}
@@ -206,15 +229,19 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
                             roles=roles, cell_sources=cell_sources,
                             cell_files=observer.cell_files(keep), warnings=warnings,
                             timings=timings)
+    summary["data"] = data_summary(draft)
     date = datetime.fromtimestamp(float(session.get("started") or time.time())).strftime("%Y-%m-%d")
     name = Path(notebook).name
     texts = {
         "software/environment.yml": render_environment_yml(spec, name, date),
         "software/requirements.txt": render_requirements_txt(spec, name, date),
+        DATA: render_data_yml(draft, name),
         "compute/compute.yml": render_compute_yml(compute, name, date),
         SUMMARY: json.dumps(summary, indent=2, default=_jsonable) + "\n",
     }
-    return Derived(session, roles, resolution, spec, compute, summary, texts, warnings)
+    derived = Derived(session, roles, resolution, spec, compute, summary, texts, warnings)
+    derived.data = draft
+    return derived
 
 
 def _cell_sources(executed: Path) -> dict[int, str]:
@@ -267,13 +294,22 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
                              record_dir=record_dir, tracer=tracer,
                              kernel_name=options.kernel_name, python=options.python,
                              timeout=options.timeout, on_cell=options.progress,
+                             env=dict(options.env),
                              user_file=workflow.path if workflow.kind == "py" else None))
         sources = {i: c.source for i, c in enumerate(workflow.notebook.cells)
                    if c.cell_type == "code"}
         derived = derive(record_dir, workflow.path.parent, cell_sources=sources,
-                         extra_warnings=tracer_warnings)
+                         extra_warnings=tracer_warnings,
+                         checksum_remote=options.checksum_remote, on_hash=options.on_hash)
         copies, copy_warnings = workflow_copies(workflow.path, derived.resolution.workflow)
         _add_warnings(derived, copy_warnings)
+        if options.bundle_data:
+            data_copies, bundle_warnings = bundle_inputs(derived, workflow.path.parent,
+                                                         options.max_bundle_size)
+            copies += data_copies
+            _add_warnings(derived, bundle_warnings)
+            derived.texts[SUMMARY] = json.dumps(derived.summary, indent=2,
+                                                default=_jsonable) + "\n"
         copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
                    if f.is_file() and f.name != "summary.json"]
         written = write_backpack(dest, texts=derived.texts, copies=copies, force=options.force)

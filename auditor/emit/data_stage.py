@@ -1,0 +1,48 @@
+"""The data step of `derive` and `audit`: build the collector for one record, bundle inputs.
+
+The collector rides the one observer pass of auditor.api.derive; its rules come from the
+record itself (the kernel's HOME, its working directory), so a re-derive on another machine
+or under another user judges the same paths the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..backpack import DATA
+from .data import DataCollector, DataRules, environment_owner
+from .data_report import data_summary
+from .data_yml import bundle, render_data_yml
+
+
+def collector_for_record(session: Mapping[str, Any], index: Any, notebook_dir: str | Path,
+                         ignore: Iterable[str] = ()) -> DataCollector:
+    """A DataCollector judging paths for the kernel of `session` (session.json).
+
+    HOME is the kernel's (recorded by the kernel side; a record made before that falls back
+    to ours); `ignore` holds flo-backpack's own code folders.
+    """
+    kernel = session.get("kernel") or {}
+    home = kernel.get("home") or os.path.expanduser("~")
+    notebook_dir = str(notebook_dir)
+    cwd = str(session.get("cwd") or kernel.get("cwd") or notebook_dir)
+    rules = DataRules(home=home, ignore=ignore, environ={})
+    return DataCollector(rules, environment_owner(index, notebook_dir), notebook_dir, cwd)
+
+
+def bundle_inputs(derived: Any, notebook_dir: str | Path,
+                  max_bytes: int) -> tuple[list[tuple[str, str]], list[str]]:
+    """`--bundle-data`: copy pairs for the backpack writer, with data.yml and the summary's
+    data part rewritten to the `backpack` sources; returns (copies, warnings)."""
+    draft = derived.data
+    if draft is None:
+        return [], []
+    copies, warnings = bundle(draft, notebook_dir, max_bytes)
+    notebook = Path(str(derived.session.get("notebook") or "notebook.ipynb")).name
+    derived.texts[DATA] = render_data_yml(draft, notebook)
+    derived.summary["data"] = data_summary(draft)
+    derived.summary["data"]["warnings"] += warnings
+    return copies, warnings
