@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .compute import ComputeSpec
+from .data_report import render_data
 from .environment import USED, EnvironmentSpec
 
 SUMMARY_SCHEMA = 1
@@ -93,6 +94,7 @@ def render_summary(summary: Mapping[str, Any], backpack: str | None,
     workflow_files = summary.get("workflow_files") or []
     if workflow_files:
         console.print(f"{len(workflow_files)} local workflow files copied into workflow/")
+    render_data(summary, console)
     for warning in warnings:
         console.print(Text("warning: ", style="yellow bold") + Text(warning))
     if not summary.get("complete"):
