@@ -62,6 +62,14 @@ def _audit_parser() -> argparse.ArgumentParser:
                         help="run the kernel of this installed kernelspec")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="tracer: strace, ptrace, hooks (audit hooks only), or auto")
+    parser.add_argument("--bundle-data", action="store_true",
+                        help="copy the inputs under the notebook's folder into the backpack's "
+                             "data/ (as backpack sources in data/data.yml)")
+    parser.add_argument("--max-bundle-size", type=_bundle_size, metavar="SIZE",
+                        help="with --bundle-data (implied): bundle at most this much, e.g. "
+                             "500k, 100MB, 1.5GB (default 100MB); bigger inputs stay fs sources")
+    parser.add_argument("--checksum-remote", action="store_true",
+                        help="download each http(s) input once to record its size and sha256")
     parser.add_argument("--json", action="store_true",
                         help="print the summary as JSON instead of the rich display")
     parser.add_argument("--version", action="version", version=f"flo-audit {__version__}")
@@ -104,6 +112,15 @@ def _diff_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bundle_size(text: str) -> int:
+    from .emit.data_yml import parse_size
+
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -139,6 +156,12 @@ class CellProgress:
             text = f"cell {position + 1} of {count} done"
         self.progress.update(self.task, description=text)
 
+    def hashing(self, what: str, done: int, total: int) -> None:
+        """Progress of hashing one input (a file, a folder or a downloaded URL)."""
+        name = os.path.basename(what.rstrip("/")) or what
+        share = f"{done * 100 // total}%" if total else f"{done >> 20} MiB"
+        self.progress.update(self.task, description=f"hashing input {name}: {share}")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `flo-audit` and `python -m auditor`: returns the exit status."""
@@ -165,11 +188,16 @@ def _audit(argv: list[str]) -> int:
     options = AuditOptions(output=args.output, force=args.force, backend=args.backend,
                            kernel_name=args.kernel_name, python=args.python,
                            timeout=args.timeout)
+    options.bundle_data = args.bundle_data or args.max_bundle_size is not None
+    if args.max_bundle_size is not None:
+        options.max_bundle_size = args.max_bundle_size
+    options.checksum_remote = args.checksum_remote
     if args.json or not console.is_terminal:
         result = audit(args.path, options)
     else:
         with CellProgress(Console(stderr=True)) as progress:
             options.progress = progress
+            options.on_hash = progress.hashing
             result = audit(args.path, options)
     _render(result.summary, str(result.backpack), args.json, console, render_summary)
     return result.exit_code
