@@ -235,7 +235,8 @@ def _interactive(report: RunReport, cluster, on_lab) -> None:
     def launch(argv, log_name, cwd=None):  # the lab's kernels connect to the cluster too
         return cluster.launch(argv, log_name, cwd=cwd, env=cluster.environment())
 
-    lab = runner.start_lab(manager, report.run_dir, launch, host=cluster.spec.host)
+    lab = runner.start_lab(manager, report.run_dir, launch, host=cluster.spec.host,
+                           log_tail=lambda: cluster.log_tail("jupyterlab.log"))
     report.url = lab.url
     if on_lab is not None:
         on_lab(lab)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,13 +70,21 @@ def main(argv: Sequence[str]) -> int:
         print(f"JupyterLab: {lab.url}", flush=True)
         err.print("Ctrl-C stops JupyterLab, the workers and the scheduler.")
 
+    # SIGTERM (a batch system, `kill`) stops the run like Ctrl-C: workers and Jupyter too.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = run_backpack(options, say=say, on_lab=show_lab)
     except NotebookFailed as exc:
         render(exc.report, args.json)  # type: ignore[attr-defined]
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     render(report, args.json)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def render(report: RunReport, as_json: bool) -> None:

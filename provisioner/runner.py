@@ -193,7 +193,8 @@ class Lab:
 
 
 def start_lab(python: Path, root: Path, launch: Callable[..., subprocess.Popen[bytes]],
-              host: str = "127.0.0.1", timeout: float = 120.0) -> Lab:
+              host: str = "127.0.0.1", timeout: float = 120.0,
+              log_tail: Callable[[], str] = lambda: "") -> Lab:
     """Start JupyterLab from the manager environment, serving `root`, bound to `host` with a
     fresh token; returns once it answers /api/status. `launch(argv, log_name, cwd)` starts the
     process (the engine's Cluster.launch, so teardown finds it)."""
@@ -202,6 +203,8 @@ def start_lab(python: Path, root: Path, launch: Callable[..., subprocess.Popen[b
     argv = [python, "-m", "jupyterlab", "--no-browser", f"--ServerApp.ip={host}",
             f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")  # containers and our CI run as root
     process = launch(argv, "jupyterlab.log", cwd=root)
     lab = Lab(f"http://{host}:{port}/lab?token={token}", token, port, process)
 
@@ -215,7 +218,7 @@ def start_lab(python: Path, root: Path, launch: Callable[..., subprocess.Popen[b
 
     def died() -> str | None:
         return (None if process.poll() is None
-                else f"JupyterLab exited with status {process.returncode}")
+                else f"JupyterLab exited with status {process.returncode}: {log_tail()}")
 
     try:
         wait_for(answers, timeout, "starting JupyterLab", died, interval=0.2)
