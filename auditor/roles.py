@@ -6,6 +6,13 @@ that never exec) are workers. A process whose last exec'd binary is not a Python
 is a tool; a `#!` script counts by its interpreter. The tracer, the kernel's parent, and
 anything else outside the kernel's tree are excluded as "tracer".
 
+Helpers are Python processes a pool starts that run no task: multiprocessing's (and loky's)
+resource tracker, the forkserver itself (its forked children are workers), a Dask scheduler.
+They are on the manager side and never make a package a worker package. Processes flo-audit
+started itself (`--workers`: the Dask workers and scheduler, each traced on its own) are
+given as `roots` with their role; their descendants are theirs. A tool is on the side of the
+process that ran it (`Roles.side`): a `gzip` a task ran is a worker tool.
+
 `RoleTracker.watch` observes the event stream as it passes to the resolver, so roles cost
 no second pass over a long trace.
 """
@@ -23,7 +30,14 @@ MANAGER = "manager"
 WORKER = "worker"
 TOOL = "tool"
 TRACER = "tracer"
+HELPER = "helper"
 ROLES = (MANAGER, WORKER, TOOL)
+SIDES = (MANAGER, WORKER)
+
+#: Words in a Python process's argv that make it a pool helper rather than a task runner.
+HELPER_MARKERS = ("multiprocessing.resource_tracker", "multiprocessing.semaphore_tracker",
+                  "multiprocessing.forkserver", "loky.backend.resource_tracker",
+                  "distributed.cli.dask_scheduler")
 PROCESS_KINDS = frozenset({"spawn", "exec", "exit"})
 
 _PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)*)?[a-z]?(-dbg)?$")
@@ -65,6 +79,8 @@ class Roles:
     threads: set[int] = field(default_factory=set)
     exits: dict[int, int] = field(default_factory=dict)
     binary: dict[int, str] = field(default_factory=dict)
+    roots: dict[int, str] = field(default_factory=dict)
+    exit_t: dict[int, float] = field(default_factory=dict)
 
     def of(self, pid: int) -> str:
         """Role of `pid`; a pid never seen in a Spawn is taken to be the manager's."""
@@ -74,13 +90,38 @@ class Roles:
         """Processes per role (threads are not processes); the tracer is left out."""
         counts = dict.fromkeys(ROLES, 0)
         for pid, role in self.role.items():
-            if role in counts and pid not in self.threads:
-                counts[role] += 1
+            if role != TRACER and pid not in self.threads:
+                counts[role] = counts.get(role, 0) + 1
         return counts
+
+    def side(self, pid: int) -> str | None:
+        """"manager" or "worker": a tool belongs to the side of the process that ran it,
+        a helper to the manager's; None for the tracer."""
+        steps = 0
+        role = self.of(pid)
+        while role == TOOL and pid in self.parent and steps < 10_000:
+            pid = self.parent[pid]
+            role = self.of(pid)
+            steps += 1
+        if role == TRACER:
+            return None
+        return WORKER if role == WORKER else MANAGER
+
+    def processes(self, side: str) -> list[int]:
+        """The processes (not threads) on `side`."""
+        return sorted(pid for pid in self.role
+                      if pid not in self.threads and self.side(pid) == side)
+
+    def worker_roots(self) -> list[int]:
+        """Task-running processes whose parent is not one: one per pool worker."""
+        return sorted(pid for pid, role in self.role.items()
+                      if role == WORKER and pid not in self.threads
+                      and self.role.get(self.parent.get(pid, -1)) != WORKER)
 
     def to_json(self) -> dict:
         return {"kernel_pid": self.kernel_pid, "counts": self.counts(),
-                "processes": [{"pid": pid, "role": role, "parent": self.parent.get(pid),
+                "processes": [{"pid": pid, "role": role, "side": self.side(pid),
+                               "parent": self.parent.get(pid),
                                "binary": self.binary.get(pid), "exit": self.exits.get(pid)}
                               for pid, role in sorted(self.role.items())
                               if pid not in self.threads]}
@@ -89,13 +130,17 @@ class Roles:
 class RoleTracker:
     """Collects Spawn/Exec/Exit events from a stream, then assigns roles."""
 
-    def __init__(self, kernel_pid: int | None, tracer_pid: int | None = None) -> None:
+    def __init__(self, kernel_pid: int | None, tracer_pid: int | None = None,
+                 roots: dict[int, str] | None = None) -> None:
         self.kernel_pid = kernel_pid
         self.tracer_pid = tracer_pid
+        #: Processes flo-audit started outside the kernel's tree, with their role.
+        self.roots = dict(roots or {})
         self._parent: dict[int, int] = {}
         self._threads: set[int] = set()
         self._last_exec: dict[int, Exec] = {}
         self._exits: dict[int, int] = {}
+        self._exit_t: dict[int, float] = {}
         self._seen: set[int] = set()
 
     def watch(self, events: Iterable[Event]) -> Iterator[Event]:
@@ -120,6 +165,7 @@ class RoleTracker:
             self._last_exec[event.pid] = event
         elif isinstance(event, Exit):
             self._exits[event.pid] = event.status
+            self._exit_t[event.pid] = event.t
 
     def feed(self, events: Iterable[Event]) -> None:
         for _ in self.watch(events):
@@ -133,9 +179,11 @@ class RoleTracker:
 
     def roles(self) -> Roles:
         result = Roles(self.kernel_pid, parent=dict(self._parent), threads=set(self._threads),
-                       exits=dict(self._exits))
+                       exits=dict(self._exits), roots=dict(self.roots),
+                       exit_t=dict(self._exit_t))
         excluded = self._outside_kernel_tree()
-        for pid in self._seen:
+        # Parents first, so a fork can take its parent's role.
+        for pid in sorted(self._seen, key=self._depth):
             result.role[pid] = TRACER if pid in excluded else self._role(pid, result)
         for pid, event in self._last_exec.items():
             result.binary[pid] = event.path
@@ -161,13 +209,23 @@ class RoleTracker:
         return excluded
 
     def _descends_from_kernel(self, pid: int) -> bool:
+        """True for the kernel's descendants and those of the processes in `roots`."""
         steps = 0
+        if pid in self.roots:
+            return True
         while pid in self._parent and steps < 10_000:
             pid = self._parent[pid]
-            if pid == self.kernel_pid:
+            if pid == self.kernel_pid or pid in self.roots:
                 return True
             steps += 1
         return False
+
+    def _depth(self, pid: int) -> int:
+        depth = 0
+        while pid in self._parent and depth < 10_000:
+            pid = self._parent[pid]
+            depth += 1
+        return depth
 
     def _role(self, pid: int, result: Roles) -> str:
         # A thread shares its thread-group leader's role (the kernel's threads are the manager).
@@ -176,20 +234,33 @@ class RoleTracker:
             leader = self._parent[leader]
         if leader == self.kernel_pid:
             return MANAGER
+        if leader in self.roots:
+            return self.roots[leader]
         exec_event = self._last_exec.get(leader)
         if exec_event is None:
-            # Forked without exec: a copy of a Python process (multiprocessing "fork"), or a
-            # pid the tracer saw without its Spawn (hooks-only runs): treat as its parent's.
+            # Forked without exec: a copy of a Python process (multiprocessing "fork", a
+            # forkserver's children), or a pid the tracer saw without its Spawn (hooks-only
+            # runs). A copy of a tool (a shell's subshell) is a tool; a scheduler's, a helper.
+            parent = result.role.get(self._parent.get(leader, -1))
+            if parent in (TOOL, TRACER) or (parent == HELPER and not self._forkserver(leader)):
+                return parent
             if leader in self._parent:
                 return WORKER
             return MANAGER if self.kernel_pid is None else WORKER
-        return WORKER if is_python_interpreter(exec_event.path, exec_event.argv) else TOOL
+        if not is_python_interpreter(exec_event.path, exec_event.argv):
+            return TOOL
+        command = " ".join(exec_event.argv)
+        return HELPER if any(m in command for m in HELPER_MARKERS) else WORKER
+
+    def _forkserver(self, pid: int) -> bool:
+        parent = self._last_exec.get(self._parent.get(pid, -1))
+        return parent is not None and "multiprocessing.forkserver" in " ".join(parent.argv)
 
 
 def assign_roles(events: Iterable[Event], kernel_pid: int | None,
-                 tracer_pid: int | None = None) -> Roles:
+                 tracer_pid: int | None = None, roots: dict[int, str] | None = None) -> Roles:
     """Roles of all processes in `events` (a convenience for callers holding a list)."""
-    tracker = RoleTracker(kernel_pid, tracer_pid)
+    tracker = RoleTracker(kernel_pid, tracer_pid, roots)
     tracker.feed(events)
     return tracker.roles()
 

@@ -1,17 +1,31 @@
 """The worker resources spec, `compute/compute.yml` (DESIGN.md format, under vine_factory_config).
 
-For now every value is a default, said so in the file; a later issue measures them from the
-run (peak memory, cores busy, scratch disk written).
+Measured from the recorder's psutil samples (audit/samples.jsonl) of the worker processes, each
+together with its children (tools a task ran): peak resident memory, CPU time over wall time,
+bytes written to storage. Each value is rounded up with the headroom stated in the file's
+comments. Without worker samples (no worker ran, or an older record), the values are defaults
+and the file says so.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+MB = 1024 * 1024
+MEMORY_HEADROOM = 1.25  # x peak RSS
+MEMORY_STEP = 256  # MB
+DISK_HEADROOM = 2.0  # x bytes written
+DISK_STEP = 1024  # MB, also the least disk given
+CPU_WINDOW_S = 1.0  # CPU rate is measured over windows at least this long
+BUSY_CORES = 0.2  # a worker using this many cores in a window is running a task
 
 
 @dataclass
 class ComputeSpec:
-    """Per-worker resources; memory and disk in MB."""
+    """Per-worker resources; memory and disk in MB. `notes`: key -> how the value was derived."""
 
     min_workers: int = 1
     max_workers: int = 1
@@ -19,6 +33,9 @@ class ComputeSpec:
     memory: int = 4096
     disk: int = 10000
     measured: bool = False
+    notes: dict[str, str] = field(default_factory=dict)
+    #: The figures measured (peak_rss_mb, peak_cores, mean_cores, written_mb, workers_seen, ...).
+    measurements: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -29,16 +46,94 @@ def draft_compute() -> ComputeSpec:
     return ComputeSpec()
 
 
+def measure_compute(samples: Iterable[dict], worker_of: dict[int, int],
+                    workers_seen: int) -> ComputeSpec:
+    """compute.yml values from the samples of worker processes.
+
+    `worker_of` maps each sampled pid on the worker side to its worker (the task-running
+    process at the top of its tree); `workers_seen` counts the workers the trace shows.
+    """
+    ticks: dict[int, dict[float, list[float]]] = defaultdict(dict)  # worker -> t -> [rss, cpu, wb]
+    for sample in samples:
+        worker = worker_of.get(int(sample.get("pid", -1)))
+        if worker is None:
+            continue
+        row = ticks[worker].setdefault(float(sample["t"]), [0.0, 0.0, 0.0])
+        row[0] += sample.get("rss") or 0
+        row[1] += sample.get("cpu") or 0.0
+        row[2] += sample.get("wb") or 0
+    if not ticks:
+        spec = ComputeSpec()
+        if workers_seen:
+            spec.notes["all"] = ("default, not measured: the workers ended before they could "
+                                 "be sampled; edit to fit the workload")
+        return spec
+    peak_rss = max(row[0] for rows in ticks.values() for row in rows.values()) / MB
+    written = max(row[2] for rows in ticks.values() for row in rows.values()) / MB
+    peak_rate, mean_rate, busy = _cpu(ticks)
+    cores = max(1, math.ceil(peak_rate - 0.15))
+    memory = max(MEMORY_STEP, _round_up(peak_rss * MEMORY_HEADROOM, MEMORY_STEP))
+    disk = max(DISK_STEP, _round_up(written * DISK_HEADROOM, DISK_STEP))
+    max_workers = busy or len(ticks)
+    spec = ComputeSpec(min_workers=1, max_workers=max_workers, cores=cores, memory=memory,
+                       disk=disk, measured=True)
+    spec.measurements = {"peak_rss_mb": round(peak_rss, 1), "written_mb": round(written, 1),
+                         "peak_cores": round(peak_rate, 2), "mean_cores": round(mean_rate, 2),
+                         "workers_seen": workers_seen, "workers_sampled": len(ticks),
+                         "peak_busy_workers": busy}
+    spec.notes = {
+        "min-workers": "one worker can run every task, one after the other",
+        "max-workers": (f"{busy} workers ran tasks at the same time (of {workers_seen} seen)"
+                        if busy else f"workers seen: {workers_seen}; none was measurably busy"),
+        "cores": (f"peak {peak_rate:.2f} cores (CPU time over wall time, {CPU_WINDOW_S:g} s "
+                  f"windows; mean {mean_rate:.2f}), rounded up"),
+        "memory": (f"peak RSS {peak_rss:.0f} MB of one worker with its children, "
+                   f"x{MEMORY_HEADROOM:g}, rounded up to {MEMORY_STEP} MB"),
+        "disk": (f"{written:.1f} MB written to storage by one worker with its children "
+                 f"(write_bytes), x{DISK_HEADROOM:g}, rounded up to {DISK_STEP} MB"),
+    }
+    return spec
+
+
+def _round_up(value: float, step: int) -> int:
+    return int(math.ceil(value / step) * step)
+
+
+def _cpu(ticks: dict[int, dict[float, list[float]]]) -> tuple[float, float, int]:
+    """Peak and mean cores of one worker, and the most workers busy in the same window."""
+    peak, mean = 0.0, 0.0
+    busy_at: dict[int, set[int]] = defaultdict(set)  # whole second -> busy workers
+    for worker, rows in ticks.items():
+        times = sorted(rows)
+        if len(times) >= 2 and times[-1] > times[0]:
+            mean = max(mean, max(0.0, rows[times[-1]][1] - rows[times[0]][1])
+                       / (times[-1] - times[0]))
+        j = 0
+        for i, start in enumerate(times):
+            j = max(j, i + 1)
+            while j < len(times) and times[j] - start < CPU_WINDOW_S:
+                j += 1
+            if j >= len(times):
+                break
+            rate = max(0.0, rows[times[j]][1] - rows[start][1]) / (times[j] - start)
+            peak = max(peak, rate)
+            if rate >= BUSY_CORES:
+                busy_at[int(start)].add(worker)
+    busy = max((len(workers) for workers in busy_at.values()), default=0)
+    return peak, mean, busy
+
+
 def render_compute_yml(spec: ComputeSpec, notebook: str, date: str) -> str:
     """`compute/compute.yml` with a comment on each value saying where it came from."""
-    origin = "measured" if spec.measured else "default, not measured: edit to fit the workload"
-    return "\n".join([
-        f"# Drafted by flo-audit from a traced run of {notebook} on {date}.",
-        "# Per-worker resources; memory and disk in MB.",
-        "vine_factory_config:",
-        f"  min-workers: {spec.min_workers}  # {origin}",
-        f"  max-workers: {spec.max_workers}  # {origin}",
-        f"  cores: {spec.cores}  # {origin}",
-        f"  memory: {spec.memory}  # {origin}",
-        f"  disk: {spec.disk}  # {origin}",
-    ]) + "\n"
+    default = spec.notes.get("all", "default, not measured: edit to fit the workload")
+    lines = [f"# Drafted by flo-audit from a traced run of {notebook} on {date}.",
+             "# Per-worker resources; memory and disk in MB."]
+    if spec.measured:
+        lines.append("# Measured: psutil samples of each worker process and its children "
+                     "(audit/samples.jsonl).")
+    lines.append("vine_factory_config:")
+    for key, value in (("min-workers", spec.min_workers), ("max-workers", spec.max_workers),
+                       ("cores", spec.cores), ("memory", spec.memory), ("disk", spec.disk)):
+        note = spec.notes.get(key, default) if spec.measured else default
+        lines.append(f"  {key}: {value}  # {note}")
+    return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ anything: outputs can be re-derived from a saved audit.
 
 from __future__ import annotations
 
+import heapq
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -31,12 +32,16 @@ class Tracer(ABC):
         return None
 
     @abstractmethod
-    def wrap(self, argv: list[str], record_dir: Path) -> list[str]:
-        """The command that runs `argv` under this tracer, recording into `record_dir`."""
+    def wrap(self, argv: list[str], record_dir: Path, stem: str = "trace") -> list[str]:
+        """The command that runs `argv` under this tracer, recording into `record_dir`.
+
+        `stem` names the record file; processes traced apart from the kernel (`--workers`)
+        use their own stem starting with "trace-", and `events` reads them all.
+        """
 
     @abstractmethod
     def events(self, record_dir: Path) -> Iterator[Event]:
-        """Parse the raw record in `record_dir` into events, in the order they happened."""
+        """Parse the raw records in `record_dir` into events, in the order they happened."""
 
     def warnings(self, record_dir: Path) -> list[str]:
         """Problems the record itself reveals (a silent seccomp-bpf fallback, lost events)."""
@@ -89,6 +94,21 @@ def choose_tracer(name: str = "auto") -> tuple[Tracer, list[str]]:
             return cls(), warnings
         skipped.append(f"{candidate}: {reason}")
     raise TracerUnavailable("no tracer backend can run here: " + "; ".join(skipped))
+
+
+def record_files(record_dir: Path, suffix: str) -> list[Path]:
+    """The record files of one audit: the kernel's `trace<suffix>`, then `trace-*<suffix>`."""
+    record_dir = Path(record_dir)
+    extra = sorted(record_dir.glob(f"trace-*{suffix}"))
+    main = record_dir / f"trace{suffix}"
+    return ([main] if main.is_file() else []) + extra
+
+
+def merge_by_time(streams: list[Iterator[Event]]) -> Iterator[Event]:
+    """One time-ordered stream from several (one per record file)."""
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=lambda event: event.t)
 
 
 def which(program: str) -> str | None:

@@ -26,7 +26,7 @@ class HooksTracer(Tracer):
     cannot_see = ("files opened by C code, binaries' own file use, and processes not forked "
                   "from the kernel are invisible")
 
-    def wrap(self, argv: list[str], record_dir: Path) -> list[str]:
+    def wrap(self, argv: list[str], record_dir: Path, stem: str = "trace") -> list[str]:
         return list(argv)
 
     def events(self, record_dir: Path) -> Iterator[Event]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import CommandError, RecordFormatError
 from ..events import Event, read_jsonl
 from ..process import run
-from .base import Tracer, register
+from .base import Tracer, merge_by_time, record_files, register
 
 RECORD_FILE = "trace.jsonl"
 
@@ -33,16 +33,17 @@ class PtraceTracer(Tracer):
     def unavailable(cls) -> str | None:
         return _probe()
 
-    def wrap(self, argv: list[str], record_dir: Path) -> list[str]:
+    def wrap(self, argv: list[str], record_dir: Path, stem: str = "trace") -> list[str]:
         return [sys.executable, "-m", "auditor.record.ptrace_run",
-                "-o", str(Path(record_dir) / RECORD_FILE), "--", *argv]
+                "-o", str(Path(record_dir) / f"{stem}.jsonl"), "--", *argv]
 
     def events(self, record_dir: Path) -> Iterator[Event]:
         path = Path(record_dir) / RECORD_FILE
         if not path.is_file():
             raise RecordFormatError(f"{path} is missing: this audit was not recorded with the "
                                     "ptrace backend, or the run did not start; re-run flo-audit")
-        return read_jsonl(str(path))
+        return merge_by_time([read_jsonl(str(p)) for p in record_files(Path(record_dir),
+                                                                           ".jsonl")])
 
 
 @functools.cache

@@ -43,6 +43,8 @@ from ..errors import CommandError, Interrupted, RecordError
 from .base import Tracer
 from .cleanup import TOKEN_VARIABLE, ProcessTree
 from .hooks import HOOK_LOG, kernel_record
+from .sampler import SAMPLES_FILE, Sampler
+from .workers import ADDRESS_VARIABLE, WorkerPool, kernel_python
 
 log = logging.getLogger("flo.record")
 
@@ -74,6 +76,7 @@ class RecordOptions:
     env: dict[str, str] = field(default_factory=dict)
     user_file: Path | None = None  # sets `__file__` in the user namespace (.py workflows)
     on_cell: CellProgress | None = None
+    workers: int = 0  # start a Dask scheduler and this many traced workers (--workers)
 
 
 @dataclass
@@ -102,6 +105,7 @@ class Recording:
     tracer_pid: int | None = None
     warnings: list[str] = field(default_factory=list)
     connection_file: str | None = None
+    pool: dict[str, Any] | None = None  # the --workers scheduler and workers (workers.py)
 
     @property
     def complete(self) -> bool:
@@ -120,7 +124,7 @@ class Recording:
             "cells": [{"seq": seq, "index": index} for seq, index in self.cells],
             "code_cells": self.code_cells, "kernel": self.kernel,
             "kernel_pid": self.kernel_pid, "tracer_pid": self.tracer_pid,
-            "warnings": self.warnings,
+            "warnings": self.warnings, "pool": self.pool, "samples": SAMPLES_FILE,
         }
 
 
@@ -205,10 +209,19 @@ class _Run:
         self.ended = self.started
         self.launched_pid: int | None = None
         self.kernel_pid: int | None = None
+        self.pool = WorkerPool(options.workers, kernel_python(self.kernel_name, options.python),
+                               options.tracer, self.record_dir, self.cwd, {}) \
+            if options.workers else None
+        self.sampler = Sampler(self.record_dir / SAMPLES_FILE,
+                               lambda: [*self.tree.roots, *(self.pool.pids() if self.pool else ())])
 
     def start(self) -> None:
         env = {**os.environ, **self.options.env, TOKEN_VARIABLE: self.tree.token}
         self.tree.start_watching()
+        if self.pool is not None:  # before the kernel, so a plain Client() finds the address
+            self.pool.env = env
+            env = {**env, ADDRESS_VARIABLE: self.pool.start()}
+        self.sampler.start()
         try:
             self.client.start_new_kernel(cwd=str(self.cwd), env=env, stdout=self.stderr,
                                          stderr=self.stderr)
@@ -302,6 +315,9 @@ class _Run:
         """Kill what is still running, close channels and files; safe to call after errors."""
         with _sigint_ignored():
             self.ended = time.time()
+            self.sampler.stop()
+            if self.pool is not None:
+                self.pool.stop()
             try:
                 if self.client.kc is not None:
                     self.client.kc.stop_channels()
@@ -335,7 +351,8 @@ class _Run:
             ended=self.ended, cells=list(self.cells), code_cells=self.code_cells,
             failed_cell=self.failed, kernel=kernel, kernel_pid=kernel_pid,
             tracer_pid=self.launched_pid if self.km.flo_wrapped else None,
-            warnings=list(self.warnings), connection_file=self.km.connection_file)
+            warnings=list(self.warnings), connection_file=self.km.connection_file,
+            pool=self.pool.to_json() if self.pool else None)
         nbformat.write(self.nb, str(self.record_dir / EXECUTED_NOTEBOOK))
         with open(self.record_dir / SESSION_FILE, "w", encoding="utf-8") as out:
             json.dump(recording.session_json(), out, indent=1)

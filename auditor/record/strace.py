@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import CommandError, RecordFormatError
 from ..events import Event
 from ..process import run
-from .base import Tracer, register, which
+from .base import Tracer, merge_by_time, record_files, register, which
 from .strace_parse import StraceParser
 
 TRACE_FILE = "trace.strace"
@@ -58,18 +58,24 @@ class StraceTracer(Tracer):
     def unavailable(cls) -> str | None:
         return _probe()
 
-    def wrap(self, argv: list[str], record_dir: Path) -> list[str]:
+    def wrap(self, argv: list[str], record_dir: Path, stem: str = "trace") -> list[str]:
         return [which("strace") or "strace", "-f", "--seccomp-bpf", "-ttt", "-q", "-y",
                 "-s", str(STRING_LIMIT), "-e", "trace=" + ",".join(SYSCALLS),
-                "-o", str(Path(record_dir) / TRACE_FILE), "--", *argv]
+                "-o", str(Path(record_dir) / f"{stem}.strace"), "--", *argv]
 
     def events(self, record_dir: Path) -> Iterator[Event]:
+        """The kernel's trace and every `trace-*.strace` (workers), merged by time."""
         trace = Path(record_dir) / TRACE_FILE
         if not trace.is_file():
             raise RecordFormatError(f"{trace} is missing: the audit was not recorded with the "
                                     "strace backend, or the record folder is incomplete")
-        self.parser = StraceParser(_session_cwd(Path(record_dir)))
-        return self._stream(trace, self.parser)
+        cwd = _session_cwd(Path(record_dir))
+        streams, self.parser = [], None
+        for path in record_files(Path(record_dir), ".strace"):
+            parser = StraceParser(cwd)
+            self.parser = self.parser or parser  # the kernel's, for `.skipped`
+            streams.append(self._stream(path, parser))
+        return merge_by_time(streams)
 
     @staticmethod
     def _stream(trace: Path, parser: StraceParser) -> Iterator[Event]:

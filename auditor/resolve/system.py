@@ -58,3 +58,14 @@ def dpkg_owners(paths: Iterable[str]) -> dict[str, str]:
             for path in asked[name]:
                 owners.setdefault(path, package)
     return owners
+
+
+def essential_packages(packages: Iterable[str]) -> set[str]:
+    """The packages among `packages` that Debian marks Essential (on every Debian system)."""
+    names = sorted(set(packages))
+    if not names or shutil.which("dpkg-query") is None:
+        return set()
+    done = run(["dpkg-query", "-W", "-f", "${Package} ${Essential}\\n", *names], check=False,
+               timeout=120, what="dpkg-query")
+    return {line.split()[0] for line in done.stdout.splitlines()
+            if line.endswith(" yes") and line.split()}

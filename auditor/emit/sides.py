@@ -1,0 +1,179 @@
+"""Manager and worker side by side: the outputs that need roles, and the per-role summary.
+
+From the roles, the resolution, the recorder's samples and the system files seen, this drafts
+`software/worker-environment.yml`, `compute/compute.yml` (measured), `software/apt.txt`, and
+the summary's `roles` section: per side, processes seen, packages used, peak memory, tools
+and Debian packages; for the workers, also which crashed and whether a `--workers` pool idled.
+
+A worker crashed when a task-running process ended during the run (before teardown began)
+with a status other than 0 or SIGTERM (pools end their workers with SIGTERM); the backpack
+is then marked incomplete ("worker-died"), because the tasks it ran may not have finished.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..roles import MANAGER, SIDES, TOOL, WORKER, Roles
+from .apt import AptSpec, RunObserver, draft_apt, render_apt_txt
+from .compute import MB, ComputeSpec, draft_compute, measure_compute, render_compute_yml
+from .environment import USED, EnvironmentSpec, render_environment_yml
+from .workers import draft_worker_environment
+
+WORKER_DIED = "worker-died"
+_NORMAL_EXITS = (0, -signal.SIGTERM)
+
+
+@dataclass
+class SideOutputs:
+    worker_spec: EnvironmentSpec | None
+    compute: ComputeSpec
+    apt: AptSpec
+    report: dict[str, Any]
+    crashed: list[dict[str, Any]] = field(default_factory=list)
+
+    def texts(self, notebook: str, date: str) -> dict[str, str]:
+        texts = {"compute/compute.yml": render_compute_yml(self.compute, notebook, date)}
+        if self.worker_spec is not None:
+            texts["software/worker-environment.yml"] = (
+                "# Worker environment: what task-running processes used, plus the worker "
+                "runtime.\n" + render_environment_yml(self.worker_spec, notebook, date))
+        if self.apt.packages:
+            texts["software/apt.txt"] = render_apt_txt(self.apt, notebook, date)
+        return texts
+
+
+def pool_roots(session: dict) -> dict[int, str]:
+    """pid -> role of the processes `--workers` started (session.json `pool`)."""
+    pool = session.get("pool") or {}
+    return {int(p["pid"]): str(p["role"]) for p in pool.get("processes") or ()
+            if p.get("pid") is not None}
+
+
+def derive_sides(*, session: dict, roles: Roles, resolution: Any, index: Any,
+                 observer: RunObserver, samples: list[dict], manager_spec: EnvironmentSpec,
+                 python: str, notebook_stem: str) -> SideOutputs:
+    worker_spec = draft_worker_environment(resolution, index, roles, python=python,
+                                           notebook_stem=notebook_stem)
+    roots = roles.worker_roots()
+    owner = worker_of(roles)
+    compute = measure_compute(samples, owner, len(roots)) if roots else draft_compute()
+    if not roots:
+        compute.notes["all"] = "default, not measured: no worker ran; edit to fit the workload"
+    apt = draft_apt(observer, roles, resolution.outside)
+    crashed = crashed_workers(roles, session)
+    used_by_manager = {p.name for p in manager_spec.pins if p.reason == USED}
+    report: dict[str, Any] = {}
+    for side in SIDES:
+        pids = roles.processes(side)
+        packages = {use.dist.name for use in resolution.used.values()
+                    if any(roles.side(pid) == side for pid in use.pids)}
+        if side == MANAGER:
+            packages &= used_by_manager  # what cells used, not the kernel's start-up
+        report[side] = {
+            "processes": len(pids), "packages": sorted(packages, key=str.lower),
+            "peak_rss_mb": _peak_rss(samples, set(pids)),
+            "tools": sorted({roles.binary[p] for p in pids
+                             if roles.of(p) == TOOL and p in roles.binary}),
+            "apt": apt.by_side(side)}
+    report[WORKER].update(workers_seen=len(roots), crashed=crashed,
+                          note=_worker_note(roots, session, roles, observer, worker_spec))
+    return SideOutputs(worker_spec, compute, apt, report, crashed)
+
+
+def worker_of(roles: Roles) -> dict[int, int]:
+    """Each worker-side process -> the worker (task-running process) whose tree it is in."""
+    roots = set(roles.worker_roots())
+    owner: dict[int, int] = {}
+    for pid in roles.role:
+        if roles.side(pid) != WORKER:
+            continue
+        walk, steps = pid, 0
+        while walk not in roots and walk in roles.parent and steps < 10_000:
+            walk, steps = roles.parent[walk], steps + 1
+        if walk in roots:
+            owner[pid] = walk
+    return owner
+
+
+def crashed_workers(roles: Roles, session: dict) -> list[dict[str, Any]]:
+    """Workers that ended during the run with an abnormal status (see the module doc)."""
+    ended = float(session.get("ended") or 0) or None
+    crashed = []
+    for pid in roles.worker_roots():
+        status = roles.exits.get(pid)
+        when = roles.exit_t.get(pid)
+        if status is None or status in _NORMAL_EXITS:
+            continue
+        if ended is not None and when is not None and when >= ended:
+            continue  # ended by teardown
+        crashed.append({"pid": pid, "exit": status, "how": _how(status)})
+    for member in (session.get("pool") or {}).get("processes") or ():
+        if (member.get("role") == WORKER and member.get("during_run")
+                and member.get("exit") not in _NORMAL_EXITS
+                and all(c["pid"] != member.get("pid") for c in crashed)):
+            crashed.append({"pid": member.get("pid"), "exit": member.get("exit"),
+                            "how": _how(int(member.get("exit") or 0)), "name": member["name"]})
+    return crashed
+
+
+def _how(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def _peak_rss(samples: list[dict], pids: set[int]) -> float | None:
+    """Peak of the summed resident memory of `pids` at one sampling tick, in MB."""
+    by_tick: dict[float, int] = defaultdict(int)
+    for sample in samples:
+        if sample.get("pid") in pids:
+            by_tick[sample["t"]] += sample.get("rss") or 0
+    return round(max(by_tick.values()) / MB, 1) if by_tick else None
+
+
+def _worker_note(roots: list[int], session: dict, roles: Roles, observer: RunObserver,
+                 worker_spec: EnvironmentSpec | None) -> str:
+    pool = session.get("pool") or {}
+    address = str(pool.get("address") or "")
+    if address:
+        target = address.rpartition("://")[2]
+        connected = any(roles.side(pid) == MANAGER and pid not in pool_roots(session)
+                        for pid in observer.connects.get(target, ()))
+        if not connected:
+            return (f"the --workers pool was idle: the notebook never connected to its "
+                    f"scheduler ({address}); worker-environment.yml lists only the worker "
+                    "runtime")
+        return f"the notebook used the --workers pool at {address}"
+    if worker_spec is None:
+        return ("no worker ran: the notebook started no worker processes, so "
+                "worker-environment.yml is not written (the manager's environment serves); "
+                "use --workers N for a notebook that connects to an existing Dask cluster")
+    return f"{len(roots)} worker processes ran tasks"
+
+
+def role_lines(summary: dict) -> list[str]:
+    """The closing summary's per-role lines (processes, packages, peak memory, apt, crashes)."""
+    report = summary.get("roles") or {}
+    lines = []
+    for side in SIDES:
+        part = report.get(side)
+        if not part:
+            continue
+        peak = part.get("peak_rss_mb")
+        memory = f", peak memory {peak:.0f} MB" if peak is not None else ""
+        lines.append(f"{side}: {part.get('processes', 0)} processes, "
+                     f"{len(part.get('packages') or ())} packages used{memory}"
+                     + (f"; apt: {', '.join(part['apt'])}" if part.get("apt") else ""))
+    worker = report.get(WORKER) or {}
+    for crash in worker.get("crashed") or ():
+        lines.append(f"worker {crash.get('name') or crash['pid']} {crash['how']} during the run")
+    if worker.get("note"):
+        lines.append(worker["note"])
+    return lines

@@ -1,0 +1,115 @@
+"""Resource samples of every process of a recording, for compute.yml: audit/samples.jsonl.
+
+A thread samples each process of the recording (the kernel's tree and the `--workers` pool)
+every `interval` seconds with psutil: resident memory, CPU time (user + system) and bytes
+written to storage (`write_bytes`). Roles are not known yet while the notebook runs (they
+come from the trace), so every process is sampled and derive picks the workers' samples.
+One JSON object per process per tick: {"t", "pid", "ppid", "rss", "cpu", "wb"} (bytes,
+seconds); sampling keeps running through teardown's start so short runs still get a tick.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger("flo.record")
+
+SAMPLES_FILE = "samples.jsonl"
+INTERVAL_S = 0.2
+
+
+class Sampler:
+    """Samples the processes under `roots()` (and all their descendants) into `path`."""
+
+    def __init__(self, path: Path, roots: Callable[[], list[int]],
+                 interval: float = INTERVAL_S) -> None:
+        self.path = Path(path)
+        self.roots = roots
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._out = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        self._known: dict[int, psutil.Process] = {}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="flo-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Take a last sample, stop the thread, close the file; safe to call twice."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._thread = None
+        if not self._out.closed:
+            self._out.close()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.sample()
+            except Exception as exc:  # a sampler must never break the recording
+                log.debug("sampling failed: %s", exc)
+            if self._stop.wait(self.interval):
+                break
+        try:
+            self.sample()
+        except Exception as exc:
+            log.debug("last sample failed: %s", exc)
+
+    def sample(self) -> None:
+        """One tick: a line per living process of the recording."""
+        now = time.time()
+        processes: dict[int, psutil.Process] = {}
+        for pid in self.roots():
+            try:
+                root = self._known.get(pid) or psutil.Process(pid)
+                processes[pid] = root
+                for child in root.children(recursive=True):
+                    processes.setdefault(child.pid, self._known.get(child.pid, child))
+            except psutil.Error:
+                continue
+        lines = []
+        for pid, proc in processes.items():
+            try:
+                with proc.oneshot():
+                    cpu = proc.cpu_times()
+                    record = {"t": round(now, 3), "pid": pid, "ppid": proc.ppid(),
+                              "rss": proc.memory_info().rss,
+                              "cpu": round(cpu.user + cpu.system, 3), "wb": _written(proc)}
+            except psutil.Error:
+                continue
+            self._known[pid] = proc  # keeps psutil's create-time check against pid reuse
+            lines.append(json.dumps(record, separators=(",", ":")))
+        if lines and not self._out.closed:
+            self._out.write("\n".join(lines) + "\n")
+            self._out.flush()
+
+
+def _written(proc: psutil.Process) -> int | None:
+    try:
+        return int(proc.io_counters().write_bytes)
+    except (psutil.Error, AttributeError, NotImplementedError):
+        return None
+
+
+def read_samples(record_dir: Path) -> list[dict]:
+    """The samples of a record folder ([] when it has none: older audits, hooks-only)."""
+    path = Path(record_dir) / SAMPLES_FILE
+    if not path.is_file():
+        return []
+    samples = []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                samples.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a kill
+    return samples
