@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .backpack import DATA, SUMMARY, check_destination, workflow_copies, write_backpack
-from .emit.compute import ComputeSpec, draft_compute, render_compute_yml
+from .emit.apt import RunObserver
+from .emit.compute import ComputeSpec
 from .emit.data import DataDraft
 from .emit.data_report import data_summary
 from .emit.data_stage import bundle_inputs, collector_for_record
@@ -32,6 +33,7 @@ from .emit.environment import (
     render_requirements_txt,
 )
 from .emit.report import build_summary
+from .emit.sides import WORKER_DIED, SideOutputs, derive_sides, pool_roots
 from .errors import Interrupted, RecordFormatError
 from .events import Event, assign_cells
 from .roles import PROCESS_KINDS, Roles, RoleTracker
@@ -60,6 +62,7 @@ class AuditOptions:
     env: dict[str, str] = field(default_factory=dict)  # added to the kernel's environment
     #: on_hash(path or url, bytes done, bytes in all): while inputs are hashed.
     on_hash: Callable[[str, int, int], None] | None = None
+    workers: int = 0  # start a Dask scheduler and N traced workers (notebooks that connect)
 
 
 @dataclass
@@ -74,12 +77,14 @@ class Derived:
     summary: dict
     texts: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    sides: SideOutputs | None = None  # worker environment, apt, per-role report
 
     data: DataDraft | None = None  # data/data.yml and the summary's data part
 
     @property
     def complete(self) -> bool:
-        return self.session.get("status") == "complete"
+        return self.session.get("status") == "complete" and not (self.sides and
+                                                                 self.sides.crashed)
 
 
 @dataclass
@@ -202,9 +207,11 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
 
     events, warnings = record_events(record_dir, session["backend"])
     cell_of_seq = {int(c["seq"]): int(c["index"]) for c in session.get("cells") or ()}
-    tracker = RoleTracker(session.get("kernel_pid"), session.get("tracer_pid"))
+    tracker = RoleTracker(session.get("kernel_pid"), session.get("tracer_pid"),
+                          pool_roots(session))
     observer = _Observer(tracker)
-    stream = observer.watch(assign_cells(events, cell_of_seq))
+    run_observer = RunObserver(session.get("kernel_pid"))
+    stream = run_observer.watch(observer.watch(assign_cells(events, cell_of_seq)))
 
     env = Environment.from_kernel_record(session["kernel"])
     index = index_environment(env, exclude_names=OWN_DISTRIBUTIONS)
@@ -218,7 +225,12 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     stem = Path(notebook).stem
     spec = draft_environment(resolution, index, python=env.version, notebook_stem=stem,
                              roles=roles)
-    compute = draft_compute()
+    from .record.sampler import read_samples
+
+    sides = derive_sides(session=session, roles=roles, resolution=resolution, index=index,
+                         observer=run_observer, samples=read_samples(record_dir),
+                         manager_spec=spec, python=env.version, notebook_stem=stem)
+    compute = sides.compute
     keep = set(resolution.workflow) | {p for p in resolution.outside if not p.startswith(_SYSTEM)}
     warnings = _unique([*(session.get("warnings") or ()), *extra_warnings, *warnings,
                         *spec.warnings, *draft.warnings])
@@ -230,16 +242,21 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
                             cell_files=observer.cell_files(keep), warnings=warnings,
                             timings=timings)
     summary["data"] = data_summary(draft)
+    summary.update(roles=sides.report, apt=sides.apt.to_json())
+    if sides.worker_spec is not None:
+        summary["worker_packages"] = [pin.to_json() for pin in sides.worker_spec.pins]
+    if sides.crashed and summary.get("complete"):
+        summary.update(status=WORKER_DIED, complete=False)
     date = datetime.fromtimestamp(float(session.get("started") or time.time())).strftime("%Y-%m-%d")
     name = Path(notebook).name
     texts = {
         "software/environment.yml": render_environment_yml(spec, name, date),
         "software/requirements.txt": render_requirements_txt(spec, name, date),
         DATA: render_data_yml(draft, name),
-        "compute/compute.yml": render_compute_yml(compute, name, date),
+        **sides.texts(name, date),
         SUMMARY: json.dumps(summary, indent=2, default=_jsonable) + "\n",
     }
-    derived = Derived(session, roles, resolution, spec, compute, summary, texts, warnings)
+    derived = Derived(session, roles, resolution, spec, compute, summary, texts, warnings, sides)
     derived.data = draft
     return derived
 
@@ -295,6 +312,7 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
                              kernel_name=options.kernel_name, python=options.python,
                              timeout=options.timeout, on_cell=options.progress,
                              env=dict(options.env),
+                             workers=options.workers,
                              user_file=workflow.path if workflow.kind == "py" else None))
         sources = {i: c.source for i, c in enumerate(workflow.notebook.cells)
                    if c.cell_type == "code"}
