@@ -62,6 +62,10 @@ def _audit_parser() -> argparse.ArgumentParser:
                         help="run the kernel of this installed kernelspec")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="tracer: strace, ptrace, hooks (audit hooks only), or auto")
+    parser.add_argument("--workers", type=_count, default=0, metavar="N",
+                        help="start a Dask scheduler and N traced workers on loopback and put "
+                             "DASK_SCHEDULER_ADDRESS in the kernel's environment (for notebooks "
+                             "that connect with a plain Client())")
     parser.add_argument("--bundle-data", action="store_true",
                         help="copy the inputs under the notebook's folder into the backpack's "
                              "data/ (as backpack sources in data/data.yml)")
@@ -110,6 +114,16 @@ def _diff_parser() -> argparse.ArgumentParser:
                         help="table for people, markdown for a pull-request comment, json")
     parser.add_argument("--json", action="store_true", help="same as --format json")
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected 0 to 64 workers, got {text!r}")
+    return value
 
 
 def _bundle_size(text: str) -> int:
@@ -187,7 +201,7 @@ def _audit(argv: list[str]) -> int:
     console = Console()
     options = AuditOptions(output=args.output, force=args.force, backend=args.backend,
                            kernel_name=args.kernel_name, python=args.python,
-                           timeout=args.timeout)
+                           timeout=args.timeout, workers=args.workers)
     options.bundle_data = args.bundle_data or args.max_bundle_size is not None
     if args.max_bundle_size is not None:
         options.max_bundle_size = args.max_bundle_size
