@@ -86,6 +86,10 @@ def render_summary(summary: Mapping[str, Any], backpack: str | None,
     line.append(f" ({len(used)} used, {required} required by them, "
                 f"{len(packages) - len(used) - required} kernel machinery)")
     console.print(line)
+    from .sides import role_lines
+
+    for role_line in role_lines(dict(summary)):
+        console.print(Text(role_line))
     unknown = summary.get("unknown_paths") or []
     warnings = summary.get("warnings") or []
     console.print(f"{len(unknown)} unknown paths (inside the environment, owned by no package"
@@ -115,6 +119,9 @@ def _incomplete_line(summary: Mapping[str, Any]) -> str:
     if status == "timeout":
         where = f" in cell {failed['index']}" if failed.get("index") is not None else ""
         return f"INCOMPLETE: the run timed out{where}; raise --timeout and audit again"
+    if status == "worker-died":
+        return ("INCOMPLETE: a worker died during the run (see above); its tasks may not have "
+                "finished")
     if status == "kernel-died":
         return "INCOMPLETE: the kernel died during the run; see audit/kernel.stderr"
     return f"INCOMPLETE: the run ended with status {status!r}"
