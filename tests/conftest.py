@@ -163,7 +163,8 @@ def run_audit(scenario: Scenario, backend: str, base: Path) -> AuditRun:
     shutil.copytree(scenario.folder, workdir)
     out = base / "backpack"
     argv = [*flo_audit_argv(), str(workdir / scenario.workflow), "-o", str(out),
-            "--backend", backend, "--timeout", str(AUDIT_TIMEOUT_S - 60)]
+            "--backend", backend, "--timeout", str(AUDIT_TIMEOUT_S - 60),
+            *map(str, scenario.expect.get("audit_args") or ())]  # e.g. --workers 2
     try:
         proc = subprocess.run(argv, cwd=base, capture_output=True, text=True,
                               timeout=AUDIT_TIMEOUT_S)
