@@ -184,6 +184,9 @@ class DataCollector:
         skip = frozenset(os.path.normpath(p) for p in workflow)
         candidates: dict[str, _Use] = {}
         written_after: list[tuple[float, str]] = []  # intermediates: (first write, path)
+        # Folders the run used (parents of paths it opened), for the gone ones: a folder
+        # opened without O_DIRECTORY (shutil.rmtree does) and removed since is no input.
+        folders = {os.path.dirname(p) for p in self.paths} | set(self.listed)
         for path, state in sorted(self.paths.items()):
             if state is None or path in skip:
                 continue
@@ -201,6 +204,8 @@ class DataCollector:
                 draft.secrets.append(path)
             elif os.path.isdir(path) or self._own_code(path):
                 continue
+            elif not os.path.lexists(path) and (path in folders or self._scratch(path)):
+                draft.scratch += path not in folders  # temp space outside the notebook's
             elif not state.plain_read and not os.path.exists(path):
                 draft.scratch += 1  # only opened for update, gone now: made and removed
             elif not state.plain_read and _modified_since(path, started):
@@ -231,11 +236,13 @@ class DataCollector:
         return draft
 
     def _produced(self, group: list[str], draft: DataDraft, path: str) -> None:
-        scratch = self.rules.is_temp(path) and not _under(path, self.notebook_dir)
-        if scratch or not os.path.lexists(path):
+        if self._scratch(path) or not os.path.lexists(path):
             draft.scratch += 1  # temp space outside the notebook's, or made and removed
         else:
             group.append(path)
+
+    def _scratch(self, path: str) -> bool:
+        return self.rules.is_temp(path) and not _under(path, self.notebook_dir)
 
     def _own_code(self, path: str) -> bool:
         return path.endswith(CODE_SUFFIXES) and _under(path, self.notebook_dir)

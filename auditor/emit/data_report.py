@@ -43,22 +43,23 @@ def render_data(summary: Mapping[str, Any], console: Console) -> None:
     if inputs:
         table = Table(title=f"Inputs drafted in {data.get('file', DATA)}", title_justify="left",
                       box=None, pad_edge=False)
-        for column in ("name", "source", "size", "read by", "cell"):
+        for column in ("name", "as used", "size", "read by", "cell"):
             table.add_column(column, style="bold" if column == "name" else None)
         for entry in inputs:
             size = human_size(entry.get("expected_size"))
             if entry.get("files") is not None:
                 size += f" in {entry['files']} files"
             cell = entry.get("first_cell")
-            table.add_row(entry["name"], entry["source"], size, entry.get("read_by", ""),
-                          "" if cell is None else str(cell))
+            remote = entry.get("source_type") in ("http", "https")
+            table.add_row(entry["name"], entry["source" if remote else "target_location"], size,
+                          entry.get("read_by", ""), "" if cell is None else str(cell))
         console.print(table)
     else:
         console.print(f"no input data read: {data.get('file', DATA)} lists none")
     for item in data.get("secrets") or ():
-        console.print(Text("secret: ", style="red bold") + Text(f"{item['path']}: {item['note']}"))
+        console.print(Text("secret ", style="red bold") + Text(f"{item['path']}: {item['note']}"))
     for item in data.get("absolute_inputs") or ():
-        console.print(Text("absolute path: ", style="yellow bold")
+        console.print(Text("input ", style="yellow bold")
                       + Text(f"{item['path']}: {item['note']}"))
     for address in data.get("remote_connections") or ():
         console.print(Text("remote connection: ", style="yellow bold") + Text(address))
