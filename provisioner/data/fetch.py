@@ -59,7 +59,7 @@ def resolve_target(entry: DataEntry, run_dir: Path) -> Path | None:
     folder is refused."""
     where = entry.target_location
     expected = "expected a path inside the run folder"
-    if os.path.isabs(where) or where.startswith("~"):
+    if os.path.isabs(where):
         if entry.source_type == "fs" and os.path.normpath(where) == \
                 os.path.normpath(entry.source):
             return None
