@@ -224,7 +224,7 @@ def _execute(report: RunReport, options: RunOptions, workflow: Path, cluster, sa
     result = _phase(report, "notebook execution", lambda: runner.execute(
         notebook, Path(output).expanduser().absolute(), python=report.envs["manager"].python_path,
         cwd=report.run_dir, env=cluster.environment(), parameters=options.parameters,
-        timeout=options.timeout))
+        timeout=options.timeout, kernel_log=report.run_dir / "logs" / "kernel.log"))
     report.status, report.output = result.status, result.output
     report.failed_cell, report.message = result.failed_cell, result.message
 

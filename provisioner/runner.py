@@ -112,10 +112,11 @@ def kernel_environment(extra: Mapping[str, str]) -> dict[str, str]:
 
 def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
             env: Mapping[str, str] | None = None, parameters: Mapping[str, object] | None = None,
-            timeout: float | None = None,
+            timeout: float | None = None, kernel_log: Path | None = None,
             on_cell: Callable[[int, int], None] | None = None) -> Execution:
     """Execute `notebook` in a kernel of `python`'s environment with cwd `cwd`; write the
-    executed notebook to `output` even when a cell fails or the kernel dies."""
+    executed notebook to `output` even when a cell fails or the kernel dies. The kernel's own
+    stdout and stderr go to `kernel_log` when given."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
@@ -144,8 +145,10 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
                                 resources={"metadata": {"path": str(cwd)}},
                                 on_cell_error=cell_error, on_cell_start=cell_start)
         status, message = "complete", ""
+        log = open(kernel_log, "ab") if kernel_log else None  # noqa: SIM115
+        streams = {"stdout": log, "stderr": log} if log else {}
         try:
-            client.execute(env=kernel_environment(env or {}))
+            client.execute(env=kernel_environment(env or {}), **streams)
         except CellExecutionError as exc:
             status = "failed"
             message = _first_line(exc) if not failed else ""
@@ -155,6 +158,8 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
             status, message = "kernel-died", f"the kernel died: {_first_line(exc)}"
         finally:
             _shutdown(km)
+            if log is not None:
+                log.close()
             output.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, output)
     if status == "failed" and failed:

@@ -1,0 +1,250 @@
+"""flo-run BP end to end through the CLI: environments built from the backpack alone (uv, real
+PyPI pins), a real Dask scheduler and workers, a real kernel, real JupyterLab.
+
+One environment cache serves the whole module, and the hand-written backpacks share their
+manager spec, so the suite builds four environments at most (import_names; the Dask manager;
+the Dask worker; the Dask manager with JupyterLab).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FLO_RUN = [sys.executable, "-m", "provisioner.cli"]
+RUN_TIMEOUT_S = 900
+DASK_PINS = ["dask==2026.8.0", "distributed==2026.8.0", "cloudpickle==3.1.3"]
+needs_py311 = pytest.mark.skipif(
+    not (Path.home() / ".pyenv/versions/3.11.7/bin/python").exists()
+    and not sys.version.startswith("3.11.7"), reason="needs a Python 3.11.7")
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("flo-run")
+    return {"cache": base / "cache", "scratch": base / "scratch", "base": base}
+
+
+def flo_run(args: list[str], places: dict[str, Path], *, cwd: Path | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    argv = [*FLO_RUN, *args, "--cache-dir", str(places["cache"]),
+            "--scratch-dir", str(places["scratch"])]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                          cwd=cwd or places["base"])
+
+
+def result_of(done: subprocess.CompletedProcess[str]) -> dict:
+    assert done.stdout.strip(), f"no JSON result (exit {done.returncode}): {done.stderr[-3000:]}"
+    return json.loads(done.stdout)
+
+
+def leftovers(*roots: Path) -> list[str]:
+    """Processes whose command line mentions a folder of this test (envs, run folders)."""
+    found = []
+    marks = [str(r) for r in roots]
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            line = " ".join(proc.info["cmdline"] or [])
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(m in line for m in marks):
+                found.append(f"{proc.pid}: {line[:200]}")
+        except psutil.Error:
+            continue
+    return found
+
+
+def write_env(path: Path, pins: list[str]) -> None:
+    lines = "".join(f"      - {p}\n" for p in pins)
+    path.write_text(f"name: t\ndependencies:\n  - python=3.11.7\n  - pip\n  - pip:\n{lines}")
+
+
+def hand_backpack(root: Path, cells: list[str], *, worker_pins: list[str] | None = None,
+                  min_workers: int = 1, parameters: str | None = None) -> Path:
+    """A backpack written by hand in the Floability layout."""
+    for sub in ("workflow", "software", "compute"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    if parameters is not None:
+        tagged = nbformat.v4.new_code_cell(parameters)
+        tagged.metadata["tags"] = ["parameters"]
+        nb.cells.append(tagged)
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, root / "workflow" / f"{root.name}.ipynb")
+    write_env(root / "software" / "environment.yml", DASK_PINS)
+    if worker_pins is not None:
+        write_env(root / "software" / "worker-environment.yml", worker_pins)
+    (root / "compute" / "compute.yml").write_text(
+        "vine_factory_config:\n"
+        f"  min-workers: {min_workers}\n  max-workers: {min_workers}\n"
+        "  cores: 1\n  memory: 1024\n  disk: 2000\n")
+    return root
+
+
+def stream_text(cell: nbformat.NotebookNode) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", [])
+                   if o.get("output_type") == "stream")
+
+
+@needs_py311
+def test_audited_backpack_runs_and_second_run_reuses_envs(audit_runs, places) -> None:
+    audited = audit_runs("import_names")
+    assert audited.returncode == 0, audited.describe()
+    out = places["base"] / "import_names-run.ipynb"
+
+    first = result_of(flo_run([str(audited.out), "--execute", "-o", str(out), "--json"],
+                              places))
+    assert first["status"] == "complete", first
+    executed = nbformat.read(out, as_version=4)
+    reference = nbformat.read(audited.path("audit/executed.ipynb"), as_version=4)
+    pairs = zip(executed.cells, reference.cells, strict=True)
+    code = [(a, b) for a, b in pairs if a.cell_type == "code"]
+    assert code and all(stream_text(a) == stream_text(b) for a, b in code), \
+        "deterministic cells must print what they printed under flo-audit"
+    assert first["envs"]["manager"]["path"] == first["envs"]["worker"]["path"]
+
+    second = result_of(flo_run([str(audited.out), "--execute", "-o", str(out), "--json"],
+                               places))
+    assert second["status"] == "complete"
+    assert second["envs"]["manager"]["from_cache"] and second["envs"]["worker"]["from_cache"]
+    assert second["envs"]["manager"]["path"] == first["envs"]["manager"]["path"]
+    assert leftovers(places["cache"], places["scratch"]) == []
+    assert not any(places["scratch"].glob("run-*")), "run folders are removed without --keep"
+
+
+@needs_py311
+def test_plain_client_runs_on_workers_of_the_worker_env(places) -> None:
+    bp = hand_backpack(places["base"] / "client", [
+        "import json, os, sys\nfrom distributed import Client\n\nclient = Client()\n"
+        "def where(i):\n    import os, sys\n    return os.getpid(), sys.prefix\n\n"
+        "found = client.gather(client.map(where, range(n_tasks), pure=False))\n"
+        "print(json.dumps({'tasks': found, 'kernel': [os.getpid(), sys.prefix],\n"
+        "                  'address': os.environ['DASK_SCHEDULER_ADDRESS']}))",
+    ], worker_pins=[*DASK_PINS, "tabulate==0.9.0"], min_workers=2, parameters="n_tasks = 2")
+    out = places["base"] / "client-run.ipynb"
+    done = flo_run([str(bp), "--execute", "-o", str(out), "-p", "n_tasks", "8", "--json"],
+                   places)
+    result = result_of(done)
+    assert result["status"] == "complete", result
+    seen = json.loads(stream_text(nbformat.read(out, as_version=4).cells[2]))
+    worker_env = result["envs"]["worker"]["path"]
+    manager_env = result["envs"]["manager"]["path"]
+    assert worker_env != manager_env
+    assert len(seen["tasks"]) == 8, "the -p value reached the notebook as an int"
+    assert {prefix for _, prefix in seen["tasks"]} == {worker_env}
+    assert seen["kernel"][1] == manager_env, "the kernel runs in the manager environment"
+    worker_pids = set(result["cluster"]["worker_pids"])
+    assert {pid for pid, _ in seen["tasks"]} <= worker_pids
+    assert seen["kernel"][0] not in worker_pids
+    assert seen["address"] == result["cluster"]["scheduler_address"]
+    assert result["cluster"]["workers"] == 2
+    assert leftovers(places["cache"], places["scratch"]) == []
+
+
+@needs_py311
+def test_floability_layout_with_data_profiles_validates_and_runs(places) -> None:
+    bp = hand_backpack(places["base"] / "floability", [
+        "import hashlib\nfrom pathlib import Path\n\n"
+        "text = Path('inputs/measurements.csv').read_text()\n"
+        "print(sum(int(line.split(',')[1]) for line in text.splitlines()[1:]))",
+    ])
+    payload = "name,value\na,1\nb,2\nc,39\n"
+    (bp / "data").mkdir()
+    (bp / "data" / "measurements.csv").write_text(payload)
+    digest = hashlib.sha256(payload.encode()).hexdigest()
+    (bp / "data" / "data.yml").write_text(
+        "schema_version: 1.0\ndefault_profile: local_data\nprofiles:\n"
+        "  local_data:\n    policy: {retry_attempts: 2, timeout: 30}\n    data:\n"
+        "      - name: measurements\n        source_type: backpack\n"
+        "        source: data/measurements.csv\n"
+        "        target_location: inputs/measurements.csv\n"
+        f"        expected_size: {len(payload)}\n        checksum: sha256:{digest}\n"
+        "  remote:\n    data: []\n")
+    (bp / "compute" / "compute.yml").write_text(
+        "vine_factory_config:\n  min-workers: 1\n  max-workers: 3\n  cores: 2\n"
+        "  memory: 2048\n  disk: 4000\n")
+    check = subprocess.run([*FLO_RUN, "validate", str(bp), "--json"], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0 and json.loads(check.stdout)["valid"], check.stdout
+    out = places["base"] / "floability-run.ipynb"
+    done = flo_run([str(bp), "--execute", "-o", str(out), "--json"], places)
+    result = result_of(done)
+    assert result["status"] == "complete", result
+    assert stream_text(nbformat.read(out, as_version=4).cells[0]).strip() == "42"
+    assert leftovers(places["cache"], places["scratch"]) == []
+
+
+@needs_py311
+def test_failing_cell_writes_the_notebook_and_names_the_cell(places) -> None:
+    bp = hand_backpack(places["base"] / "fails", [
+        "x = 1", "raise ValueError('deliberate failure')", "print('never')"])
+    out = places["base"] / "fails-run.ipynb"
+    done = flo_run([str(bp), "--execute", "-o", str(out)], places)
+    assert done.returncode == 1, done.stderr
+    assert "cell 1 raised ValueError: deliberate failure" in done.stderr, done.stderr
+    executed = nbformat.read(out, as_version=4)
+    errors = [o for o in executed.cells[1].outputs if o.output_type == "error"]
+    assert errors and errors[0].ename == "ValueError"
+    assert executed.cells[2].get("outputs") == [], "cells after the failure did not run"
+    assert leftovers(places["cache"], places["scratch"]) == []
+
+
+@needs_py311
+def test_interactive_lab_answers_and_ctrl_c_stops_everything(places) -> None:
+    bp = hand_backpack(places["base"] / "lab", ["print(1)"])
+    argv = [*FLO_RUN, str(bp), "--cache-dir", str(places["cache"]), "--scratch-dir",
+            str(places["scratch"])]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=places["base"])
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    url = None
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while url is None:
+            assert proc.poll() is None, f"flo-run exited {proc.returncode}: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no JupyterLab URL printed in time"
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line.startswith("JupyterLab: "):
+                url = line.split(" ", 1)[1].strip()
+        assert url.startswith("http://127.0.0.1:") and "token=" in url
+        base, token = url.split("/lab?token=")
+        with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=10) as answer:
+            assert answer.status == 200 and "kernels" in json.loads(answer.read())
+        assert leftovers(places["scratch"]), "Jupyter and the workers run in the run folder"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 130, proc.stderr.read()
+    assert leftovers(places["cache"], places["scratch"]) == []
+
+
+def test_invalid_backpack_fails_before_any_environment_work(places) -> None:
+    bad = places["base"] / "empty"
+    bad.mkdir()
+    before = sorted(places["cache"].iterdir()) if places["cache"].exists() else []
+    done = flo_run([str(bad), "--execute"], places)
+    assert done.returncode == 2 and "invalid backpack" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, "one line that says what to do"
+    after = sorted(places["cache"].iterdir()) if places["cache"].exists() else []
+    assert after == before, "validation runs before any environment is built"
+    assert not any(places["scratch"].glob("run-*")), "the run folder is removed"
