@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import uv  # noqa: F401  (registers the uv builder)
+from . import pip, uv  # noqa: F401  (register the pip and uv builders)
 from .base import BuiltEnv, EnvBuilder, EnvBuildError, EnvRequest, canonical_spec, get_builder
 from .cache import EnvCache, default_cache_dir
 from .interpreters import Interpreter, InterpreterNotFound, find_interpreter

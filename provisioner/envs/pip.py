@@ -1,0 +1,80 @@
+"""Build a venv with the interpreter's own `venv` and `pip`: the same steps as the uv builder
+(pins with --no-deps, then the bootstrap packages with the pins as constraints, then a check),
+for machines without uv and for comparing the two (bench/run_overhead.py).
+
+`python -m venv` writes absolute paths into the entry-point scripts of bin/. The cache builds in
+a temporary folder and renames it to its key, so those shebangs are rewritten to the final
+path before returning; flo-run itself only ever runs `ENV/bin/python -m ...`, which survives the
+rename either way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from auditor.errors import CommandError
+from auditor.process import run
+
+from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
+from .uv import _cause, _explain, requirement_line
+
+
+@register
+class PipBuilder(EnvBuilder):
+    name = "pip"
+
+    def build(self, request: EnvRequest, target: Path) -> BuildOutcome:
+        python = target / "bin" / "python"
+
+        def pip(args: list[str], what: str) -> str:
+            return run([python, "-m", "pip", "--disable-pip-version-check",
+                        "--no-input", *args], cwd=target.parent, timeout=1800,
+                       what=what).stdout
+
+        notes: list[str] = []
+        lines: dict[str, str] = {}
+        for pin in request.pins:
+            line = requirement_line(pin)
+            if line is None:
+                notes.append(f"skipped conda runtime package {pin.name} (not needed with pip)")
+                continue
+            lines[line] = pin.name
+        run([request.interpreter.executable, "-m", "venv", target], timeout=600,
+            what="creating the venv")
+        if lines:
+            try:
+                pip(["install", "--quiet", "--no-deps", *lines], "installing the pinned packages")
+            except CommandError as exc:
+                raise EnvBuildError(_explain(exc, lines)) from None
+        constraints = target / "flo-constraints.txt"
+        constraints.write_text("".join(f"{line}\n" for line in lines
+                                       if "==" in line or " @ " in line), encoding="utf-8")
+        try:
+            pip(["install", "--quiet", "-c", str(constraints), *lines, *request.bootstrap],
+                f"adding {', '.join(request.bootstrap)}")
+        except CommandError as exc:
+            raise EnvBuildError(f"cannot add {', '.join(request.bootstrap)} without changing "
+                                f"a pinned version: {_cause(exc)}") from None
+        try:
+            pip(["check"], "checking the environment")
+        except CommandError as exc:
+            raise EnvBuildError(f"the built environment is inconsistent (pip check): "
+                                f"{_cause(exc)}; fix the pins in the spec") from None
+        listing = pip(["list", "--format", "json"], "listing the environment")
+        _rewrite_shebangs(target, target.parent / request.key)
+        installed = {d["name"]: d["version"] for d in json.loads(listing or "[]")}
+        return BuildOutcome(installed, notes)
+
+
+def _rewrite_shebangs(built: Path, final: Path) -> None:
+    """Point bin/ scripts at the folder the cache renames `built` to. The interpreter path is
+    in the first lines: a `#!` line, or for long paths a `#!/bin/sh` + `exec` trampoline."""
+    old, new = f"{built}/bin/".encode(), f"{final}/bin/".encode()
+    for script in (built / "bin").iterdir():
+        if script.is_symlink() or not script.is_file():
+            continue
+        content = script.read_bytes()
+        head = content[:4096].split(b"\nimport ", 1)[0]  # the header, before any Python code
+        if old in head:
+            script.write_bytes(head.replace(old, new) + content[len(head):])
