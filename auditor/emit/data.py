@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..events import Access, Connect, Event
-from .checksums import directory_files
 from .data_hash import Progress, checksum_url, sha256_file, sha256_folder
 from .data_rules import (
     CODE_SUFFIXES,
@@ -154,7 +153,7 @@ class DataCollector:
     def _listing(self, event: Access, path: str) -> None:
         uses = self.listed.get(path, _UNSEEN)
         if uses is _UNSEEN:
-            data = not (self.rules.never_data(path) or self.owned(event.path, event.real))
+            data = not (self.rules.never_data(path + "/") or self.owned(event.path, event.real))
             uses = self.listed[path] = {} if data else None
         if uses is not None:
             uses.setdefault(event.pid, _Use(event.t, event.pid, event.cell, event.path))
@@ -255,8 +254,8 @@ class DataCollector:
             listing = _first(uses, role_of) if uses else None
             if listing is None or any(_under(folder, t) for t in taken):
                 continue
-            members = [str(full) for _, full in directory_files(folder)]
-            if not members or any(m not in candidates for m in members):
+            members = _all_read(folder, candidates)
+            if not members:
                 continue
             digest = sha256_folder(folder, progress)
             if digest is None:
@@ -346,6 +345,22 @@ def _first(uses: Mapping[int, _Use], role_of: Callable[[int], str]) -> _Use | No
 
 def _under(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip("/") + "/")
+
+
+def _all_read(folder: str, candidates: Mapping[str, _Use]) -> list[str]:
+    """The files under `folder` when the run read every one of them, else [] (stops at the
+    first file not read: a listed home folder is not walked to the end)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in files:
+            path = os.path.join(root, name)
+            if path not in candidates:
+                if os.path.isfile(path):
+                    return []
+                continue
+            found.append(path)
+    return found
 
 
 def _modified_since(path: str, started: float | None) -> bool:
