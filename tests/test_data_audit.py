@@ -184,3 +184,39 @@ def test_terminal_summary_flags_the_secret(data_run: DataRun) -> None:
     text = console.export_text()
     assert f"{data_run.home / '.aws' / 'credentials'}: {SECRET_NOTE}" in text
     assert "worker_input.txt" in text and "1 outputs, 1 intermediates" in text
+
+
+def test_checksum_remote_downloads_what_the_notebook_fetched(tmp_path: Path) -> None:
+    """--checksum-remote through the CLI: the test serves the file (still up when the audit
+    hashes it); the hooks backend is enough to see the URL."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    import nbformat
+
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = os.urandom(200_000)
+    (served / "table.bin").write_bytes(payload)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/table.bin"
+    work = tmp_path / "nb"
+    work.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(
+        f"import urllib.request\nsize = len(urllib.request.urlopen({url!r}).read())")]
+    nbformat.write(notebook, work / "fetch.ipynb")
+    try:
+        proc = run_cli([*flo_audit_argv(), str(work / "fetch.ipynb"), "-o", str(tmp_path / "bp"),
+                        "--backend", "hooks", "--checksum-remote", "--json"], tmp_path, tmp_path)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    inputs = json.loads(proc.stdout)["data"]["inputs"]
+    assert [(e["source"], e["expected_size"], e["checksum"]) for e in inputs] == [
+        (url, len(payload), "sha256:" + hashlib.sha256(payload).hexdigest())]
