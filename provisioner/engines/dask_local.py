@@ -43,6 +43,10 @@ class DaskLocal(Engine):
              "--dashboard-address", f"{spec.host}:0", "--scheduler-file",
              cluster.scheduler_file, "--no-show"], "scheduler.log")
         scheduler = cluster.scheduler_process
+        # Workers wait for the scheduler file themselves: starting them now overlaps their
+        # imports with the scheduler's.
+        for _ in range(spec.workers):
+            _start_worker(spec, cluster)
 
         def scheduler_died() -> str | None:
             if scheduler.poll() is None:
@@ -59,8 +63,6 @@ class DaskLocal(Engine):
         else:
             raise EngineError("the Dask scheduler has no HTTP endpoint to ask for its workers; "
                               "check the scheduler log in the run folder")
-        for _ in range(spec.workers):
-            _start_worker(spec, cluster)
         self.wait_for_workers(cluster, spec.workers, spec.start_timeout)
         if spec.max_workers > spec.workers:
             cluster.threads.append(_ScaleUp(spec, cluster))
