@@ -115,6 +115,8 @@ def test_env_build_list_and_clean(good: Path, tmp_path: Path) -> None:
     assert not Path(built["path"]).exists()
 
 
-def test_run_form_is_not_built_yet(good: Path, capsys) -> None:
-    assert main([str(good), "--execute"]) == 2
-    assert "not built yet" in capsys.readouterr().err
+def test_run_form_reaches_the_runner(good: Path, capsys) -> None:
+    # The run itself is tested in test_run_e2e.py; here only that `flo-run BP ...` is parsed
+    # by the runner's options (a usage error, before any work).
+    assert main([str(good), "-o", "out.ipynb"]) == 2
+    assert "-o goes with --execute" in capsys.readouterr().err
