@@ -107,6 +107,13 @@ class Roles:
             return None
         return WORKER if role == WORKER else MANAGER
 
+    def from_pool(self, pid: int) -> bool:
+        """Whether `pid` is (or descends from) a process flo-audit started (`--workers`)."""
+        steps = 0
+        while pid not in self.roots and pid in self.parent and steps < 10_000:
+            pid, steps = self.parent[pid], steps + 1
+        return pid in self.roots
+
     def processes(self, side: str) -> list[int]:
         """The processes (not threads) on `side`."""
         return sorted(pid for pid in self.role

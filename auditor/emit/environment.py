@@ -143,7 +143,10 @@ def draft_environment(resolution: Any, index: Any, *, python: str, notebook_stem
         if ckey in excluded:
             continue
         in_cells = {c for c in use.cells if c is not None}
-        pid_roles = {roles.of(pid) for pid in use.pids} if roles else {MANAGER}
+        # The --workers pool is flo-audit's, not the notebook's: it counts for the workers'
+        # file only (an idle pool must not add Dask to the manager's pins).
+        pid_roles = ({roles.of(pid) for pid in use.pids if not roles.from_pool(pid)}
+                     if roles else {MANAGER})
         pid_roles.discard(TRACER)
         # A tool counts for the role that ran it; what it used is pinned when a cell ran it.
         if WORKER in pid_roles or (in_cells and pid_roles & {MANAGER, TOOL}):
