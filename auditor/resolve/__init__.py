@@ -76,6 +76,10 @@ class _Classifier:
             return _SKIP, None
         if mode == "d":
             return _SKIP, None  # listing a directory is not using what is in it
+        if "/_distutils_hack/" in path:
+            # setuptools' distutils-precedence.pth loads this into every interpreter of the
+            # environment at start-up (each pool worker too): machinery, not a use.
+            return _SKIP, None
         found = self.index.owner(path, real)
         if found is not None:
             return self._owned(found, path, mode)
