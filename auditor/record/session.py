@@ -42,9 +42,8 @@ from .. import process
 from ..errors import CommandError, Interrupted, RecordError
 from .base import Tracer
 from .cleanup import TOKEN_VARIABLE, ProcessTree
+from .companions import SAMPLES_FILE, Companions
 from .hooks import HOOK_LOG, kernel_record
-from .sampler import SAMPLES_FILE, Sampler
-from .workers import ADDRESS_VARIABLE, WorkerPool, kernel_python
 
 log = logging.getLogger("flo.record")
 
@@ -209,19 +208,14 @@ class _Run:
         self.ended = self.started
         self.launched_pid: int | None = None
         self.kernel_pid: int | None = None
-        self.pool = WorkerPool(options.workers, kernel_python(self.kernel_name, options.python),
-                               options.tracer, self.record_dir, self.cwd, {}) \
-            if options.workers else None
-        self.sampler = Sampler(self.record_dir / SAMPLES_FILE,
-                               lambda: [*self.tree.roots, *(self.pool.pids() if self.pool else ())])
+        self.companions = Companions(  # the sampler, and the --workers pool
+            workers=options.workers, kernel_name=self.kernel_name, python=options.python,
+            tracer=options.tracer, record_dir=self.record_dir, cwd=self.cwd, roots=self.tree.roots)
 
     def start(self) -> None:
         env = {**os.environ, **self.options.env, TOKEN_VARIABLE: self.tree.token}
         self.tree.start_watching()
-        if self.pool is not None:  # before the kernel, so a plain Client() finds the address
-            self.pool.env = env
-            env = {**env, ADDRESS_VARIABLE: self.pool.start()}
-        self.sampler.start()
+        env = self.companions.start(env)
         try:
             self.client.start_new_kernel(cwd=str(self.cwd), env=env, stdout=self.stderr,
                                          stderr=self.stderr)
@@ -315,9 +309,7 @@ class _Run:
         """Kill what is still running, close channels and files; safe to call after errors."""
         with _sigint_ignored():
             self.ended = time.time()
-            self.sampler.stop()
-            if self.pool is not None:
-                self.pool.stop()
+            self.companions.stop()
             try:
                 if self.client.kc is not None:
                     self.client.kc.stop_channels()
@@ -352,7 +344,7 @@ class _Run:
             failed_cell=self.failed, kernel=kernel, kernel_pid=kernel_pid,
             tracer_pid=self.launched_pid if self.km.flo_wrapped else None,
             warnings=list(self.warnings), connection_file=self.km.connection_file,
-            pool=self.pool.to_json() if self.pool else None)
+            pool=self.companions.pool_json())
         nbformat.write(self.nb, str(self.record_dir / EXECUTED_NOTEBOOK))
         with open(self.record_dir / SESSION_FILE, "w", encoding="utf-8") as out:
             json.dump(recording.session_json(), out, indent=1)
