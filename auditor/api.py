@@ -23,6 +23,7 @@ from .emit.apt import RunObserver
 from .emit.compute import ComputeSpec
 from .emit.data import DataDraft
 from .emit.data_report import data_summary
+from .emit.data_rules import SYSTEM_PREFIXES
 from .emit.data_stage import bundle_inputs, collector_for_record
 from .emit.data_yml import render_data_yml
 from .emit.environment import (
@@ -39,9 +40,8 @@ from .events import Event, assign_cells
 from .roles import PROCESS_KINDS, Roles, RoleTracker
 from .workflow import load_workflow
 
-# Files that are never data or per-cell "files": the system itself and pseudo filesystems.
-_SYSTEM = ("/proc/", "/sys/", "/dev/", "/run/", "/etc/", "/usr/", "/lib/", "/lib32/", "/lib64/",
-           "/bin/", "/sbin/", "/var/", "/snap/", "/tmp/")
+# Files that are never a cell's "files": the system, pseudo filesystems, scratch space.
+_SYSTEM = (*SYSTEM_PREFIXES, "/var/", "/tmp/")
 
 
 @dataclass

@@ -137,27 +137,11 @@ def _parse_pip_line(line: str, path: Path) -> Pin | None:
 
 
 def parse_data(path: Path) -> dict[tuple[str, str], DataItem]:
-    """Data entries of a data.yml (profiles schema, or the legacy flat `data:` list)."""
-    doc = load_yaml(path)
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path}: expected a mapping with 'profiles' or 'data'")
-    entries: list = []
-    if isinstance(doc.get("profiles"), dict):
-        for profile in doc["profiles"].values():
-            if isinstance(profile, dict):
-                entries.extend(profile.get("data") or [])
-    elif isinstance(doc.get("data"), list):
-        entries = doc["data"]
-    else:
-        raise UsageError(f"{path}: key 'profiles': expected a mapping of profiles "
-                         "(or a legacy top-level 'data' list)")
-    items: dict[tuple[str, str], DataItem] = {}
-    for entry in entries:
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise UsageError(f"{path}: each data entry needs a 'name', found {entry!r}")
-        target = str(entry.get("target_location", entry.get("source", "")))
-        size = entry.get("expected_size")
-        items[(str(entry["name"]), target)] = DataItem(
-            str(entry["name"]), target, entry.get("checksum"),
-            int(size) if isinstance(size, int) else None)
-    return items
+    """Data entries of a data.yml, every profile's, by (name, target_location); the schema is
+    checked by `auditor.data_spec` (Floability profiles, or the legacy flat `data:` list)."""
+    from .data_spec import load_data_spec
+
+    spec = load_data_spec(path, load_yaml(path))
+    return {(e.name, e.target_location): DataItem(e.name, e.target_location, e.checksum,
+                                                  e.expected_size)
+            for profile in spec.profiles.values() for e in profile.entries}

@@ -99,9 +99,9 @@ def test_data_changes_by_name_and_target(tmp_path: Path) -> None:
         return {"name": name, "source_type": "fs", "source": f"/d/{target}",
                 "target_location": target, **more}
 
-    a = data(tmp_path / "a", [entry("m", "m.csv", expected_size=10, checksum="sha256:aa"),
+    a = data(tmp_path / "a", [entry("m", "m.csv", expected_size=10, checksum="sha256:" + "a" * 64),
                               entry("old", "o.csv")])
-    b = data(tmp_path / "b", [entry("m", "m.csv", expected_size=10, checksum="sha256:bb"),
+    b = data(tmp_path / "b", [entry("m", "m.csv", expected_size=10, checksum="sha256:" + "b" * 64),
                               entry("new", "n.csv")])
     changes = {(c.name, c.change) for c in diff(a, b).changes if c.section == "data"}
     assert changes == {("m -> m.csv", "changed"), ("old -> o.csv", "removed"),
