@@ -35,7 +35,7 @@ from .emit.environment import (
 )
 from .emit.report import build_summary
 from .emit.sides import WORKER_DIED, SideOutputs, derive_sides, pool_roots
-from .errors import Interrupted, RecordFormatError
+from .errors import Interrupted, RecordFormatError, UsageError
 from .events import Event, assign_cells
 from .roles import PROCESS_KINDS, Roles, RoleTracker
 from .workflow import load_workflow
@@ -229,7 +229,8 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
 
     sides = derive_sides(session=session, roles=roles, resolution=resolution, index=index,
                          observer=run_observer, samples=read_samples(record_dir),
-                         manager_spec=spec, python=env.version, notebook_stem=stem)
+                         manager_spec=spec, python=env.version, notebook_stem=stem,
+                         record_dir=record_dir)
     compute = sides.compute
     keep = set(resolution.workflow) | {p for p in resolution.outside if not p.startswith(_SYSTEM)}
     warnings = _unique([*(session.get("warnings") or ()), *extra_warnings, *warnings,
@@ -288,6 +289,19 @@ def _add_warnings(derived: Derived, warnings: list[str]) -> None:
         derived.texts[SUMMARY] = json.dumps(derived.summary, indent=2, default=_jsonable) + "\n"
 
 
+def _interpreter(python: str | None) -> str | None:
+    """`--python` as an absolute path: the kernel starts in the notebook's folder, so a path
+    relative to the caller's would miss. A bare name is looked up on PATH. Symlinks are kept:
+    a venv's python is a symlink whose location is what makes it that venv's."""
+    if python is None:
+        return None
+    found = python if os.sep in python else shutil.which(python)
+    if not found or not os.path.exists(found):
+        raise UsageError(f"--python {python}: no such interpreter; give the path of a python "
+                         "that has ipykernel installed")
+    return os.path.abspath(found)
+
+
 def default_output(path: str | Path) -> Path:
     return Path.cwd() / f"{Path(path).stem}-backpack"
 
@@ -309,7 +323,7 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
     try:
         record(RecordOptions(notebook=workflow.notebook, notebook_path=workflow.path,
                              record_dir=record_dir, tracer=tracer,
-                             kernel_name=options.kernel_name, python=options.python,
+                             kernel_name=options.kernel_name, python=_interpreter(options.python),
                              timeout=options.timeout, on_cell=options.progress,
                              env=dict(options.env),
                              workers=options.workers,
@@ -328,6 +342,8 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
             _add_warnings(derived, bundle_warnings)
             derived.texts[SUMMARY] = json.dumps(derived.summary, indent=2,
                                                 default=_jsonable) + "\n"
+        if derived.sides is not None:
+            derived.sides.keep_measurements(record_dir)  # audit/written.json, for derive
         copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
                    if f.is_file() and f.name != "summary.json"]
         written = write_backpack(dest, texts=derived.texts, copies=copies, force=options.force)

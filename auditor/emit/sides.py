@@ -15,11 +15,13 @@ from __future__ import annotations
 import signal
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..roles import MANAGER, SIDES, TOOL, WORKER, Roles
 from .apt import AptSpec, RunObserver, draft_apt, render_apt_txt
 from .compute import MB, ComputeSpec, draft_compute, measure_compute, render_compute_yml
+from .disk import measure_disk, save_written, worker_written, written_sizes
 from .environment import USED, EnvironmentSpec, render_environment_yml
 from .workers import draft_worker_environment
 
@@ -34,6 +36,13 @@ class SideOutputs:
     apt: AptSpec
     report: dict[str, Any]
     crashed: list[dict[str, Any]] = field(default_factory=list)
+    #: Sizes of the files workers wrote, stat'ed by this derive (None: read from the record).
+    new_written_sizes: dict[str, int] | None = None
+
+    def keep_measurements(self, record_dir: Path) -> None:
+        """Put what this derive measured outside the record into it (audit/written.json)."""
+        if self.new_written_sizes is not None:
+            save_written(record_dir, self.new_written_sizes)
 
     def texts(self, notebook: str, date: str) -> dict[str, str]:
         texts = {"compute/compute.yml": render_compute_yml(self.compute, notebook, date)}
@@ -55,12 +64,17 @@ def pool_roots(session: dict) -> dict[int, str]:
 
 def derive_sides(*, session: dict, roles: Roles, resolution: Any, index: Any,
                  observer: RunObserver, samples: list[dict], manager_spec: EnvironmentSpec,
-                 python: str, notebook_stem: str) -> SideOutputs:
+                 python: str, notebook_stem: str,
+                 record_dir: Path | None = None) -> SideOutputs:
     worker_spec = draft_worker_environment(resolution, index, roles, python=python,
                                            notebook_stem=notebook_stem)
     roots = roles.worker_roots()
     owner = worker_of(roles)
-    compute = measure_compute(samples, owner, len(roots)) if roots else draft_compute()
+    cwd = session.get("cwd")
+    traced = worker_written(observer.writes, owner, cwd)
+    sizes, new = written_sizes(record_dir, set().union(*traced.values()))
+    disk = measure_disk(samples, owner, traced, sizes, cwd)
+    compute = measure_compute(samples, owner, len(roots), disk) if roots else draft_compute()
     if not roots:
         compute.notes["all"] = "default, not measured: no worker ran; edit to fit the workload"
     apt = draft_apt(observer, roles, resolution.outside)
@@ -80,8 +94,10 @@ def derive_sides(*, session: dict, roles: Roles, resolution: Any, index: Any,
                              if roles.of(p) == TOOL and p in roles.binary}),
             "apt": apt.by_side(side)}
     report[WORKER].update(workers_seen=len(roots), crashed=crashed,
+                          started_by=_started_by(roots, session),
                           note=_worker_note(roots, session, roles, observer, worker_spec))
-    return SideOutputs(worker_spec, compute, apt, report, crashed)
+    return SideOutputs(worker_spec, compute, apt, report, crashed,
+                       sizes if new and record_dir is not None else None)
 
 
 def worker_of(roles: Roles) -> dict[int, int]:
@@ -136,6 +152,19 @@ def _peak_rss(samples: list[dict], pids: set[int]) -> float | None:
         if sample.get("pid") in pids:
             by_tick[sample["t"]] += sample.get("rss") or 0
     return round(max(by_tick.values()) / MB, 1) if by_tick else None
+
+
+def _started_by(roots: list[int], session: dict) -> str | None:
+    """Who started the workers that ran tasks: "notebook" (its own LocalCluster, pool,
+    executor), "flo-audit --workers" (a pool the notebook connected to), or None.
+
+    flo-run reads this: a notebook that starts its own cluster must not be pointed at a
+    provisioned scheduler (`Client(n_workers=2)` refuses to run when one is configured).
+    """
+    pool = set(pool_roots(session))
+    if any(pid not in pool for pid in roots):
+        return "notebook"
+    return "flo-audit --workers" if roots else None
 
 
 def _worker_note(roots: list[int], session: dict, roles: Roles, observer: RunObserver,
