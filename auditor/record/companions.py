@@ -25,7 +25,8 @@ class Companions:
                                 cwd, {}) if workers else None)
         # `roots` is the process tree's live list: the kernel is added to it once it runs.
         self.sampler = Sampler(record_dir / SAMPLES_FILE,
-                               lambda: [*roots, *(self.pool.pids() if self.pool else ())])
+                               lambda: [*roots, *(self.pool.pids() if self.pool else ())],
+                               skip_files=lambda: roots)
 
     def start(self, env: dict[str, str]) -> dict[str, str]:
         """Start the pool (before the kernel) and the sampler; the kernel's environment."""

@@ -6,12 +6,19 @@ written to storage (`write_bytes`). Roles are not known yet while the notebook r
 come from the trace), so every process is sampled and derive picks the workers' samples.
 One JSON object per process per tick: {"t", "pid", "ppid", "rss", "cpu", "wb"} (bytes,
 seconds); sampling keeps running through teardown's start so short runs still get a tick.
+
+Disk: `write_bytes` reads 0 on many kernels, so each tick also lists the regular files a
+process has open for writing, with their size now (`files`: path -> bytes, and its `cwd`),
+for every process but the roots `skip_files` names (the kernel and its launcher: the manager).
+That is a readlink per open descriptor, not a walk of any folder. When sampling stops, one
+last line {"t", "end": {path: bytes}} gives the size of each such file that still exists.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,9 +36,12 @@ class Sampler:
     """Samples the processes under `roots()` (and all their descendants) into `path`."""
 
     def __init__(self, path: Path, roots: Callable[[], list[int]],
-                 interval: float = INTERVAL_S) -> None:
+                 interval: float = INTERVAL_S,
+                 skip_files: Callable[[], list[int]] = list) -> None:
         self.path = Path(path)
         self.roots = roots
+        self.skip_files = skip_files
+        self._written: set[str] = set()  # every file seen open for writing
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,8 +71,21 @@ class Sampler:
                 break
         try:
             self.sample()
+            self._end_sizes()
         except Exception as exc:
             log.debug("last sample failed: %s", exc)
+
+    def _end_sizes(self) -> None:
+        end = {}
+        for path in sorted(self._written):
+            try:
+                end[path] = os.stat(path).st_size
+            except OSError:
+                continue  # deleted: its size while open is in the ticks
+        if not self._out.closed:
+            self._out.write(json.dumps({"t": round(time.time(), 3), "end": end},
+                                       separators=(",", ":")) + "\n")
+            self._out.flush()
 
     def sample(self) -> None:
         """One tick: a line per living process of the recording."""
@@ -77,6 +100,7 @@ class Sampler:
             except psutil.Error:
                 continue
         lines = []
+        skip = set(self.skip_files())
         for pid, proc in processes.items():
             try:
                 with proc.oneshot():
@@ -84,6 +108,10 @@ class Sampler:
                     record = {"t": round(now, 3), "pid": pid, "ppid": proc.ppid(),
                               "rss": proc.memory_info().rss,
                               "cpu": round(cpu.user + cpu.system, 3), "wb": _written(proc)}
+                files = {} if pid in skip else _open_for_writing(proc)
+                if files:
+                    record.update(files=files, cwd=proc.cwd())
+                    self._written.update(files)
             except psutil.Error:
                 continue
             self._known[pid] = proc  # keeps psutil's create-time check against pid reuse
@@ -98,6 +126,19 @@ def _written(proc: psutil.Process) -> int | None:
         return int(proc.io_counters().write_bytes)
     except (psutil.Error, AttributeError, NotImplementedError):
         return None
+
+
+def _open_for_writing(proc: psutil.Process) -> dict[str, int]:
+    """Regular files `proc` has open in a writing mode, with their size now."""
+    sizes = {}
+    for opened in proc.open_files():
+        if opened.mode == "r":
+            continue
+        try:
+            sizes[opened.path] = os.stat(opened.path).st_size
+        except OSError:
+            continue
+    return sizes
 
 
 def read_samples(record_dir: Path) -> list[dict]:
