@@ -26,7 +26,8 @@ _LIBRARY = re.compile(r"\.so(\.\d+)*$")
 
 
 class RunObserver:
-    """One pass over the event stream: system files executed or mapped, and connects.
+    """One pass over the event stream: system files executed or mapped, connects, and the
+    files each process opened for writing (for compute.yml's disk).
 
     Kept small on purpose: it sees every event of a long trace.
     """
@@ -38,18 +39,23 @@ class RunObserver:
         self.executed: dict[str, set[int]] = {}
         self.baseline: set[str] = set()  # libraries the kernel mapped before the first cell
         self.connects: dict[str, set[int]] = {}
+        self.writes: dict[str, set[int]] = {}  # path -> pids that opened it for writing
 
     def watch(self, events: Iterable[Event]) -> Iterator[Event]:
         libraries, executed, connects = self.libraries, self.executed, self.connects
+        writes = self.writes
         for event in events:
             kind = event.kind
             if kind == "access":
                 path = event.path  # type: ignore[union-attr]
-                if ".so" in path and event.mode == "r" and _LIBRARY.search(path):  # type: ignore[union-attr]
+                mode = event.mode  # type: ignore[union-attr]
+                if ".so" in path and mode == "r" and _LIBRARY.search(path):
                     if event.cell is None and event.pid == self.kernel_pid:
                         self.baseline.add(path)
                     pids = libraries.setdefault(path, {})
                     pids[event.pid] = pids.get(event.pid, False) or event.cell is not None
+                elif mode == "w" or mode == "rw":
+                    writes.setdefault(path, set()).add(event.pid)
             elif kind == "exec":
                 executed.setdefault(event.path, set()).add(event.pid)  # type: ignore[union-attr]
             elif kind == "connect":

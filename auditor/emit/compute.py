@@ -2,9 +2,9 @@
 
 Measured from the recorder's psutil samples (audit/samples.jsonl) of the worker processes, each
 together with its children (tools a task ran): peak resident memory, CPU time over wall time,
-bytes written to storage. Each value is rounded up with the headroom stated in the file's
-comments. Without worker samples (no worker ran, or an older record), the values are defaults
-and the file says so.
+and the size of the files it wrote in its work area (emit/disk.py). Each value is rounded up
+with the headroom stated in the file's comments. Without worker samples (no worker ran, or an
+older record), the values are defaults and the file says so.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
+from .disk import DiskUse
+
 MB = 1024 * 1024
 MEMORY_HEADROOM = 1.25  # x peak RSS
 MEMORY_STEP = 256  # MB
-DISK_HEADROOM = 2.0  # x bytes written
+DISK_HEADROOM = 2.0  # x the most a worker kept in files
 DISK_STEP = 1024  # MB, also the least disk given
 CPU_WINDOW_S = 1.0  # CPU rate is measured over windows at least this long
 BUSY_CORES = 0.2  # a worker using this many cores in a window is running a task
@@ -34,7 +36,7 @@ class ComputeSpec:
     disk: int = 10000
     measured: bool = False
     notes: dict[str, str] = field(default_factory=dict)
-    #: The figures measured (peak_rss_mb, peak_cores, mean_cores, written_mb, workers_seen, ...).
+    #: The figures measured (peak_rss_mb, peak_cores, mean_cores, disk_mb, workers_seen, ...).
     measurements: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -47,21 +49,21 @@ def draft_compute() -> ComputeSpec:
 
 
 def measure_compute(samples: Iterable[dict], worker_of: dict[int, int],
-                    workers_seen: int) -> ComputeSpec:
+                    workers_seen: int, disk: DiskUse | None = None) -> ComputeSpec:
     """compute.yml values from the samples of worker processes.
 
     `worker_of` maps each sampled pid on the worker side to its worker (the task-running
-    process at the top of its tree); `workers_seen` counts the workers the trace shows.
+    process at the top of its tree); `workers_seen` counts the workers the trace shows;
+    `disk` is what the busiest worker kept in files (None: nothing written in a work area).
     """
-    ticks: dict[int, dict[float, list[float]]] = defaultdict(dict)  # worker -> t -> [rss, cpu, wb]
+    ticks: dict[int, dict[float, list[float]]] = defaultdict(dict)  # worker -> t -> [rss, cpu]
     for sample in samples:
         worker = worker_of.get(int(sample.get("pid", -1)))
-        if worker is None:
+        if worker is None or "rss" not in sample:
             continue
-        row = ticks[worker].setdefault(float(sample["t"]), [0.0, 0.0, 0.0])
+        row = ticks[worker].setdefault(float(sample["t"]), [0.0, 0.0])
         row[0] += sample.get("rss") or 0
         row[1] += sample.get("cpu") or 0.0
-        row[2] += sample.get("wb") or 0
     if not ticks:
         spec = ComputeSpec()
         if workers_seen:
@@ -69,15 +71,15 @@ def measure_compute(samples: Iterable[dict], worker_of: dict[int, int],
                                  "be sampled; edit to fit the workload")
         return spec
     peak_rss = max(row[0] for rows in ticks.values() for row in rows.values()) / MB
-    written = max(row[2] for rows in ticks.values() for row in rows.values()) / MB
+    written = disk.mb if disk is not None else 0.0
     peak_rate, mean_rate, busy = _cpu(ticks)
     cores = max(1, math.ceil(peak_rate - 0.15))
     memory = max(MEMORY_STEP, _round_up(peak_rss * MEMORY_HEADROOM, MEMORY_STEP))
-    disk = max(DISK_STEP, _round_up(written * DISK_HEADROOM, DISK_STEP))
+    disk_mb = max(DISK_STEP, _round_up(written * DISK_HEADROOM, DISK_STEP))
     max_workers = busy or len(ticks)
     spec = ComputeSpec(min_workers=1, max_workers=max_workers, cores=cores, memory=memory,
-                       disk=disk, measured=True)
-    spec.measurements = {"peak_rss_mb": round(peak_rss, 1), "written_mb": round(written, 1),
+                       disk=disk_mb, measured=True)
+    spec.measurements = {"peak_rss_mb": round(peak_rss, 1), "disk_mb": round(written, 1),
                          "peak_cores": round(peak_rate, 2), "mean_cores": round(mean_rate, 2),
                          "workers_seen": workers_seen, "workers_sampled": len(ticks),
                          "peak_busy_workers": busy}
@@ -89,10 +91,19 @@ def measure_compute(samples: Iterable[dict], worker_of: dict[int, int],
                   f"windows; mean {mean_rate:.2f}), rounded up"),
         "memory": (f"peak RSS {peak_rss:.0f} MB of one worker with its children, "
                    f"x{MEMORY_HEADROOM:g}, rounded up to {MEMORY_STEP} MB"),
-        "disk": (f"{written:.1f} MB written to storage by one worker with its children "
-                 f"(write_bytes), x{DISK_HEADROOM:g}, rounded up to {DISK_STEP} MB"),
+        "disk": _disk_note(disk),
     }
     return spec
+
+
+def _disk_note(disk: DiskUse | None) -> str:
+    if disk is None:
+        return (f"no worker wrote files in its working or local directory; the least given, "
+                f"{DISK_STEP} MB")
+    return (f"{disk.mb:.1f} MB: the most one worker kept in files under its working or local "
+            f"directory (peak of files open for writing {disk.peak_mb:.1f} MB, files left at "
+            f"the end {disk.end_mb:.1f} MB, {disk.files} files), x{DISK_HEADROOM:g}, rounded "
+            f"up to {DISK_STEP} MB")
 
 
 def _round_up(value: float, step: int) -> int:
