@@ -91,6 +91,50 @@ def test_compute_measured(audit_runs: Callable[..., AuditRun]) -> None:
     assert samples and {"t", "pid", "rss", "cpu"} <= set(json.loads(samples[0]))
 
 
+def test_disk_is_the_peak_of_files_written(audit_runs: Callable[..., AuditRun],
+                                           tmp_path: Path) -> None:
+    """A task fills ~60 MB in its working directory and deletes it: the peak is kept; the
+    1 MB file it leaves is measured once (audit/written.json), so derive gives the same disk."""
+    run = audit_runs("workers_disk")
+    assert run.returncode == 0, run.describe()
+    compute = run.load_json("audit/summary.json")["compute"]
+    floor = run.scenario.expect["min_worker_disk_mb"]
+    assert compute["measurements"]["disk_mb"] >= floor, compute
+    text = run.path("compute/compute.yml").read_text(encoding="utf-8")
+    disk = yaml.safe_load(text)["vine_factory_config"]["disk"]
+    assert disk >= floor * 2, text  # x2 headroom, rounded up
+    assert "working or local directory" in text and "peak of files open for writing" in text
+    written = run.load_json("audit/written.json")
+    kept = {Path(p).name: size for p, size in written.items()}
+    assert kept == run.scenario.expect["kept_files"], written
+    out = tmp_path / "again"
+    done = subprocess.run([*flo_audit_argv(), "derive", str(run.out), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (out / "compute/compute.yml").read_text() == text
+
+
+def test_disk_floor_when_nothing_written(audit_runs: Callable[..., AuditRun]) -> None:
+    """Dask workers that write no files (their scratch space holds only an empty lock file)."""
+    run = audit_runs("workers_dask_local")
+    compute = run.load_json("audit/summary.json")["compute"]
+    assert compute["disk"] == 1024 and compute["measurements"]["disk_mb"] < 1, compute
+
+
+def test_dask_worker_exit_ends_the_audit(audit_runs: Callable[..., AuditRun]) -> None:
+    """os._exit(3) in a LocalCluster worker: KilledWorker (allowed-failures 0), no hang; the
+    status is in the summary and the backpack is marked incomplete."""
+    run = audit_runs("workers_dask_exit")
+    assert run.returncode == 1, run.describe()
+    summary = run.load_json("audit/summary.json")
+    assert summary["status"] == "worker-died" and not summary["complete"], summary["status"]
+    crashed = summary["roles"]["worker"]["crashed"]
+    assert [c["exit"] for c in crashed] == [run.scenario.expect["crashed_exit"]], crashed
+    assert "exited with status 3" in run.stdout and "INCOMPLETE" in run.stdout
+    executed = run.path("audit/executed.ipynb").read_text(encoding="utf-8")
+    assert "worker lost: KilledWorker" in executed
+
+
 def test_derive_recomputes_worker_outputs(audit_runs: Callable[..., AuditRun],
                                           tmp_path: Path) -> None:
     """The samples and every trace file are in audit/: derive writes the same files."""
