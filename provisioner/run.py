@@ -11,9 +11,12 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,13 +129,13 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
             _execute(report, options, checked.workflow, cluster, say)
         else:
             _interactive(report, cluster, on_lab)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         report.status = "interrupted"
-        raise Interrupted("interrupted; the run's Jupyter, workers and scheduler were "
-                          "stopped") from None
+        raise Interrupted(_interrupted(exc, cluster is not None, options.execute)) from None
     finally:
         if cluster is not None:
-            survivors = _phase(report, "teardown", cluster.stop)
+            with _signals_held():
+                survivors = _phase(report, "teardown", cluster.stop)
             if survivors:
                 report.notes.append(f"{len(survivors)} process(es) could not be stopped: "
                                     + ", ".join(str(p.pid) for p in survivors))
@@ -146,6 +149,35 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         error.report = report  # type: ignore[attr-defined]
         raise error
     return report
+
+
+def _interrupted(exc: KeyboardInterrupt, engine_started: bool, execute: bool) -> str:
+    """The one line for Ctrl-C or SIGTERM: what was stopped and what was written."""
+    how = "interrupted"
+    if isinstance(exc, runner.ExecutionStopped):
+        how += f" ({signal.Signals(exc.signum).name})"
+    if not engine_started:
+        return f"{how} before the engine started; nothing was left running"
+    if not execute:
+        return f"{how}; JupyterLab, its kernels, the workers and the scheduler were stopped"
+    output = getattr(exc, "output", None)
+    written = (f"the notebook as far as it ran is {output}" if output
+               else "no executed notebook was written")
+    return f"{how}; the kernel, workers and scheduler were stopped; {written}"
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Teardown must finish: a second Ctrl-C (or SIGTERM) must not leave workers behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _phase(report: RunReport, name: str, work: Callable[[], object]) -> object:

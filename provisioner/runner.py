@@ -4,16 +4,25 @@ Headless: a kernelspec written for this run in a temporary JUPYTER_PATH-style fo
 manager environment's python (`-m ipykernel_launcher`), so the kernel is that environment's
 whatever flo-run itself runs in. Parameters are injected papermill-style. The executed notebook
 is written whatever happens to the cells; `Execution.status` says how it ended.
+
+SIGINT and SIGTERM during execution: nbclient installs its own event-loop handlers for both, which
+only start a kernel shutdown and let the cell wait go on (flo-run kept running for minutes). Our
+client replaces them with handlers that end the execution at once; `execute` then writes the
+notebook as far as it ran and raises `ExecutionStopped` (a KeyboardInterrupt), and puts back the
+process's own handlers, which nbclient would leave at the defaults.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import os
 import secrets
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +42,15 @@ INJECTED_TAG = "injected-parameters"
 
 class RunnerError(FloError):
     """The kernel or JupyterLab could not be started."""
+
+
+class ExecutionStopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM ended a headless execution; the kernel is stopped and `output` holds
+    the notebook as far as it ran (None if it could not be written)."""
+
+    def __init__(self, signum: int, output: Path | None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.output = signum, output
 
 
 def parse_value(text: str) -> object:
@@ -118,8 +136,7 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
     executed notebook to `output` even when a cell fails or the kernel dies. The kernel's own
     stdout and stderr go to `kernel_log` when given."""
     from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
+    from jupyter_client.manager import AsyncKernelManager
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     started = time.monotonic()
@@ -138,17 +155,24 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
 
     with tempfile.TemporaryDirectory(prefix="flo-run-kernelspec-") as specs:
         name = write_kernelspec(Path(specs), python, {})
-        km = KernelManager(kernel_name=name,
-                           kernel_spec_manager=KernelSpecManager(kernel_dirs=[
-                               str(Path(specs) / "kernels")]))
-        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name=name,
+        # The async manager (and so an async client): a blocking client waits for kernel
+        # messages inside nbclient's event loop, where no signal handler can run.
+        km = AsyncKernelManager(kernel_name=name,
+                                kernel_spec_manager=KernelSpecManager(kernel_dirs=[
+                                    str(Path(specs) / "kernels")]))
+        client = _stoppable_client()(nb, km=km, timeout=timeout, kernel_name=name,
                                 resources={"metadata": {"path": str(cwd)}},
                                 on_cell_error=cell_error, on_cell_start=cell_start)
         status, message = "complete", ""
         log = open(kernel_log, "ab") if kernel_log else None  # noqa: SIM115
         streams = {"stdout": log, "stderr": log} if log else {}
+        handlers = _handlers()
+        written = None
         try:
             client.execute(env=kernel_environment(env or {}), **streams)
+        except asyncio.CancelledError:  # our stop, before nbclient could turn it into an error
+            if client.flo_stopped_by is None:
+                raise
         except CellExecutionError as exc:
             status = "failed"
             message = _first_line(exc) if not failed else ""
@@ -157,21 +181,70 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
         except DeadKernelError as exc:
             status, message = "kernel-died", f"the kernel died: {_first_line(exc)}"
         finally:
+            _restore(handlers)
             _shutdown(km)
             if log is not None:
                 log.close()
             output.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, output)
+            written = output
+    if client.flo_stopped_by is not None:
+        raise ExecutionStopped(client.flo_stopped_by, written)
     if status == "failed" and failed:
         message = (f"cell {failed['index']} raised {failed['ename']}: "
                    f"{failed['evalue']}").rstrip(": ")
     return Execution(output, status, time.monotonic() - started, failed or None, message)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stoppable_client() -> type:
+    """NotebookClient whose SIGINT/SIGTERM handlers stop the execution (see the module doc)."""
+    from nbclient import NotebookClient
+
+    class StoppableClient(NotebookClient):
+        flo_stopped_by: int | None = None
+
+        async def async_start_new_kernel(self, **kwargs: object) -> None:
+            # Called right after nbclient's async_setup_kernel added its handlers: replace them.
+            loop, task = asyncio.get_running_loop(), asyncio.current_task()
+            ignored = {s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN}
+            for signum in STOP_SIGNALS:
+                try:
+                    loop.add_signal_handler(signum, self._flo_stop, signum, task, ignored)
+                except (RuntimeError, ValueError):  # not the main thread: nbclient added none
+                    break
+            await super().async_start_new_kernel(**kwargs)
+
+        def _flo_stop(self, signum: int, task: asyncio.Task, ignored: set[int]) -> None:
+            if signum in ignored:  # e.g. SIGINT of a background job of a non-interactive shell
+                return
+            self.flo_stopped_by = self.flo_stopped_by or signum
+            self.shutdown_kernel = "immediate"
+            task.cancel()
+
+    return StoppableClient
+
+
+def _handlers() -> dict[int, object]:
+    """The process's SIGINT/SIGTERM handlers, to put back after nbclient removed its own."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+
+def _restore(handlers: dict[int, object]) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
 def _shutdown(km: object) -> None:
+    from jupyter_core.utils import run_sync
+
     try:
         if km.has_kernel:  # type: ignore[attr-defined]
-            km.shutdown_kernel(now=True)  # type: ignore[attr-defined]
+            run_sync(km.shutdown_kernel)(now=True)  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 (already gone; the process tree teardown covers it)
         pass
 
