@@ -273,10 +273,12 @@ def _open_mode(mode, flags):
     """Access mode ("r", "w", "rw") from the event's open flags, else its mode string."""
     if isinstance(flags, int) and flags:
         access = flags & 3  # O_ACCMODE
+        if access == 2 and flags & os.O_TRUNC:
+            return "w"  # truncated: nothing that was there is read
         return {0: "r", 1: "w"}.get(access, "rw")
     if isinstance(mode, str):
         if "+" in mode:
-            return "rw"
+            return "w" if "w" in mode else "rw"  # "w+" truncates first
         if "w" in mode or "a" in mode or "x" in mode:
             return "w"
     return "r"

@@ -8,6 +8,7 @@ real opens, a real subprocess, a real TCP connection, a real fork.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,14 @@ def test_with_a_syscall_tracer_marks_are_opened_but_not_logged(tmp_path: Path) -
     assert str(tmp_path / "work" / "missing.txt") in opened
     assert [(r["seq"], r["phase"]) for r in records if r["ev"] == "cell"] == [
         (0, "start"), (0, "end")]
+
+
+def test_open_modes_from_python_mode_strings_and_flags() -> None:
+    import runpy
+
+    kernel_side = runpy.run_path(str(KERNEL_SIDE), run_name="_flo_backpack_kernel_test")
+    mode = kernel_side["_open_mode"]
+    assert [mode(m, None) for m in ("rb", "r+b", "w+b", "a+", "wb", "x")] == \
+        ["r", "rw", "w", "rw", "w", "w"]
+    assert mode(None, os.O_RDWR | os.O_CREAT | os.O_TRUNC) == "w"
+    assert mode(None, os.O_RDWR | os.O_CREAT) == "rw"

@@ -230,3 +230,16 @@ def test_parse_strace_function_streams():
                   "5 2.1 open(\"x/../y.txt\", O_WRONLY|O_TRUNC) = 3</data/y.txt>\n"])
     assert list(parse_strace(lines, cwd="/")) == [Access(5, "/data/y.txt", "w", "/data/y.txt",
                                                          2.1)]
+
+
+def test_truncating_read_write_open_is_a_write_not_a_read():
+    # Pillow saves with open(..., "w+b"): O_RDWR|O_CREAT|O_TRUNC destroys what was there, so
+    # it is a write (an output), while sqlite's O_RDWR|O_CREAT keeps content: a read-write.
+    lines = [
+        '7 1764444000.000001 openat(AT_FDCWD</w>, "pt.png", O_RDWR|O_CREAT|O_TRUNC|O_CLOEXEC,'
+        ' 0666) = 3</w/pt.png>\n',
+        '7 1764444000.000002 openat(AT_FDCWD</w>, "db.sqlite", O_RDWR|O_CREAT|O_CLOEXEC, 0644)'
+        ' = 4</w/db.sqlite>\n',
+    ]
+    modes = [(e.path, e.mode) for e in parse_strace(lines, "/w") if isinstance(e, Access)]
+    assert modes == [("/w/pt.png", "w"), ("/w/db.sqlite", "rw")]

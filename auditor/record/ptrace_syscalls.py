@@ -114,8 +114,8 @@ def open_mode(flags: int) -> str:
     """Access.mode from open flags: d(irectory), rw, w (write, create or truncate) or r."""
     if flags & O_DIRECTORY:
         return "d"
-    if flags & O_ACCMODE == O_RDWR:
-        return "rw"
+    if flags & O_ACCMODE == O_RDWR and not flags & O_TRUNC:
+        return "rw"  # truncating discards what was there: a write, not a read
     if flags & O_ACCMODE == O_WRONLY or flags & (O_CREAT | O_TRUNC):
         return "w"
     return "r"

@@ -263,8 +263,8 @@ class StraceParser:
             return None
         if "O_DIRECTORY" in flags:
             mode = "d"
-        elif "O_RDWR" in flags:
-            mode = "rw"
+        elif "O_RDWR" in flags and "O_TRUNC" not in flags:
+            mode = "rw"  # read-write on existing content (sqlite opens so even to read)
         elif "O_WRONLY" in flags or "O_CREAT" in flags or "O_TRUNC" in flags:
             mode = "w"
         elif "O_PATH" in flags:
