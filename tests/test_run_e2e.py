@@ -248,3 +248,78 @@ def test_invalid_backpack_fails_before_any_environment_work(places) -> None:
     after = sorted(places["cache"].iterdir()) if places["cache"].exists() else []
     assert after == before, "validation runs before any environment is built"
     assert not any(places["scratch"].glob("run-*")), "the run folder is removed"
+
+
+def token_holders(flo_run_pid: int) -> list[str]:
+    """Processes carrying the cleanup token of the engine started by flo-run `flo_run_pid`."""
+    from auditor.record.cleanup import TOKEN_VARIABLE
+
+    found = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            token = proc.environ().get(TOKEN_VARIABLE, "")
+            if (token.startswith(f"flo-run-{flo_run_pid}-")
+                    and proc.info["status"] != psutil.STATUS_ZOMBIE):
+                found.append(f"{proc.pid}: {' '.join(proc.cmdline())[:200]}")
+        except psutil.Error:
+            continue
+    return found
+
+
+@needs_py311
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_execute_stops_promptly_on_a_signal_mid_cell(places, signum) -> None:
+    """A signal while a cell runs: exit 130 within seconds, one line, the notebook written as
+    far as it ran, and no kernel, worker or scheduler left. The SIGTERM case starts flo-run
+    with SIGINT ignored, as a non-interactive shell starts a background job."""
+    name = f"stopped-{signum.name.lower()}"
+    marker = places["base"] / f"{name}.json"
+    marker.unlink(missing_ok=True)
+    bp = hand_backpack(places["base"] / name, [
+        "import json, os\nfrom distributed import Client\n\nclient = Client()\n"
+        "workers = list(client.run(os.getpid).values())\nprint(len(workers))",
+        f"import pathlib, time\npart = pathlib.Path({str(marker)!r} + '.part')\n"
+        "part.write_text(json.dumps({'kernel': os.getpid(), 'workers': workers}))\n"
+        f"part.rename({str(marker)!r})\ntime.sleep(600)",
+        "print('never')"])
+    out = places["base"] / f"{name}-run.ipynb"
+    argv = [*FLO_RUN, str(bp), "--execute", "-o", str(out), "--cache-dir",
+            str(places["cache"]), "--scratch-dir", str(places["scratch"])]
+    sigint = signal.SIG_IGN if signum == signal.SIGTERM else signal.SIG_DFL  # not inherited
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=places["base"],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not marker.exists():
+            assert proc.poll() is None, f"flo-run exited {proc.returncode}: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "the sleeping cell never started"
+            time.sleep(0.2)
+        started = json.loads(marker.read_text())
+        assert started["workers"] and token_holders(proc.pid), "kernel and workers run"
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # the test failed: still let flo-run stop what it started
+            proc.terminate()
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+    assert time.monotonic() - sent < 30
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"flo-run: interrupted ({signum.name}); the kernel, workers and "
+                           "scheduler were stopped"), err
+    assert str(out) in last and "Traceback" not in err, err
+    executed = nbformat.read(out, as_version=4)
+    assert stream_text(executed.cells[0]).strip() == "1", "cells before the signal kept"
+    assert executed.cells[2].get("outputs") == [], "nothing ran after the signal"
+    gone = [pid for pid in [started["kernel"], *started["workers"]] if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert gone == [], "kernel and workers are stopped"
+    assert token_holders(proc.pid) == []
+    assert leftovers(places["cache"], places["scratch"]) == []
+    assert not any(places["scratch"].glob("run-*")), "the run folder is removed"
