@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
@@ -181,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `flo-audit` and `python -m auditor`: returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     err = Console(stderr=True)
+    # SIGTERM (`kill`, a batch system) stops an audit like Ctrl-C: kernel and tracer too.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         command = _SUBCOMMANDS.get(argv[0]) if argv and not os.path.isfile(argv[0]) else None
         return command(argv[1:]) if command else _audit(argv)
@@ -188,9 +193,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         error: FloError = Interrupted("interrupted; nothing was written")
     except FloError as exc:
         error = exc
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     message = " ".join(str(error).split()) or type(error).__name__
     err.print(f"flo-audit: error: {message}", markup=False, highlight=False, soft_wrap=True)
     return error.exit_code
+
+
+def _terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the teardown that follows must finish
+    raise KeyboardInterrupt
 
 
 def _audit(argv: list[str]) -> int:
