@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from auditor.backpack import Backpack, load_backpack
+from auditor.emit.compute import ComputeSpec
 from auditor.errors import FloError, Interrupted
 
 from . import api, runner
@@ -51,7 +53,7 @@ class RunOptions:
     host: str = "127.0.0.1"
     python: str | None = None
     profile: str | None = None
-    engine: str = "dask-local"
+    engine: str = "auto"  # see choose_engine
     timeout: float | None = None  # per cell
 
 
@@ -114,15 +116,18 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         _copy_workflow(report.backpack / "workflow", run_dir)
         _phase(report, "data", lambda: _fetch_data(report, options))
         _environments(report, checked, options, say)
-        compute = _compute(report.backpack)
+        loaded = _loaded(report.backpack)
+        compute = loaded.compute if loaded is not None else ComputeSpec()
+        engine = choose_engine(options.engine, loaded.summary if loaded is not None else None)
         workers = options.workers if options.workers is not None else max(compute.min_workers, 1)
         spec = EngineSpec(run_dir=run_dir, worker_python=report.envs["worker"].python_path,
                           manager_python=report.envs["manager"].python_path, workers=workers,
                           max_workers=max(compute.max_workers, workers), threads=compute.cores,
                           memory_mb=compute.memory, disk_mb=compute.disk,
                           host=options.host)
-        say(f"starting {workers} Dask worker(s)")
-        cluster = _phase(report, "engine start", lambda: get_engine(options.engine).start(spec))
+        say("the notebook starts its own workers" if engine == "notebook"
+            else f"starting {workers} Dask worker(s) ({engine})")
+        cluster = _phase(report, "engine start", lambda: get_engine(engine).start(spec))
         report.cluster = cluster.to_dict()
         report.notes += cluster.notes
         if options.execute:
@@ -240,13 +245,21 @@ def _default_cache(options: RunOptions) -> Path | None:
     return Path(options.scratch_dir).expanduser().absolute() / "envs"
 
 
-def _compute(root: Path):  # -> ComputeSpec
-    from auditor.backpack import load_backpack
-    from auditor.emit.compute import ComputeSpec
-
+def _loaded(root: Path) -> Backpack | None:
+    """The backpack as auditor.backpack reads it; None for one without compute.yml."""
     if not (root / "compute" / "compute.yml").exists():
-        return ComputeSpec()
-    return load_backpack(root).compute
+        return None
+    return load_backpack(root)
+
+
+def choose_engine(asked: str, summary: dict | None) -> str:
+    """`auto`: the notebook's own workers when its audit saw it start them (a notebook that
+    calls `Client(n_workers=2)` must not be pointed at a provisioned scheduler), else Dask
+    workers started here. A hand-written backpack has no audit: dask-local."""
+    if asked != "auto":
+        return asked
+    worker = ((summary or {}).get("roles") or {}).get("worker") or {}
+    return "notebook" if worker.get("started_by") == "notebook" else "dask-local"
 
 
 def _execute(report: RunReport, options: RunOptions, workflow: Path, cluster, say) -> None:

@@ -38,9 +38,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the run folder in place")
     p.add_argument("--host", default="127.0.0.1", help="interface the scheduler, workers and "
                    "JupyterLab listen on (default loopback)")
-    p.add_argument("--engine", default="dask-local", choices=("dask-local", "slurm"),
-                   help="where workers run: processes here (dask-local) or SLURM jobs "
-                   "(slurm; needs flo-backpack[slurm])")
+    p.add_argument("--engine", default="auto", choices=("auto", "dask-local", "slurm", "notebook"),
+                   help="where workers run: processes here (dask-local), SLURM jobs (slurm; "
+                   "needs flo-backpack[slurm]), or none provisioned because the notebook starts "
+                   "its own (notebook); auto (default): notebook when the audit saw the "
+                   "notebook start its own workers, else dask-local")
     p.add_argument("--profile", help="data.yml profile")
     p.add_argument("--python", help="interpreter to build environments on")
     p.add_argument("--timeout", type=float, help="seconds a cell may run (default: no limit)")

@@ -164,6 +164,8 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
                                 resources={"metadata": {"path": str(cwd)}},
                                 on_cell_error=cell_error, on_cell_start=cell_start)
         status, message = "complete", ""
+        if kernel_log:
+            kernel_log.parent.mkdir(parents=True, exist_ok=True)
         log = open(kernel_log, "ab") if kernel_log else None  # noqa: SIM115
         streams = {"stdout": log, "stderr": log} if log else {}
         handlers = _handlers()

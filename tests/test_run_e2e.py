@@ -323,3 +323,43 @@ def test_execute_stops_promptly_on_a_signal_mid_cell(places, signum) -> None:
     assert token_holders(proc.pid) == []
     assert leftovers(places["cache"], places["scratch"]) == []
     assert not any(places["scratch"].glob("run-*")), "the run folder is removed"
+
+
+def test_notebook_that_starts_its_own_cluster_is_not_pointed_at_ours(places) -> None:
+    """`Client(n_workers=...)` refuses its keywords when DASK_SCHEDULER_ADDRESS is set: a
+    backpack whose audit saw the notebook start its own workers runs with engine notebook."""
+    folder = places["base"] / "own-cluster"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in (
+        "import sys\nfrom dask.distributed import Client",
+        "client = Client(n_workers=1, threads_per_worker=1, processes=True,"
+        " dashboard_address=None)",
+        "where = client.submit(lambda: sys.prefix, pure=False).result()\nprint(where)",
+        "client.close()")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, folder / "own.ipynb")
+    bp = places["base"] / "own-bp"
+    audited = subprocess.run([sys.executable, "-m", "auditor", str(folder / "own.ipynb"), "-o",
+                              str(bp)], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert audited.returncode == 0, audited.stderr
+    out = places["base"] / "own-run.ipynb"
+    result = result_of(flo_run([str(bp), "--execute", "-o", str(out), "--json"], places))
+    assert result["status"] == "complete", result
+    assert any(n.startswith("engine notebook") for n in result["notes"]), result["notes"]
+    assert not result["cluster"]["scheduler_address"]
+    printed = stream_text(nbformat.read(out, as_version=4).cells[2]).strip()
+    assert printed == str(Path(result["envs"]["manager"]["path"])), \
+        "the notebook's own workers run in the manager environment"
+    assert leftovers(places["cache"], places["scratch"]) == []
+
+
+def test_auto_engine_follows_the_audit() -> None:
+    from provisioner.run import choose_engine
+
+    own = {"roles": {"worker": {"started_by": "notebook"}}}
+    pool = {"roles": {"worker": {"started_by": "flo-audit --workers"}}}
+    assert choose_engine("auto", own) == "notebook"
+    assert choose_engine("auto", pool) == "dask-local"
+    assert choose_engine("auto", None) == "dask-local"  # hand-written: no audit
+    assert choose_engine("slurm", own) == "slurm"  # asked for: obeyed

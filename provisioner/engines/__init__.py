@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import (
     dask_local,  # noqa: F401  (registers the dask-local engine)
     jobqueue,  # noqa: F401  (registers the slurm engine; dask-jobqueue is lazy)
+    notebook,  # noqa: F401  (registers the notebook engine: it starts its own workers)
 )
 from .base import (
     ADDRESS_VARIABLE,

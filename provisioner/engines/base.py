@@ -224,9 +224,10 @@ class Engine:
 
     name = ""
     cluster_class: type[Cluster] = Cluster  # an engine may add its own teardown
+    checks_versions = True  # manager and worker environments must agree on Dask
 
     def start(self, spec: EngineSpec) -> Cluster:
-        if spec.manager_python is not None:
+        if spec.manager_python is not None and self.checks_versions:
             check_versions(env_prefix(spec.manager_python), env_prefix(spec.worker_python))
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         tree = ProcessTree(spec.token or f"flo-run-{os.getpid()}-{time.time_ns()}")
