@@ -23,7 +23,7 @@ from .runner import Lab, parse_value
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flo-run", description="Run a backpack: headless with --execute, else JupyterLab. "
-        "Subcommands: validate, env (flo-run validate -h).")
+        "Subcommands: validate, fetch, verify, env (flo-run validate -h).")
     p.add_argument("backpack")
     p.add_argument("--execute", action="store_true",
                    help="run the notebook headless and write the executed notebook")
