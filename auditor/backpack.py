@@ -23,6 +23,7 @@ import yaml
 from .data_spec import DataSpec, load_data_spec
 from .emit.compute import ComputeSpec
 from .errors import FloError, UsageError
+from .specs import EnvSpec, environment_from_doc
 
 ENVIRONMENT = "software/environment.yml"
 WORKER_ENVIRONMENT = "software/worker-environment.yml"
@@ -147,6 +148,8 @@ class Backpack:
     summary: dict | None = None
     warnings: list[str] = field(default_factory=list)
     data_spec: DataSpec | None = None  # data.yml as a model (profiles of DataEntry)
+    #: The environment files as pins, by role ("manager", and "worker" when the file exists).
+    specs: dict[str, EnvSpec] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -161,9 +164,11 @@ def load_backpack(path: str | Path) -> Backpack:
     warnings: list[str] = []
     summary = _read_summary(root)
     workflow = _find_workflow(root, summary)
-    environment = _read_environment(root / ENVIRONMENT, warnings)
-    worker = (_read_environment(root / WORKER_ENVIRONMENT, warnings)
-              if (root / WORKER_ENVIRONMENT).exists() else None)
+    environment, manager_spec = _read_environment(root / ENVIRONMENT, warnings)
+    specs = {"manager": manager_spec}
+    worker = None
+    if (root / WORKER_ENVIRONMENT).exists():
+        worker, specs["worker"] = _read_environment(root / WORKER_ENVIRONMENT, warnings)
     compute = _read_compute(root / COMPUTE, warnings)
     requirements = None
     if (root / REQUIREMENTS).exists():
@@ -175,7 +180,7 @@ def load_backpack(path: str | Path) -> Backpack:
     if data_spec is not None:
         warnings.extend(data_spec.warnings)
     return Backpack(root, workflow, environment, worker, compute, requirements, data, summary,
-                    warnings, data_spec)
+                    warnings, data_spec, specs)
 
 
 def _read_yaml(path: Path, expected: str) -> Any:
@@ -221,30 +226,12 @@ def _find_workflow(root: Path, summary: dict | None) -> Path:
     return (notebooks or candidates)[0]
 
 
-_ENV_KEYS = {"name", "channels", "dependencies", "prefix", "variables"}
-
-
-def _read_environment(path: Path, warnings: list[str]) -> dict:
+def _read_environment(path: Path, warnings: list[str]) -> tuple[dict, EnvSpec]:
     doc = _read_yaml(path, "a conda environment mapping with 'dependencies'")
-    for key in sorted(set(doc) - _ENV_KEYS):
-        warnings.append(f"{path}: unknown key {key!r} ignored")
-    if "name" in doc and not isinstance(doc["name"], str):
-        raise BackpackError(f"{path}: key 'name': expected a string")
-    channels = doc.get("channels", [])
-    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-        raise BackpackError(f"{path}: key 'channels': expected a list of channel names")
-    deps = doc.get("dependencies")
-    if not isinstance(deps, list):
-        raise BackpackError(f"{path}: key 'dependencies': expected a list of package specs")
-    for i, dep in enumerate(deps):
-        if isinstance(dep, str):
-            continue
-        if isinstance(dep, dict) and set(dep) == {"pip"} and isinstance(dep["pip"], list) \
-                and all(isinstance(p, str) for p in dep["pip"]):
-            continue
-        raise BackpackError(f"{path}: key 'dependencies[{i}]': expected a package spec string "
-                            f"or a 'pip:' list of requirement strings, got {dep!r}")
-    return doc
+    try:
+        return doc, environment_from_doc(path, doc, warnings)
+    except UsageError as exc:
+        raise BackpackError(str(exc)) from None
 
 
 _COMPUTE_KEYS = {"min-workers": "min_workers", "max-workers": "max_workers", "cores": "cores",

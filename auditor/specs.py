@@ -78,27 +78,45 @@ def parse_conda_spec(spec: str) -> tuple[str, str | None, str | None]:
     return name, version or None, channel
 
 
-def parse_environment(path: Path) -> EnvSpec:
+ENVIRONMENT_KEYS = {"name", "channels", "dependencies", "prefix", "variables"}
+
+
+def parse_environment(path: Path, warnings: list[str] | None = None) -> EnvSpec:
     """Read a conda-format environment.yml into pins by canonical name."""
-    doc = load_yaml(path)
-    if not isinstance(doc, dict) or not isinstance(doc.get("dependencies"), list):
+    return environment_from_doc(path, load_yaml(path), warnings)
+
+
+def environment_from_doc(path: Path, doc: object, warnings: list[str] | None = None) -> EnvSpec:
+    """Check a parsed environment.yml (what `conda env create -f` accepts) and read its pins.
+    Unknown top-level keys are appended to `warnings` when given."""
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: key 'dependencies': expected a list of packages "
+                         "(is this a conda environment.yml?)")
+    if warnings is not None:
+        warnings.extend(f"{path}: unknown key {key!r} ignored"
+                        for key in sorted(set(doc) - ENVIRONMENT_KEYS))
+    if "name" in doc and not isinstance(doc["name"], str):
+        raise UsageError(f"{path}: key 'name': expected a string")
+    channels = doc.get("channels", [])
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise UsageError(f"{path}: key 'channels': expected a list of channel names")
+    deps = doc.get("dependencies")
+    if not isinstance(deps, list):
         raise UsageError(f"{path}: key 'dependencies': expected a list of packages "
                          "(is this a conda environment.yml?)")
     python: str | None = None
     pins: dict[str, Pin] = {}
-    for item in doc["dependencies"]:
-        if isinstance(item, dict):
-            pip_list = item.get("pip")
-            if not isinstance(pip_list, list):
-                raise UsageError(f"{path}: key 'dependencies': a mapping entry must be "
-                                 "'pip: [requirements]'")
-            for line in pip_list:
-                pin = _parse_pip_line(str(line), path)
+    for i, item in enumerate(deps):
+        if isinstance(item, dict) and set(item) == {"pip"} and isinstance(item["pip"], list) \
+                and all(isinstance(p, str) for p in item["pip"]):
+            for line in item["pip"]:
+                pin = _parse_pip_line(line, path)
                 if pin:
                     pins[pin.key] = pin
             continue
         if not isinstance(item, str):
-            raise UsageError(f"{path}: key 'dependencies': expected strings, found {item!r}")
+            raise UsageError(f"{path}: key 'dependencies[{i}]': expected a package spec string "
+                             f"or a 'pip:' list of requirement strings, got {item!r}")
         name, version, channel = parse_conda_spec(item)
         if canonicalize_name(name) == "python":
             python = version

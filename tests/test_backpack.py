@@ -49,6 +49,7 @@ def test_layout_and_round_trip(tmp_path, notebook):
     backpack = load_backpack(dest)
     assert backpack.workflow == dest / "workflow/nb.ipynb"
     assert backpack.environment["dependencies"][0] == "python=3.11.7"
+    assert backpack.specs["manager"].python == "3.11.7" and set(backpack.specs) == {"manager"}
     assert backpack.requirements == ["numpy==2.2.6"]
     assert backpack.compute == draft_compute()
     assert backpack.worker_environment is None and backpack.warnings == []

@@ -126,7 +126,7 @@ def test_per_cell_changes_matched_by_position_and_source(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("body, message", [
     ("name: x\n", "key 'dependencies'"),
-    ("dependencies: [python=3.11, {conda: x}]\n", "pip: [requirements]"),
+    ("dependencies: [python=3.11, {conda: x}]\n", "'pip:' list of requirement strings"),
     ("dependencies: [\n", "not valid YAML"),
     ("dependencies:\n  - pip:\n      - 'not a requirement !!'\n", "not a pip requirement"),
 ])
