@@ -38,12 +38,12 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
-from .. import process
-from ..errors import CommandError, Interrupted, RecordError
+from ..errors import Interrupted, RecordError
 from .base import Tracer
 from .cleanup import TOKEN_VARIABLE, ProcessTree
 from .companions import SAMPLES_FILE, Companions
 from .hooks import HOOK_LOG, kernel_record
+from .interpreter import require_module
 
 log = logging.getLogger("flo.record")
 
@@ -185,7 +185,7 @@ class _Run:
         self.cwd = Path(options.cwd or self.notebook_path.parent).resolve()
         self.kernel_name = _kernel_name(options)
         if options.python:
-            _check_ipykernel(options.python)
+            require_module(options.python, "ipykernel", "a Jupyter kernel")
         self.nb = copy.deepcopy(options.notebook)
         self.to_run = [i for i, cell in enumerate(self.nb.cells) if _will_run(cell)]
         self.code_cells = sum(1 for cell in self.nb.cells if cell.cell_type == "code")
@@ -383,17 +383,6 @@ def _kernel_name(options: RecordOptions) -> str:
         raise RecordError(f"kernel {name!r} runs {spec.language}, not Python; "
                           "choose a Python kernel or pass --python")
     return name
-
-
-def _check_ipykernel(python: str) -> None:
-    try:
-        done = process.run([python, "-c", "import ipykernel"], check=False, timeout=120,
-                           what="checking the kernel interpreter")
-    except CommandError as exc:
-        raise RecordError(f"cannot run the kernel interpreter {python}: {exc}") from exc
-    if done.returncode != 0:
-        raise RecordError(f"{python} has no ipykernel; install it with: "
-                          f"{python} -m pip install ipykernel")
 
 
 @contextmanager

@@ -31,9 +31,9 @@ from typing import IO, Any
 
 import psutil
 
-from .. import process
-from ..errors import CommandError, RecordError
+from ..errors import RecordError
 from .base import Tracer
+from .interpreter import require_module
 
 log = logging.getLogger("flo.record")
 
@@ -79,7 +79,7 @@ class WorkerPool:
 
     def start(self) -> str:
         """Start the scheduler (waiting until it listens), then the workers; the address."""
-        _check_distributed(self.python)
+        require_module(self.python, "distributed", "--workers (Dask workers)")
         self.scratch = tempfile.mkdtemp(prefix="flo-workers-")
         port = self.first_port or free_port()
         for attempt in range(PORT_ATTEMPTS):
@@ -213,17 +213,6 @@ def _terminate(member: PoolProcess) -> None:
         member.exit = member.popen.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
         log.warning("%s (pid %s) could not be stopped", member.name, target)
-
-
-def _check_distributed(python: str) -> None:
-    try:
-        done = process.run([python, "-c", "import distributed"], check=False, timeout=120,
-                           what="checking for Dask in the kernel's environment")
-    except CommandError as exc:
-        raise RecordError(f"cannot run the kernel interpreter {python}: {exc}") from exc
-    if done.returncode != 0:
-        raise RecordError(f"--workers needs Dask distributed in the kernel's environment; "
-                          f"install it with: {python} -m pip install distributed")
 
 
 def kernel_python(kernel_name: str, python: str | None) -> str:
