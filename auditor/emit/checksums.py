@@ -41,12 +41,17 @@ def file_checksum(path: str | Path, algo: str = "sha256",
                   progress: Progress | None = None) -> str:
     """Stream a file through `algo` (never loaded whole) -> 'algo:hex'."""
     digest = hashlib.new(algo)
+    _feed(digest, path, progress)
+    return f"{algo}:{digest.hexdigest()}"
+
+
+def _feed(digest: hashlib._Hash, path: str | Path, progress: Progress | None) -> None:
+    """Stream one file's bytes into `digest`, CHUNK by CHUNK."""
     with open(path, "rb") as src:
         while chunk := src.read(CHUNK):
             digest.update(chunk)
             if progress:
                 progress(len(chunk))
-    return f"{algo}:{digest.hexdigest()}"
 
 
 def directory_files(path: str | Path) -> list[tuple[str, Path]]:
@@ -83,11 +88,7 @@ def directory_checksum(path: str | Path, algo: str = "sha256",
         size = full.stat().st_size
         digest.update(relative.encode("utf-8", "surrogateescape") + b"\0"
                       + str(size).encode("ascii") + b"\0")
-        with open(full, "rb") as src:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                if progress:
-                    progress(len(chunk))
+        _feed(digest, full, progress)
     return f"{algo}:{digest.hexdigest()}"
 
 

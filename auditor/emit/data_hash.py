@@ -38,18 +38,22 @@ def checksum_url(url: str, timeout: float = 60.0,
         return os.path.getsize(target), file_checksum(target)
 
 
+def _counting(label: str, total: int, progress: Progress | None) -> Callable[[int], None]:
+    """Turn the hasher's per-chunk byte counts into progress(label, done, total) calls."""
+    done = 0
+
+    def step(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(label, done, total)
+    return step
+
+
 def sha256_file(path: str, progress: Progress | None = None) -> str | None:
     """The file's checksum, streamed with progress(path, done, total); None if it vanished."""
     try:
-        total = os.path.getsize(path)
-        done = 0
-
-        def step(count: int) -> None:
-            nonlocal done
-            done += count
-            if progress is not None:
-                progress(path, done, total)
-        return file_checksum(path, "sha256", step)
+        return file_checksum(path, "sha256", _counting(path, os.path.getsize(path), progress))
     except OSError:
         return None
 
@@ -59,13 +63,6 @@ def sha256_folder(folder: str, progress: Progress | None = None) -> tuple[str, i
     checksums.directory_checksum); None if a file vanished while it was hashed."""
     try:
         files, size = directory_stats(folder)
-        done = 0
-
-        def step(count: int) -> None:
-            nonlocal done
-            done += count
-            if progress is not None:
-                progress(folder, done, size)
-        return directory_checksum(folder, "sha256", step), files, size
+        return directory_checksum(folder, "sha256", _counting(folder, size, progress)), files, size
     except OSError:
         return None
