@@ -36,6 +36,7 @@ class Pin:
 class EnvSpec:
     python: str | None
     pins: dict[str, Pin]
+    channels: tuple[str, ...] = ()  # environment.yml's `channels:`, in order
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def environment_from_doc(path: Path, doc: object, warnings: list[str] | None = N
         elif canonicalize_name(name) != "pip" or version:
             pin = Pin(name, version, "conda", channel)
             pins[pin.key] = pin
-    return EnvSpec(python, pins)
+    return EnvSpec(python, pins, tuple(channels))
 
 
 def parse_requirements(path: Path) -> EnvSpec:
