@@ -67,7 +67,10 @@ class EnvRequest:
 
     def canonical(self) -> dict:
         interp = self.interpreter
+        # Channels only decide what a conda solve installs; venv builders ignore them.
+        channels = {"channels": list(self.spec.channels)} if self.builder == "conda" else {}
         return {
+            **channels,
             "format": FORMAT_VERSION,
             "builder": self.builder,
             "spec": canonical_spec(self.spec),
@@ -96,6 +99,7 @@ class BuiltEnv:
     waited: float = 0.0  # time spent waiting for another process building the same key
     installed: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    builder: str = ""  # the registered name of the builder that made it ("uv", "conda")
 
     @property
     def python_path(self) -> Path:
@@ -105,7 +109,7 @@ class BuiltEnv:
         return {"roles": list(self.roles), "path": str(self.path), "key": self.key,
                 "python": self.python, "from_cache": self.from_cache,
                 "seconds": round(self.seconds, 3), "waited": round(self.waited, 3),
-                "installed": self.installed, "notes": self.notes}
+                "installed": self.installed, "notes": self.notes, "builder": self.builder}
 
 
 @dataclass
@@ -114,16 +118,20 @@ class BuildOutcome:
 
     installed: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    python: str | None = None  # the interpreter version inside, when the builder chose it
 
 
 class EnvBuilder:
     """A way to make an environment folder from a request. Subclasses write `build`."""
 
     name = ""
+    # A relocatable environment still works after its folder is renamed, so the cache builds
+    # it in a temporary folder and renames it into place; any other is built at its final path.
+    relocatable = True
 
     def build(self, request: EnvRequest, target: Path) -> BuildOutcome:
-        """Create the environment at `target` (absent beforehand). It must still work after
-        `target` is renamed: the cache builds in a temporary folder and renames it into place."""
+        """Create the environment at `target` (absent beforehand). When `relocatable`, it must
+        still work after `target` is renamed to its final path."""
         raise NotImplementedError
 
 
@@ -136,7 +144,7 @@ def register(cls: type[EnvBuilder]) -> type[EnvBuilder]:
 
 
 def get_builder(name: str) -> EnvBuilder:
-    """The env builder registered under `name` ("uv")."""
+    """The env builder registered under `name` ("uv", "pip", "conda")."""
     if name not in _BUILDERS:
         known = ", ".join(sorted(_BUILDERS))
         raise FloError(f"unknown environment builder {name!r}; known: {known}")

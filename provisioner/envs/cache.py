@@ -11,6 +11,11 @@ A finished folder always has its stamp: the stamp is written inside the temporar
 the rename, and rename is atomic. So the fast path (folder + matching stamp) needs no lock and no
 uv call. A build that fails or is killed leaves at most a `.tmp-` folder, removed by the next
 build of that key under the lock. Venvs are made relocatable so the rename does not break them.
+
+Conda prefixes are not relocatable (the prefix is written into their files), so a builder with
+`relocatable = False` builds straight into `<key>/` under the lock and the stamp is written
+last; a failed or interrupted build removes the folder, and one killed outright leaves a folder
+without a stamp, which the next build of that key removes before starting.
 """
 
 from __future__ import annotations
@@ -88,9 +93,10 @@ class EnvCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def ensure(self, request: EnvRequest, build: Callable[[Path], BuildOutcome],
-               backpack: str = "") -> BuiltEnv:
-        """The environment for `request`: reused when its stamp is there, else built by
-        `build(temporary_folder)` under the key's lock and renamed into place."""
+               backpack: str = "", relocatable: bool = True) -> BuiltEnv:
+        """The environment for `request`: reused when its stamp is there, else built under the
+        key's lock by `build(temporary_folder)` and renamed into place, or, when not
+        `relocatable`, by `build(final_folder)` with the stamp written last."""
         started = time.monotonic()
         key = request.key
         final = self.path_for(key)
@@ -103,27 +109,36 @@ class EnvCache:
                 shutil.rmtree(stale, ignore_errors=True)
             if final.exists():  # a folder without a stamp is not ours to trust
                 shutil.rmtree(final)
-            work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=self.root))
-            try:
+            if relocatable:
+                work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=self.root))
                 work.rmdir()  # builders create their target themselves
+            else:
+                work = final
+            try:
                 outcome = build(work)
+                python = outcome.python or request.interpreter.version
                 stamp = {
-                    "key": key, "roles": list(request.roles),
-                    "python": request.interpreter.version,
+                    "key": key, "roles": list(request.roles), "builder": request.builder,
+                    "python": python,
                     "interpreter": request.interpreter.executable,
                     "request": request.canonical(), "installed": outcome.installed,
                     "notes": outcome.notes, "built_at": time.time(),
                     "build_seconds": round(time.monotonic() - started, 3),
                     "backpack": backpack,
                 }
-                (work / STAMP).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
                 (work / LAST_USED).touch()
-                os.rename(work, final)
+                # Written whole, then renamed: a reader never sees half a stamp.
+                (work / f"{STAMP}.part").write_text(json.dumps(stamp, indent=2),
+                                                    encoding="utf-8")
+                os.replace(work / f"{STAMP}.part", work / STAMP)
+                if relocatable:
+                    os.rename(work, final)
+                work = None
             finally:
-                if work.exists():
+                if work is not None and work.exists():
                     shutil.rmtree(work, ignore_errors=True)
-        return BuiltEnv(request.roles, final, key, request.interpreter.version, False,
-                        time.monotonic() - started, waited, outcome.installed, outcome.notes)
+        return BuiltEnv(request.roles, final, key, python, False, time.monotonic() - started,
+                        waited, outcome.installed, outcome.notes, request.builder)
 
     def _reused(self, request: EnvRequest, stamp: dict, started: float,
                 waited: float) -> BuiltEnv:
@@ -131,7 +146,7 @@ class EnvCache:
         (final / LAST_USED).touch()
         return BuiltEnv(request.roles, final, request.key, stamp.get("python", ""), True,
                         time.monotonic() - started, waited, stamp.get("installed", {}),
-                        stamp.get("notes", []))
+                        stamp.get("notes", []), stamp.get("builder", request.builder))
 
     def entries(self) -> list[CachedEnv]:
         """Every finished environment in the cache, most recently used first."""
