@@ -22,6 +22,7 @@ from .data.fetch import Progress as DataProgress
 from .envs import EnvCache, EnvRequest, canonical_spec, find_interpreter, get_builder
 from .envs.base import BuiltEnv
 from .envs.cache import CachedEnv
+from .envs.conda import choose_builder, requested_interpreter
 from .envs.interpreters import Interpreter
 
 ENV_FILES = {"manager": "software/environment.yml", "worker": "software/worker-environment.yml"}
@@ -247,37 +248,50 @@ class EnvReport:
 
 
 def plan_environments(checked: ValidationResult, python: str | None = None,
-                      builder: str = "uv") -> list[EnvRequest]:
-    """One request per distinct (spec, interpreter): identical manager and worker specs share."""
+                      builder: str = "auto") -> list[EnvRequest]:
+    """One request per distinct (spec, interpreter): identical manager and worker specs share.
+    `builder` "auto" picks conda or uv per spec (`choose_builder`); a conda env brings its own
+    python, so it needs no interpreter on the machine."""
     found: dict[str | None, Interpreter] = {}
     requests: list[EnvRequest] = []
     groups: dict[str, tuple[EnvSpec, list[str]]] = {}
     for role in ("manager", "worker"):
         spec = checked.specs[role]
-        canon = json.dumps(canonical_spec(spec), sort_keys=True)
+        canon = json.dumps([canonical_spec(spec), spec.channels], sort_keys=True)
         groups.setdefault(canon, (spec, []))[1].append(role)
     for spec, roles in groups.values():
-        if spec.python not in found:
-            found[spec.python] = find_interpreter(spec.python, python)
-        requests.append(EnvRequest(spec, found[spec.python], tuple(roles), builder))
+        name = choose_builder(builder, spec)
+        if name == "conda":
+            interp = requested_interpreter(spec.python)
+        else:
+            if spec.python not in found:
+                found[spec.python] = find_interpreter(spec.python, python)
+            interp = found[spec.python]
+        requests.append(EnvRequest(spec, interp, tuple(roles), name))
     return requests
 
 
 def build_environments(backpack: str | Path, cache_dir: str | Path | None = None,
-                       python: str | None = None, builder: str = "uv") -> EnvReport:
+                       python: str | None = None, builder: str = "auto") -> EnvReport:
     """Have the manager and worker environments of `backpack` ready: from the cache when
-    built before, else built now (once, even with concurrent callers)."""
+    built before, else built now (once, even with concurrent callers) by `builder` ("auto",
+    "uv", "pip" or "conda")."""
     started = time.monotonic()
     checked = validate(backpack)
     if not checked.valid:
         raise InvalidBackpack(checked)
     cache = EnvCache(cache_dir)
-    make = get_builder(builder)
     envs = []
     for request in plan_environments(checked, python, builder):
-        envs.append(cache.ensure(request, lambda target, r=request: make.build(r, target),
-                                 backpack=str(checked.root)))
+        envs.append(ensure_environment(cache, request, str(checked.root)))
     return EnvReport(checked.root, envs, checked.seconds, time.monotonic() - started)
+
+
+def ensure_environment(cache: EnvCache, request: EnvRequest, backpack: str = "") -> BuiltEnv:
+    """The environment of `request` from `cache`, built by the builder the request names."""
+    make = get_builder(request.builder)
+    return cache.ensure(request, lambda target: make.build(request, target), backpack=backpack,
+                        relocatable=make.relocatable)
 
 
 @dataclass
@@ -294,20 +308,20 @@ class CacheListing:
 
 
 def list_environments(backpack: str | Path, cache_dir: str | Path | None = None,
-                      python: str | None = None) -> CacheListing:
+                      python: str | None = None, builder: str = "auto") -> CacheListing:
     """Every cached environment, marking those `backpack` would use now."""
     cache = EnvCache(cache_dir)
-    return CacheListing(cache.root, cache.entries(), _current_keys(backpack, python))
+    return CacheListing(cache.root, cache.entries(), _current_keys(backpack, python, builder))
 
 
 def clean_environments(backpack: str | Path, cache_dir: str | Path | None = None,
                        older_than_days: float | None = None,
-                       python: str | None = None) -> CacheListing:
+                       python: str | None = None, builder: str = "auto") -> CacheListing:
     """Prune the cache: environments built for `backpack` that its current spec no longer
     uses, and, with `older_than_days`, any environment unused for that long. The ones the
     backpack uses now are always kept."""
     cache = EnvCache(cache_dir)
-    current = _current_keys(backpack, python)
+    current = _current_keys(backpack, python, builder)
     root = str(Path(backpack).expanduser().absolute())
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
     removed = []
@@ -321,8 +335,8 @@ def clean_environments(backpack: str | Path, cache_dir: str | Path | None = None
     return CacheListing(cache.root, cache.entries(), current, removed)
 
 
-def _current_keys(backpack: str | Path, python: str | None) -> set[str]:
+def _current_keys(backpack: str | Path, python: str | None, builder: str = "auto") -> set[str]:
     checked = validate(backpack)
     if not checked.valid:
         raise InvalidBackpack(checked)
-    return {request.key for request in plan_environments(checked, python)}
+    return {request.key for request in plan_environments(checked, python, builder)}
