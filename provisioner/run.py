@@ -26,7 +26,7 @@ from auditor.errors import FloError, Interrupted
 
 from . import api, runner
 from .engines import EngineSpec, get_engine
-from .envs import EnvCache, get_builder
+from .envs import EnvCache
 from .envs.base import BuiltEnv, EnvRequest
 
 #: Phases of the closing summary, in order (the Floability paper's Table III rows).
@@ -54,6 +54,7 @@ class RunOptions:
     python: str | None = None
     profile: str | None = None
     engine: str = "auto"  # see choose_engine
+    builder: str = "auto"  # environment builder: auto, uv, pip, conda (see choose_builder)
     timeout: float | None = None  # per cell
 
 
@@ -85,7 +86,8 @@ class RunReport:
                 "failed_cell": self.failed_cell, "message": self.message,
                 "phases": {k: round(v, 3) for k, v in self.phases.items()},
                 "envs": {role: {"path": str(e.path), "from_cache": e.from_cache,
-                                "seconds": round(e.seconds, 3)} for role, e in self.envs.items()},
+                                "seconds": round(e.seconds, 3), "builder": e.builder}
+                         for role, e in self.envs.items()},
                 "cluster": self.cluster, "notes": self.notes, "url": self.url}
 
 
@@ -215,28 +217,28 @@ def _environments(report: RunReport, checked: api.ValidationResult, options: Run
     """Manager and worker environments (shared when their specs are equal), each timed. The
     interactive manager also gets JupyterLab (the `lab` role), which pins cannot move."""
     cache = EnvCache(options.cache_dir or _default_cache(options))
-    builder = get_builder("uv")
-    for request in api.plan_environments(checked, options.python):
+    for request in api.plan_environments(checked, options.python, options.builder):
         if not options.execute and "manager" in request.roles:
-            requests = [EnvRequest(request.spec, request.interpreter, ("manager", "lab"))]
+            requests = [EnvRequest(request.spec, request.interpreter, ("manager", "lab"),
+                                   request.builder)]
             if "worker" in request.roles:
-                requests.append(EnvRequest(request.spec, request.interpreter, ("worker",)))
+                requests.append(EnvRequest(request.spec, request.interpreter, ("worker",),
+                                           request.builder))
         else:
             requests = [request]
         for one in requests:
             roles = [r for r in one.roles if r != "lab"]
             say(f"{'+'.join(roles)} environment")
             phase = f"{roles[0]} environment"
-            env = _phase(report, phase, lambda o=one: _ensure(cache, builder, o, report))
+            env = _phase(report, phase, lambda o=one: api.ensure_environment(
+                cache, o, str(report.backpack)))
             for role in roles:
                 report.envs[role] = env
+            report.notes.append(f"{'+'.join(roles)} environment: "
+                                f"{'from cache, ' if env.from_cache else ''}built by "
+                                f"{env.builder}, Python {env.python}")
             report.notes += env.notes
     report.phases.setdefault("worker environment", 0.0)
-
-
-def _ensure(cache: EnvCache, builder, request: EnvRequest, report: RunReport) -> BuiltEnv:
-    return cache.ensure(request, lambda target: builder.build(request, target),
-                        backpack=str(report.backpack))
 
 
 def _default_cache(options: RunOptions) -> Path | None:
