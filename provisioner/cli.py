@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     env.add_argument("--cache-dir", help="environment cache (default: $FLO_CACHE_DIR or "
                                          "~/.cache/flo-backpack/envs)")
     env.add_argument("--python", help="interpreter to build on (must match python= if pinned)")
+    env.add_argument("--builder", default="auto", choices=("auto", "uv", "pip", "conda"),
+                     help="how to build: auto (default) uses micromamba/mamba/conda when the "
+                          "spec has conda pins and one is installed, else uv")
     env.add_argument("--json", action="store_true", help="print a JSON result")
 
     fetch = sub.add_parser("fetch", help="put data.yml's entries in place, verified")
@@ -108,27 +111,27 @@ def _env(args: argparse.Namespace) -> int:
         raise UsageError("--older-than only goes with --clean")
     if args.list or args.clean:
         listing = (api.clean_environments(args.backpack, args.cache_dir, args.older_than,
-                                          args.python)
+                                          args.python, args.builder)
                    if args.clean else api.list_environments(args.backpack, args.cache_dir,
-                                                            args.python))
+                                                            args.python, args.builder))
         if args.json:
             print(json.dumps(listing.to_dict(), indent=2))
         else:
             _render_listing(listing)
         return 0
-    report = api.build_environments(args.backpack, args.cache_dir, args.python)
+    report = api.build_environments(args.backpack, args.cache_dir, args.python, args.builder)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
     table = Table(title=f"environments of {report.backpack.name}")
-    for column in ("roles", "python", "source", "seconds"):
+    for column in ("roles", "python", "builder", "source", "seconds"):
         table.add_column(column)
     table.add_column("path", overflow="fold")
     for env in report.envs:
         source = "cache" if env.from_cache else "built"
         if env.waited >= 0.05:
             source += f" (waited {env.waited:.1f} s)"
-        table.add_row("+".join(env.roles), env.python, source, f"{env.seconds:.2f}",
+        table.add_row("+".join(env.roles), env.python, env.builder, source, f"{env.seconds:.2f}",
                       str(env.path))
     out = Console(highlight=False)
     out.print(table)
