@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
                    "notebook start its own workers, else dask-local")
     p.add_argument("--profile", help="data.yml profile")
     p.add_argument("--python", help="interpreter to build environments on")
+    p.add_argument("--builder", default="auto", choices=("auto", "uv", "pip", "conda"),
+                   help="environment builder: auto (default) uses micromamba/mamba/conda when "
+                   "a spec has conda pins and one is installed, else uv")
     p.add_argument("--timeout", type=float, help="seconds a cell may run (default: no limit)")
     p.add_argument("--json", action="store_true", help="print a JSON result")
     return p
@@ -63,7 +66,7 @@ def main(argv: Sequence[str]) -> int:
         workers=args.workers, scratch_dir=Path(args.scratch_dir) if args.scratch_dir else None,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, keep=args.keep,
         host=args.host, python=args.python, profile=args.profile, timeout=args.timeout,
-        engine=args.engine)
+        engine=args.engine, builder=args.builder)
     err = Console(stderr=True, highlight=False)
     say = (lambda _: None) if args.json else (lambda text: err.print(f"[dim]{text}[/dim]"))
 
@@ -106,7 +109,8 @@ def render(report: RunReport, as_json: bool) -> None:
         if phase.endswith("environment") and role in report.envs:
             env = report.envs[role]
             shared = role == "worker" and env is report.envs.get("manager")
-            source = "same as manager" if shared else ("cache" if env.from_cache else "built")
+            source = "same as manager" if shared else (
+                f"{'cache' if env.from_cache else 'built'} ({env.builder})")
         table.add_row(phase, f"{report.phases[phase]:.2f}", source)
     table.add_row("total", f"{report.total:.2f}", "", style="bold")
     out.print(table)
