@@ -145,9 +145,12 @@ class Cluster:
 
     @property
     def worker_pids(self) -> list[int]:
-        """Every process of the workers: each `dask worker` (nanny) and what it started."""
+        """Every process of the running workers: each `dask worker` (nanny) and what it
+        started. A worker that exited is left out: its pid may belong to another process now."""
         pids = []
         for proc in self.worker_processes:
+            if proc.poll() is not None:
+                continue
             try:
                 root = psutil.Process(proc.pid)
                 pids += [root.pid, *(c.pid for c in root.children(recursive=True))]
