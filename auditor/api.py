@@ -215,7 +215,8 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
 
     env = Environment.from_kernel_record(session["kernel"])
     index = index_environment(env, exclude_names=OWN_DISTRIBUTIONS)
-    data = collector_for_record(session, index, notebook_dir, ignore=own_code_dirs())
+    data = collector_for_record(session, index, notebook_dir, ignore=own_code_dirs(),
+                                record_dir=record_dir)
     observer.on_data = data.note  # before the stream is consumed (by resolve)
     resolution = resolve(stream, index, notebook_dir, ignore=own_code_dirs())
     roles = tracker.roles()

@@ -26,6 +26,13 @@ import time
 # Keep in sync with auditor/events.py (MARK_PREFIX, mark_path).
 MARK_PREFIX = "/.flo-backpack-mark/"
 
+# Environment variables naming cache and tool configuration folders (their paths only are
+# recorded). Keep in sync with auditor/emit/data_rules.py (TOOL_ENV_DIRS).
+TOOL_ENV_DIRS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "IPYTHONDIR",
+                 "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
+                 "JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "NUMBA_CACHE_DIR",
+                 "PYTHONPYCACHEPREFIX")
+
 _BUFFERED_LINES = 512
 # JSON string literal, \u-escaping non-ASCII and lone surrogates (undecodable path bytes).
 _json_string = json.encoder.encode_basestring_ascii
@@ -39,11 +46,15 @@ def mark_path(seq, phase):
 def attach(shell, config):
     """Start logging into config["log"]; returns None so the bootstrap cell displays nothing."""
     side = _KernelSide(config["log"], bool(config.get("marks", True)), shell)
-    side.write_kernel_record()
     # The network handlers (hosts, URLs) live beside this file, loaded by path like it.
     net = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "flo_net.py"),
                          run_name="_flo_backpack_net")
     side.handlers.update(net["network_handlers"](side.write))
+    try:
+        url_status = bool(net["watch_responses"](side.write))
+    except Exception:
+        url_status = False
+    side.write_kernel_record(url_status)
     sys.addaudithook(_make_hook(side.handlers))
     shell.events.register("pre_run_cell", side.pre_run_cell)
     shell.events.register("post_run_cell", side.post_run_cell)
@@ -124,7 +135,9 @@ class _KernelSide:
         self.write_through = True
         self.write("fork", {"child": self.pid}, pid=parent)
 
-    def write_kernel_record(self):
+    def write_kernel_record(self, url_status=False):
+        """The first record: the interpreter, its paths, HOME, the tool folders set in the
+        environment, and whether URL responses are logged (`response` records)."""
         stdlib = []
         for name in ("stdlib", "platstdlib"):
             path = sysconfig.get_path(name)
@@ -147,6 +160,9 @@ class _KernelSide:
             "markers": _marker_environment(),
             "cwd": os.getcwd(),
             "home": os.path.expanduser("~"),
+            "tool_dirs": {name: _abspaths(os.environ[name]) for name in TOOL_ENV_DIRS
+                          if os.environ.get(name)},
+            "url_status": url_status,
             "modules": sorted(modules),
         })
         self.flush()
@@ -267,6 +283,11 @@ def _path_arg(value):
     if hasattr(value, "__fspath__"):
         return _path_arg(value.__fspath__())
     return None
+
+
+def _abspaths(value):
+    """A folder (or os.pathsep-separated folders) made absolute against the kernel's cwd."""
+    return os.pathsep.join(os.path.abspath(p) for p in value.split(os.pathsep) if p)
 
 
 def _open_mode(mode, flags):

@@ -3,14 +3,30 @@
 Loaded by flo_kernel.attach, by path like it; stdlib only, CPython 3.8 to 3.13. Handles the
 audit events socket.getaddrinfo (names the host a later connect reaches), socket.connect,
 urllib.Request, and http.client.send (3.11+; http.client, urllib3 and requests all send
-through it). Only the request line and the connection's host and port are logged, never
-headers or bodies: those may carry credentials.
+through it), and wraps http.client's putrequest/getresponse to log each response's status
+(no audit event tells it), so the drafter lists only URLs that were read.
+
+Only the request line and the connection's host and port are logged, never headers or bodies:
+those may carry credentials. URLs may carry them too (signed URLs, `?token=`): their values
+are replaced by REDACTED before anything is logged, so the record never holds them.
 """
 
 import socket
+import weakref
+from urllib.parse import unquote, urljoin
 
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"OPTIONS ")
+
+# Keep in sync with auditor/emit/data_rules.py (REDACTED).
+REDACTED = "FLO-REDACTED"
+# Query parameters whose value is a credential (names lower-cased, "-" read as "_").
+_CREDENTIAL_PARAMS = frozenset((
+    "x_amz_signature", "x_amz_credential", "x_amz_security_token", "x_goog_signature",
+    "x_goog_credential", "sig", "signature", "awsaccesskeyid", "googleaccessid", "token",
+    "access_token", "id_token", "refresh_token", "api_key", "apikey", "x_api_key", "password",
+    "passwd", "secret", "client_secret"))
+_CREDENTIAL_SUFFIXES = ("_token", "_secret", "_password", "_signature")
 
 
 def network_handlers(write):
@@ -34,15 +50,93 @@ def network_handlers(write):
         write("connect", fields)
 
     def on_url(args):
-        write("url", {"url": str(args[0])})
+        write("url", {"url": redact_url(str(args[0]))})
 
     def on_send(args):
         url = _request_url(args[0], args[1])
         if url:
-            write("url", {"url": url, "via": "http.client"})
+            write("url", {"url": redact_url(url), "via": "http.client"})
 
     return {"socket.getaddrinfo": on_lookup, "socket.connect": on_connect,
             "urllib.Request": on_url, "http.client.send": on_send}
+
+
+def watch_responses(write):
+    """Log a `response` record (url, status, redirect location) for every HTTP response
+    http.client reads, by wrapping HTTPConnection.putrequest and getresponse (subclasses such
+    as HTTPSConnection and urllib3's call them). Returns True once installed."""
+    import http.client
+
+    cls = http.client.HTTPConnection
+    if getattr(cls, "_flo_backpack_watched", False):
+        return True
+    requested = weakref.WeakKeyDictionary()  # connection -> URL of the request in flight
+    put, get = cls.putrequest, cls.getresponse
+
+    def putrequest(self, method, url, *args, **kwargs):
+        try:
+            requested[self] = _full_url(self, str(url))
+        except Exception:
+            pass
+        return put(self, method, url, *args, **kwargs)
+
+    def getresponse(self, *args, **kwargs):
+        response = get(self, *args, **kwargs)
+        try:
+            url = requested.pop(self, None)
+            if url:
+                fields = {"url": redact_url(url), "status": int(response.status)}
+                location = response.getheader("Location") if 300 <= response.status < 400 else None
+                if location:
+                    fields["location"] = redact_url(urljoin(url, location))
+                write("response", fields)
+        except Exception:
+            pass
+        return response
+
+    putrequest.__wrapped__, getresponse.__wrapped__ = put, get
+    cls.putrequest, cls.getresponse = putrequest, getresponse
+    cls._flo_backpack_watched = True
+    return True
+
+
+def redact_url(url):
+    """`url` with the value of each credential query (or fragment) parameter, and a password
+    before the host, replaced by REDACTED; everything else kept byte for byte."""
+    base, hash_mark, fragment = url.partition("#")
+    base, question, query = base.partition("?")
+    start = base.find("://") + 3
+    if start > 2:
+        end = base.find("/", start)
+        end = len(base) if end < 0 else end
+        userinfo, at, host = base[start:end].rpartition("@")
+        if at and ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            base = f"{base[:start]}{user}:{REDACTED}@{host}{base[end:]}"
+    return base + question + _redact_params(query) + hash_mark + _redact_params(fragment)
+
+
+def _redact_params(text):
+    if "=" not in text:
+        return text
+    items = []
+    for item in text.split("&"):
+        name, equals, value = item.partition("=")
+        if equals and value and _is_credential(name, value):
+            item = f"{name}={REDACTED}"
+        items.append(item)
+    return "&".join(items)
+
+
+def _is_credential(name, value):
+    key = unquote(name).strip().lower().replace("-", "_")
+    if key in _CREDENTIAL_PARAMS or key.endswith(_CREDENTIAL_SUFFIXES):
+        return True
+    if key in ("key", "auth", "code"):
+        # `key=` also names objects (`?key=data/x.csv`): only a long opaque value is a secret.
+        return (len(value) >= 20 and value.replace("-", "").replace("_", "").isalnum()
+                and any(c.isdigit() for c in value) and any(c.isalpha() for c in value))
+    return False
 
 
 def _request_url(conn, data):
@@ -53,7 +147,11 @@ def _request_url(conn, data):
     parts = bytes(data[:data.find(b"\r\n")]).split(b" ")
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
         return None
-    target = parts[1].decode("ascii", "replace")
+    return _full_url(conn, parts[1].decode("ascii", "replace"))
+
+
+def _full_url(conn, target):
+    """The whole URL of request target `target` (origin or absolute form) sent on `conn`."""
     if "://" in target:
         return target  # absolute form: a request through a proxy names the whole URL
     if not target.startswith("/"):

@@ -28,7 +28,9 @@ from .data_rules import (
     environment_owner,
     is_local,
     normalize_url,
+    strip_credentials,
 )
+from .data_urls import UrlOutcomes
 
 __all__ = ["DataCollector", "DataDraft", "DataEntry", "DataRules", "draft_data",
            "environment_owner"]
@@ -53,11 +55,13 @@ class DataEntry:
     files: int | None = None  # directory entries: how many files
     post_fetch: dict[str, str] | None = None
     absolute: bool = False  # outside the notebook's folder: not portable as it is
+    credentials: list[str] | None = None  # URL parameters removed: credentials, signing
+    storage_options: dict[str, object] | None = None  # s3: passed to fsspec (endpoint_url, anon)
 
     def to_yaml_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"name": self.name, "source_type": self.source_type,
                                   "source": self.source, "target_location": self.target_location}
-        for key in ("expected_size", "checksum", "files", "post_fetch"):
+        for key in ("expected_size", "checksum", "files", "post_fetch", "storage_options"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -76,12 +80,18 @@ class DataDraft:
     intermediates: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
     remote: list[str] = field(default_factory=list)  # connections without a URL
+    unread_urls: list[tuple[str, str]] = field(default_factory=list)  # (url, why not read)
     scratch: int = 0  # files the run wrote under the temp dir (or made and removed): not listed
     warnings: list[str] = field(default_factory=list)
 
     @property
     def absolute(self) -> list[str]:
         return [e.source for e in self.inputs if e.absolute and e.source_type == "fs"]
+
+    @property
+    def signed_urls(self) -> list[DataEntry]:
+        """URL inputs listed without the credentials they were read with."""
+        return [e for e in self.inputs if e.credentials]
 
 
 @dataclass(slots=True)
@@ -107,8 +117,11 @@ class _PathState:
 class DataCollector:
     """Collects the run's file, directory and network use as events stream past."""
 
-    def __init__(self, rules: DataRules, owned: Owned, notebook_dir: str, cwd: str) -> None:
+    def __init__(self, rules: DataRules, owned: Owned, notebook_dir: str, cwd: str,
+                 responses: Iterable[Mapping[str, Any]] | None = None) -> None:
+        """`responses`: the kernel side's `response` records; None if it logged none."""
         self.rules, self.owned = rules, owned
+        self.outcomes = UrlOutcomes(responses)
         self.notebook_dir = os.path.normpath(notebook_dir)
         self.cwd = os.path.normpath(cwd)
         self.paths: dict[str, _PathState | None] = {}
@@ -230,7 +243,8 @@ class DataCollector:
                 entry.post_fetch = {"operation": ARCHIVE_SUFFIXES[suffix]}
             draft.inputs.append(entry)
         self._remote(draft, role_of, names, progress, checksum_remote)
-        for group in (draft.outputs, draft.intermediates, draft.secrets, draft.remote):
+        for group in (draft.outputs, draft.intermediates, draft.secrets, draft.remote,
+                      draft.unread_urls):
             group.sort()
         return draft
 
@@ -289,17 +303,29 @@ class DataCollector:
     def _remote(self, draft: DataDraft, role_of: Callable, names: set[str],
                 progress: Progress | None, checksum_remote: bool) -> None:
         reached: set[tuple[str, str]] = set()
+        asked = {url for url, uses in self.urls.items() if _first(uses, role_of)}
+        listed: set[str] = set()
         for url, uses in sorted(self.urls.items()):
             use = _first(uses, role_of)
             parts = urlsplit(url)
             if use is None or parts.scheme not in ("http", "https"):
                 continue
             reached.add(((parts.hostname or "").lower(), str(parts.port or PORTS[parts.scheme])))
+            if not self.outcomes.read(url):
+                draft.unread_urls.append((strip_credentials(url)[0], self.outcomes.why_not(url)))
+                continue
+            source, credentials = strip_credentials(url)
+            if self.outcomes.followed(url, asked) or source in listed:
+                continue  # reached through a redirect; or the same URL signed anew
+            listed.add(source)
             base = parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.hostname or "download"
             entry = DataEntry(name=_unique(_slug(base), names), source_type=parts.scheme,
-                              source=url, target_location=base, read_by=role_of(use.pid),
-                              first_cell=use.cell)
-            if checksum_remote:
+                              source=source, target_location=base, read_by=role_of(use.pid),
+                              first_cell=use.cell, credentials=credentials or None)
+            if checksum_remote and credentials:
+                draft.warnings.append(f"{source}: not downloaded to checksum it (read with "
+                                      "credentials that are not kept); listed without checksum")
+            elif checksum_remote:
                 try:
                     entry.expected_size, entry.checksum = checksum_url(url, progress=progress)
                 except (OSError, ValueError) as exc:
@@ -393,9 +419,10 @@ def _unique(name: str, names: set[str]) -> str:
 def draft_data(events: Iterable[Event], roles: Any, *, owned: Owned, notebook_dir: str,
                cwd: str, rules: DataRules, workflow: Iterable[str] = (),
                started: float | None = None, progress: Progress | None = None,
-               checksum_remote: bool = False) -> DataDraft:
+               checksum_remote: bool = False,
+               responses: Iterable[Mapping[str, Any]] | None = None) -> DataDraft:
     """Collect from `events` and draft in one call (for callers holding a list of events)."""
-    collector = DataCollector(rules, owned, notebook_dir, cwd)
+    collector = DataCollector(rules, owned, notebook_dir, cwd, responses)
     for event in events:
         collector.note(event)
     return collector.draft(roles, workflow=workflow, started=started, progress=progress,

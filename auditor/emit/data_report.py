@@ -1,7 +1,8 @@
 """The data part of the audit's report: the "data" object of summary.json and its display.
 
-Secrets and absolute-path inputs carry the note that tells the user what to do; outputs and
-intermediates are listed by path (never as inputs); scratch files are only counted.
+Secrets (files, and credentials removed from URLs) and absolute-path inputs carry the note
+that tells the user what to do; outputs, intermediates and URLs requested but not read are
+listed (never as inputs); scratch files are only counted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rich.text import Text
 
 from ..backpack import DATA
 from .data import DataDraft
-from .data_rules import ABSOLUTE_NOTE, SECRET_NOTE
+from .data_rules import ABSOLUTE_NOTE, SECRET_NOTE, SIGNED_URL_NOTE, UNREAD_URL_NOTE
 from .data_yml import human_size
 
 
@@ -29,6 +30,10 @@ def data_summary(draft: DataDraft) -> dict[str, Any]:
         "scratch_files": draft.scratch,
         "secrets": [{"path": p, "note": SECRET_NOTE} for p in draft.secrets],
         "absolute_inputs": [{"path": p, "note": ABSOLUTE_NOTE} for p in draft.absolute],
+        "signed_urls": [{"url": e.source, "removed": list(e.credentials or ()),
+                         "note": SIGNED_URL_NOTE} for e in draft.signed_urls],
+        "unread_urls": [{"url": url, "why": why, "note": UNREAD_URL_NOTE}
+                        for url, why in draft.unread_urls],
         "remote_connections": list(draft.remote),
         "warnings": list(draft.warnings),
     }
@@ -58,6 +63,13 @@ def render_data(summary: Mapping[str, Any], console: Console) -> None:
         console.print(f"no input data read: {data.get('file', DATA)} lists none")
     for item in data.get("secrets") or ():
         console.print(Text("secret ", style="red bold") + Text(f"{item['path']}: {item['note']}"))
+    for item in data.get("signed_urls") or ():
+        console.print(Text("secret ", style="red bold")
+                      + Text(f"{item['url']}: {item['note']} (removed: "
+                             f"{', '.join(item['removed'])})"))
+    for item in data.get("unread_urls") or ():
+        console.print(Text("url ", style="yellow bold")
+                      + Text(f"{item['url']}: {item['why']}; {item['note']}"))
     for item in data.get("absolute_inputs") or ():
         console.print(Text("input ", style="yellow bold")
                       + Text(f"{item['path']}: {item['note']}"))

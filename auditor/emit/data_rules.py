@@ -23,9 +23,11 @@ SYSTEM_PREFIXES = ("/proc/", "/sys/", "/dev/", "/run/", "/etc/", "/usr/", "/lib/
 HOME_TOOL_DIRS = (".cache", ".config", ".ipython", ".jupyter", ".local/share/jupyter",
                   ".matplotlib", ".keras", ".dask", ".conda", ".condarc", ".npm", ".pyenv",
                   ".local/lib", ".local/bin", ".python_history", ".bash_history")
+# The kernel side records these from the kernel's environment (kernels/flo_kernel.py).
 TOOL_ENV_DIRS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "IPYTHONDIR",
                  "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
-                 "NUMBA_CACHE_DIR", "PYTHONPYCACHEPREFIX")
+                 "JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "NUMBA_CACHE_DIR",
+                 "PYTHONPYCACHEPREFIX")
 # Secrets: never listed, copied or hashed; flagged so the user provides them at run time.
 SECRET_HOME_PATHS = (".ssh/", ".aws/credentials", ".aws/config", ".netrc", ".git-credentials",
                      ".kube/config", ".pgpass", ".docker/config.json", ".pypirc",
@@ -41,6 +43,19 @@ FLO_TEMP_PREFIXES = ("flo-audit-", "flo-kernel-", "flo-derive-", "flo-fetch-")
 CODE_SUFFIXES = (".py", ".pyc", ".pyx", ".so", ".ipynb")
 PORTS = {"http": 80, "https": 443}
 SECRET_NOTE = "read by the notebook, not packed: provide it at run time"
+SIGNED_URL_NOTE = ("credentials removed from the URL the notebook read: supply a fresh signed "
+                   "URL or the credentials at run time")
+UNREAD_URL_NOTE = "requested but not read (the notebook went on without it): not in data.yml"
+
+# The value the kernel side writes in place of a credential found in a URL
+# (kernels/flo_net.py, REDACTED): the record never holds the credential itself.
+REDACTED = "FLO-REDACTED"
+# Signing schemes whose other parameters mean nothing once the signature is gone.
+_SIGNING_PREFIXES = ("x-amz-", "x-goog-")
+_AZURE_SAS = frozenset(("sv", "ss", "srt", "sp", "se", "st", "spr", "sip", "sr", "si", "sdd",
+                        "skoid", "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid", "scid",
+                        "rscc", "rscd", "rsce", "rscl", "rsct"))
+_LEGACY_SIGNED = frozenset(("expires", "awsaccesskeyid", "googleaccessid"))
 ABSOLUTE_NOTE = "absolute path: make this portable"
 
 Owned = Callable[[str, "str | None"], bool]
@@ -54,7 +69,8 @@ class DataRules:
         environ = dict(os.environ if environ is None else environ)
         self.home = (home or environ.get("HOME") or os.path.expanduser("~")).rstrip("/")
         tool_dirs = [os.path.join(self.home, d) for d in HOME_TOOL_DIRS]
-        tool_dirs += [environ[v] for v in TOOL_ENV_DIRS if environ.get(v)]
+        tool_dirs += [d for v in TOOL_ENV_DIRS for d in (environ.get(v) or "").split(os.pathsep)
+                      if d.startswith("/") and d.rstrip("/")]
         self.system = tuple(p.rstrip("/") + "/" for p in ignore) + SYSTEM_PREFIXES
         self.tools = tuple(p.rstrip("/") + "/" for p in tool_dirs)
         self.tools_exact = frozenset(p.rstrip("/") for p in tool_dirs)
@@ -130,3 +146,31 @@ def normalize_url(url: str) -> str | None:
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
+
+
+def strip_credentials(url: str) -> tuple[str, list[str]]:
+    """`url` without the credentials the kernel side redacted, nor the signing parameters that
+    go with them (X-Amz-*, X-Goog-*, an Azure SAS); and the names of what was removed, in URL
+    order ("password" for one before the host). Unchanged, [] when nothing was redacted."""
+    if REDACTED not in url:
+        return url, []
+    parts = urlsplit(url)
+    pairs = [item.partition("=") for item in parts.query.split("&") if item]
+    redacted = {name.lower() for name, _, value in pairs if value == REDACTED}
+    signed = tuple(p for p in _SIGNING_PREFIXES if any(n.startswith(p) for n in redacted))
+    sas = "sig" in redacted
+    legacy = "signature" in redacted
+
+    def drop(name: str) -> bool:
+        key = name.lower()
+        return (key in redacted or key.startswith(signed) or (sas and key in _AZURE_SAS)
+                or (legacy and key in _LEGACY_SIGNED))
+
+    removed = [name for name, _, _ in pairs if drop(name)]
+    query = "&".join(n + e + v for n, e, v in pairs if not drop(n))
+    netloc = parts.netloc
+    if "@" in netloc and REDACTED in netloc.rpartition("@")[0]:
+        netloc = netloc.rpartition("@")[0].split(":", 1)[0] + "@" + netloc.rpartition("@")[2]
+        removed.insert(0, "password")
+    fragment = "" if REDACTED in parts.fragment else parts.fragment
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment)), removed

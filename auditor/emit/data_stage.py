@@ -15,22 +15,30 @@ from typing import Any
 from ..backpack import DATA
 from .data import DataCollector, DataRules, environment_owner
 from .data_report import data_summary
+from .data_urls import read_responses
 from .data_yml import bundle, render_data_yml
 
 
 def collector_for_record(session: Mapping[str, Any], index: Any, notebook_dir: str | Path,
-                         ignore: Iterable[str] = ()) -> DataCollector:
+                         ignore: Iterable[str] = (),
+                         record_dir: str | Path | None = None) -> DataCollector:
     """A DataCollector judging paths for the kernel of `session` (session.json).
 
-    HOME is the kernel's (recorded by the kernel side; a record made before that falls back
-    to ours); `ignore` holds flo-backpack's own code folders.
+    HOME and the tool folders set in the environment (MPLCONFIGDIR, XDG_CACHE_HOME...) are
+    the kernel's (recorded by the kernel side; a record made before that falls back to our
+    HOME); `ignore` holds flo-backpack's own code folders. With `record_dir`, the URL
+    responses it logged decide which requested URLs were read.
     """
     kernel = session.get("kernel") or {}
     home = kernel.get("home") or os.path.expanduser("~")
     notebook_dir = str(notebook_dir)
     cwd = str(session.get("cwd") or kernel.get("cwd") or notebook_dir)
-    rules = DataRules(home=home, ignore=ignore, environ={})
-    return DataCollector(rules, environment_owner(index, notebook_dir), notebook_dir, cwd)
+    tool_dirs = kernel.get("tool_dirs")
+    rules = DataRules(home=home, ignore=ignore,
+                      environ=dict(tool_dirs) if isinstance(tool_dirs, Mapping) else {})
+    responses = read_responses(record_dir, kernel) if record_dir is not None else None
+    return DataCollector(rules, environment_owner(index, notebook_dir), notebook_dir, cwd,
+                         responses)
 
 
 def bundle_inputs(derived: Any, notebook_dir: str | Path,

@@ -38,6 +38,9 @@ def render_data_yml(draft: DataDraft, notebook: str) -> str:
               "# Outputs, intermediates and secrets are listed in audit/summary.json."]
     if not draft.inputs:
         header.append("# The run read no input files and fetched no URLs.")
+    for entry in draft.signed_urls:
+        header.append(f"# {entry.name}: read with credentials in its URL, removed here "
+                      f"({', '.join(entry.credentials or ())}); supply them at run time.")
     if any(e.files is not None for e in draft.inputs):
         header.append("# A folder's checksum covers its files' relative paths, sizes and "
                       "contents (auditor/emit/checksums.py).")

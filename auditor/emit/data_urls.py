@@ -1,0 +1,102 @@
+"""Which URLs the run actually read: the kernel side's `response` records (status, redirect
+location) joined to the URLs it requested.
+
+A URL counts as read when it answered 2xx, or redirected (3xx, any number of hops) to one
+that did; it is then listed once, under the URL the notebook asked for: fetching follows
+redirects, so the redirect's target is not listed beside it. A URL that answered 4xx/5xx, or
+never answered (no connection), was not read: the notebook went on without it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..record.hooks import HOOK_LOG
+from .data_rules import normalize_url
+
+RESPONSE_RECORD = '"ev":"response"'  # how the kernel side writes them (compact JSON)
+_MAX_HOPS = 20
+
+
+class UrlOutcomes:
+    """The responses seen per URL; `None` responses: not recorded (read everything as read)."""
+
+    def __init__(self, responses: Iterable[Mapping[str, Any]] | None) -> None:
+        self.recorded = responses is not None
+        self.statuses: dict[str, list[tuple[int, str | None]]] = {}
+        for record in responses or ():
+            url = normalize_url(str(record.get("url") or ""))
+            status = record.get("status")
+            if url is None or not isinstance(status, int):
+                continue
+            location = normalize_url(str(record.get("location") or "")) or None
+            self.statuses.setdefault(url, []).append((status, location))
+        self.targets = {loc for answers in self.statuses.values()
+                        for status, loc in answers if loc and 300 <= status < 400}
+
+    def read(self, url: str) -> bool:
+        """Whether `url` (normalized) was read: 2xx, or redirected to a URL that was."""
+        if not self.recorded:
+            return True
+        seen: set[str] = set()
+        todo = [url]
+        while todo and len(seen) < _MAX_HOPS:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            for status, location in self.statuses.get(current, ()):
+                if 200 <= status < 300:
+                    return True
+                if location and 300 <= status < 400:
+                    todo.append(location)
+        return False
+
+    def followed(self, url: str, asked: Iterable[str]) -> bool:
+        """Whether `url` is only the target of a redirect from another URL that was read."""
+        return url in self.targets and any(
+            other != url and self.read(other) and self._reaches(other, url) for other in asked)
+
+    def why_not(self, url: str) -> str:
+        """Why `url` does not count as read, for the report."""
+        answers = self.statuses.get(url)
+        if not answers:
+            return "no answer (the connection failed or the request was never completed)"
+        return "answered HTTP " + ", ".join(str(status) for status, _ in answers)
+
+    def _reaches(self, start: str, target: str) -> bool:
+        seen, todo = set(), [start]
+        while todo and len(seen) < _MAX_HOPS:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            for status, location in self.statuses.get(current, ()):
+                if location and 300 <= status < 400:
+                    if location == target:
+                        return True
+                    todo.append(location)
+        return False
+
+
+def read_responses(record_dir: str | Path, kernel: Mapping[str, Any]) -> list[dict] | None:
+    """The `response` records of a record's hooks.jsonl; None when the kernel side did not log
+    responses (a record made before it did: every requested URL then counts as read)."""
+    if not kernel.get("url_status"):
+        return None
+    found: list[dict] = []
+    try:
+        with open(Path(record_dir) / HOOK_LOG, encoding="utf-8",
+                  errors="surrogateescape") as log:
+            for line in log:
+                if RESPONSE_RECORD in line:
+                    try:
+                        found.append(json.loads(line))
+                    except ValueError:
+                        continue  # a torn last line
+    except OSError:
+        return None
+    return found
