@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from provisioner.engines import EngineSpec
-from provisioner.engines.dask_local import DaskLocal, LocalCluster, decide
+from provisioner.engines.dask_local import DaskLocal, DaskLocalCluster, decide
 from tests.test_engine import PYTHON, token_holders
 
 
@@ -46,7 +46,7 @@ def test_scales_up_to_max_then_back_to_min_keeping_data(tmp_path: Path) -> None:
         import time
         return index, os.getpid(), time.time_ns()
 
-    assert isinstance(cluster, LocalCluster)
+    assert isinstance(cluster, DaskLocalCluster)
     try:
         with distributed.Client(cluster.scheduler_address, timeout=30) as client:
             load = client.map(time.sleep, [0.5] * 60, pure=False)

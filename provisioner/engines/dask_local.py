@@ -48,7 +48,7 @@ HTTP_ROUTES = ("distributed.http.scheduler.prometheus", "distributed.http.schedu
 ROUTES_VARIABLE = "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"
 
 
-class LocalCluster(Cluster):
+class DaskLocalCluster(Cluster):
     """A dask-local cluster: worker i is `worker_processes[i]`, named flo-worker-i; the list
     only grows, and workers retired by scale-down are remembered so they are not crashes."""
 
@@ -78,7 +78,7 @@ class LocalCluster(Cluster):
 @register
 class DaskLocal(Engine):
     name = "dask-local"
-    cluster_class = LocalCluster
+    cluster_class = DaskLocalCluster
     #: Seconds between two looks at the scheduler's adaptive target.
     adapt_interval = 2.0
     #: Seconds the target must stay below the running count before workers are retired
@@ -90,7 +90,7 @@ class DaskLocal(Engine):
     retire_timeout = 300.0
 
     def _start(self, spec: EngineSpec, cluster: Cluster) -> None:
-        assert isinstance(cluster, LocalCluster)
+        assert isinstance(cluster, DaskLocalCluster)
         if spec.workers < 1:
             raise EngineError("the engine needs at least one worker; set min-workers in "
                               "compute/compute.yml or pass --workers N")
@@ -224,7 +224,7 @@ class _Adapt(threading.Thread):
     """Start workers when the scheduler's adaptive target exceeds what runs; retire the surplus
     when it stays below; reap retired workers' processes."""
 
-    def __init__(self, engine: DaskLocal, spec: EngineSpec, cluster: LocalCluster) -> None:
+    def __init__(self, engine: DaskLocal, spec: EngineSpec, cluster: DaskLocalCluster) -> None:
         super().__init__(name="flo-dask-adapt", daemon=True)
         self.engine, self.spec, self.cluster = engine, spec, cluster
         self.stopped = cluster.stopping
