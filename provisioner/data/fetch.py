@@ -24,7 +24,7 @@ from auditor.emit.checksums import checksum_of, directory_stats, parse_checksum
 from auditor.emit.data import DataEntry
 from auditor.errors import FloError
 
-from .download import Cancelled
+from .download import Cancel, Cancelled
 from .extract import already_extracted, extract
 from .results import DataError, EntryResult, FetchReport, Mismatch, VerifyReport
 from .sources import Source, StageContext, get_source, remove
@@ -132,7 +132,7 @@ def fetch(backpack: Path, run_dir: Path, profile: str | None = None, *,
         return report
     planned = _plan(chosen, root, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cancel = threading.Event()
+    cancel = Cancel()  # set: stalled downloads are hung up, not waited for
     results: dict[str, EntryResult] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="flo-fetch")
     try:
