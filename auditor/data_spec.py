@@ -9,6 +9,7 @@ reported as warnings, never errors. Errors name the file, the entry and what was
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -21,7 +22,10 @@ SOURCE_TYPES = ("backpack", "fs", "file", "http", "https", "s3")
 POST_FETCH = ("untar", "unzip")
 LEGACY_PROFILE = "default"
 _ENTRY_KEYS = {"name", "source_type", "source", "target_location", "expected_size", "checksum",
-               "files", "post_fetch", "read_by", "first_cell"}
+               "files", "post_fetch", "storage_options", "read_by", "first_cell"}
+# s3 credentials come from the environment (AWS_*, a profile, an instance role), never data.yml.
+_SECRET_OPTIONS = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key",
+                   "aws_session_token", "password"}
 _POLICY_KEYS = {"retry_attempts", "timeout", "backoff"}
 
 
@@ -197,6 +201,9 @@ def _entry(path: Path, item: object, where: str, warnings: list[str]) -> DataEnt
             post_fetch = {"operation": post_fetch}
         if not isinstance(post_fetch, dict) or post_fetch.get("operation") not in POST_FETCH:
             raise fail("post_fetch", f"expected {{operation: untar|unzip}}, got {post_fetch!r}")
+    options = item.get("storage_options")
+    if options is not None:
+        _check_storage_options(options, source_type, fail)
     for key in sorted(set(item) - _ENTRY_KEYS):
         warnings.append(f"{path}: entry {label}: unknown key {key!r} ignored")
     first_cell = item.get("first_cell")
@@ -204,7 +211,28 @@ def _entry(path: Path, item: object, where: str, warnings: list[str]) -> DataEnt
                      target_location=target, expected_size=size, checksum=checksum,
                      read_by=str(item.get("read_by", "manager")),
                      first_cell=first_cell if isinstance(first_cell, int) else None,
-                     files=files, post_fetch=post_fetch)
+                     files=files, post_fetch=post_fetch, storage_options=options)
+
+
+def _check_storage_options(options: object, source_type: str,
+                           fail: Callable[[str, str], DataSpecError]) -> None:
+    """`storage_options` (s3 only) is a mapping passed to fsspec; it may not hold credentials."""
+    key = "storage_options"
+    if source_type != "s3":
+        raise fail(key, f"applies to s3 entries only (this one is {source_type})")
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise fail(key, "expected a mapping of s3fs options, like {endpoint_url: "
+                        f"https://..., anon: true}}, got {options!r}")
+    stack = [options]
+    while stack:
+        level = stack.pop()
+        for name, value in level.items():
+            if str(name).lower() in _SECRET_OPTIONS:
+                raise fail(key, f"holds credentials ({name!r}); expected them in the "
+                                "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                                "AWS_PROFILE), not in the backpack")
+            if isinstance(value, dict):
+                stack.append(value)
 
 
 def _infer_source_type(source: str) -> str:

@@ -14,14 +14,14 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar
 from urllib.parse import unquote, urlparse
 
 from auditor.data_spec import DataPolicy
 from auditor.emit.data import DataEntry
 
-from .download import ByteProgress, Cancelled, DownloadError, download
+from .download import ByteProgress, Cancelled, DownloadError, download, pause
 from .results import DataError
 
 
@@ -171,7 +171,13 @@ class HttpSource(Source):
 
 
 class S3Source(Source):
-    """s3://bucket/key through fsspec + s3fs (optional: only needed when an entry uses s3)."""
+    """s3://bucket/key (one object) or s3://bucket/prefix/ (a folder) through fsspec + s3fs.
+
+    s3fs is optional: only needed when an entry uses s3. Where the service is and how to sign
+    come from the entry's `storage_options` (handed to s3fs: endpoint_url, anon, ...) and the
+    standard AWS environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE, ...).
+    Not resumable: a failed or cancelled attempt removes what it staged.
+    """
 
     kind = "s3"
     remote = True
@@ -182,41 +188,73 @@ class S3Source(Source):
             import s3fs  # noqa: F401  (fsspec finds it by protocol)
         except ImportError:
             raise self.fail("s3 sources need s3fs: pip install s3fs") from None
-        return fsspec.filesystem("s3")
+        # A fresh instance: fsspec's cache would keep an endpoint or listing from earlier.
+        return fsspec.filesystem("s3", skip_instance_cache=True,
+                                 **(self.entry.storage_options or {}))
 
     def stage(self, target: Path, ctx: StageContext) -> Staged:
         fs = self._filesystem()
         tmp = temp_name(target)
         last: Exception | None = None
         for attempt in range(ctx.policy.attempts):
-            if attempt and ctx.cancel is not None and \
-                    ctx.cancel.wait(ctx.policy.backoff * 2 ** (attempt - 1)):
-                break
             try:
-                _copy_stream(fs.open(self.entry.source, "rb"), tmp, ctx)
+                if attempt:
+                    pause(ctx.policy.backoff * 2 ** (attempt - 1), ctx.cancel)
+                self._copy(fs, tmp, ctx)
                 return Staged(tmp)
             except FileNotFoundError:
                 remove(tmp)
-                raise self.fail("expected the object to exist, found none") from None
-            except Cancelled:
+                raise self.fail("expected the object (or a folder of objects) to exist, "
+                                "found none") from None
+            except PermissionError:
                 remove(tmp)
-                raise
-            except Exception as exc:  # s3fs raises botocore/aiohttp errors of many kinds
-                last = exc
-        remove(tmp)
+                raise self.fail("access denied: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                                "or AWS_PROFILE, or give storage_options: {anon: true} for a "
+                                "public bucket") from None
+            except BaseException as exc:
+                remove(tmp)
+                if not isinstance(exc, Exception) or isinstance(exc, (Cancelled, DataError)):
+                    raise
+                if type(exc).__name__ == "NoCredentialsError":  # botocore's, not imported here
+                    raise self.fail("no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                                    "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or give "
+                                    "storage_options: {anon: true} for a public bucket") from None
+                last = exc  # s3fs raises botocore/aiohttp errors of many kinds
         raise self.fail(f"download failed after {ctx.policy.attempts} attempts: {last}")
 
+    def _copy(self, fs, tmp: Path, ctx: StageContext) -> None:  # noqa: ANN001
+        source = self.entry.source
+        if not fs.isdir(source):
+            _copy_stream(fs.open(source, "rb"), tmp, ctx, 0, self.entry.expected_size)
+            return
+        root = fs._strip_protocol(source).rstrip("/")
+        keys = [k for k in fs.find(root) if not k.endswith("/")]
+        if not keys:
+            raise FileNotFoundError(source)
+        tmp.mkdir()
+        done = 0
+        for key in sorted(keys):
+            relative = PurePosixPath(key[len(root) + 1:])
+            if not key.startswith(root + "/") or ".." in relative.parts:
+                raise self.fail(f"object {key!r} would land outside the folder; expected keys "
+                                f"under {root}/ without '..'")
+            out = tmp.joinpath(*relative.parts)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            done = _copy_stream(fs.open(key, "rb"), out, ctx, done, self.entry.expected_size)
 
-def _copy_stream(stream, tmp: Path, ctx: StageContext) -> None:  # noqa: ANN001
-    done = 0
-    with stream as src, open(tmp, "wb") as out:
+
+def _copy_stream(stream, out: Path, ctx: StageContext, done: int,  # noqa: ANN001
+                 total: int | None) -> int:
+    """Copy one open object into `out` in 1 MiB chunks; returns the running byte count."""
+    with stream as src, open(out, "wb") as sink:
         while chunk := src.read(1 << 20):
             if ctx.cancel is not None and ctx.cancel.is_set():
                 raise Cancelled("cancelled")
-            out.write(chunk)
+            sink.write(chunk)
             done += len(chunk)
             if ctx.progress:
-                ctx.progress(done, None)
+                ctx.progress(done, total)
+    return done
 
 
 SOURCES: dict[str, Callable[[DataEntry, Path], Source]] = {
