@@ -30,22 +30,36 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from auditor.record.cleanup import ProcessTree
 
-from .base import Cluster, Engine, EngineError, EngineSpec, register, wait_for
+from .base import Cluster, Engine, EngineError, EngineSpec, env_prefix, register, wait_for
 
 log = logging.getLogger("flo.engine")
 
 SCHEDULER_MODULE = "distributed.cli.dask_scheduler"
 WORKER_MODULE = "distributed.cli.dask_worker"
 WORKER_NAME = "flo-worker-{}"
-#: distributed's default scheduler HTTP routes plus its API (adaptive_target, retire_workers),
-#: which is off by default; set through Dask's config variable for the scheduler process only.
-HTTP_ROUTES = ("distributed.http.scheduler.prometheus", "distributed.http.scheduler.info",
-               "distributed.http.scheduler.json", "distributed.http.health",
-               "distributed.http.proxy", "distributed.http.statics",
-               "distributed.http.scheduler.api")
+#: The scheduler's HTTP API (adaptive_target, retire_workers) is off by default; adaptive
+#: clusters add it to the worker environment's own default routes (`scheduler_routes`).
+API_ROUTE = "distributed.http.scheduler.api"
 ROUTES_VARIABLE = "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"
+
+
+def scheduler_routes(python: Path) -> list[str]:
+    """The default scheduler HTTP routes of the distributed installed beside `python` (read
+    from its distributed.yaml, no interpreter start), plus the API route."""
+    for config in sorted(env_prefix(python).glob("lib/python*/site-packages/distributed/"
+                                                  "distributed.yaml")):
+        with open(config, encoding="utf-8") as handle:
+            defaults = yaml.safe_load(handle) or {}
+        routes = defaults.get("distributed", {}).get("scheduler", {}).get("http", {})
+        found = list(routes.get("routes") or [])
+        if found:
+            return [*found, API_ROUTE] if API_ROUTE not in found else found
+    raise EngineError(f"cannot find distributed's default configuration beside {python}; "
+                      "reinstall distributed in the worker environment")
 
 
 class DaskLocalCluster(Cluster):
@@ -100,7 +114,8 @@ class DaskLocal(Engine):
             [spec.worker_python, "-m", SCHEDULER_MODULE, "--host", spec.host, "--port", "0",
              "--dashboard-address", f"{spec.host}:0", "--scheduler-file",
              cluster.scheduler_file, "--no-show"], "scheduler.log",
-            env={ROUTES_VARIABLE: json.dumps(list(HTTP_ROUTES))} if adaptive else None)
+            env={ROUTES_VARIABLE: json.dumps(scheduler_routes(spec.worker_python))}
+            if adaptive else None)
         scheduler = cluster.scheduler_process
         # Workers wait for the scheduler file themselves: starting them now overlaps their
         # imports with the scheduler's.
