@@ -44,6 +44,7 @@ from .cleanup import TOKEN_VARIABLE, ProcessTree
 from .companions import SAMPLES_FILE, Companions
 from .hooks import HOOK_LOG, kernel_record
 from .interpreter import require_module
+from .workers import WorkerWatch
 
 log = logging.getLogger("flo.record")
 
@@ -54,6 +55,7 @@ KERNEL_STDERR = "kernel.stderr"
 SCHEMA = 1
 
 COMPLETE, FAILED, TIMEOUT, KERNEL_DIED = "complete", "failed", "timeout", "kernel-died"
+WORKER_DIED = "worker-died"  # a --workers worker ended during a cell
 
 #: on_cell(position, count, phase): `position` is the 0-based rank of the cell among the
 #: `count` cells that will run; phase is "start", then "end" or the run's failure status.
@@ -258,6 +260,15 @@ class _Run:
             self.tree.add_root(self.kernel_pid)
 
     def execute_cells(self) -> None:
+        pool = self.companions.pool
+        watch = WorkerWatch(pool, self.kernel_pid) if pool and self.kernel_pid else None
+        try:
+            self._execute_cells(watch)
+        finally:
+            if watch is not None:
+                watch.stop()
+
+    def _execute_cells(self, watch: WorkerWatch | None) -> None:
         count = len(self.to_run)
         for seq, index in enumerate(self.to_run):
             self._progress(seq, count, "start")
@@ -271,6 +282,8 @@ class _Run:
                 self._fail(FAILED, index, exc.ename, exc.evalue)
             except DeadKernelError as exc:
                 self._fail(KERNEL_DIED, index, "DeadKernelError", str(exc) or "kernel died")
+            if watch is not None and watch.dead is not None:
+                self._fail(WORKER_DIED, index, "WorkerDied", watch.message())
             self.tree.snapshot()
             self._progress(seq, count, "end" if self.status == COMPLETE else self.status)
             if self.status != COMPLETE:

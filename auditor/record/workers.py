@@ -7,7 +7,7 @@ file (`trace-scheduler.*`, `trace-worker-K.*`), so the tracer's `events` merges 
 kernel's. Their pids go into session.json (`pool`): derive gives the workers the worker role
 and the scheduler the manager side. Workers run without a nanny: one traced process per
 worker, and a worker that dies is not silently restarted, so its exit status is what the
-record shows.
+record shows; `WorkerWatch` ends the cell that waited for it (status worker-died).
 
 The scheduler's port is picked free (bound to port 0, then released); if another process
 takes it first, the scheduler fails to bind and is started again on a new one.
@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,14 @@ class WorkerPool:
         raise RecordError(f"the Dask scheduler did not listen on {HOST}:{port} within "
                           f"{SCHEDULER_START_S:g} s; see {self.record_dir / 'scheduler.stderr'}")
 
+    def dead_worker(self) -> PoolProcess | None:
+        """A worker that has ended on its own (noted as during the run), else None."""
+        for member in self.processes:
+            if member.role == "worker" and member.exit is None and member.popen.poll() is not None:
+                member.exit, member.during_run = member.popen.returncode, True
+                return member
+        return None
+
     def stop(self) -> None:
         """Note who already ended (crashed), then end workers and scheduler; safe to repeat."""
         for member in self.processes:
@@ -150,6 +159,42 @@ class WorkerPool:
     def to_json(self) -> dict[str, Any]:
         return {"address": self.address, "workers": self.count,
                 "processes": [p.to_json() for p in self.processes]}
+
+
+class WorkerWatch:
+    """Watches the pool's workers while cells run. No nanny restarts a worker that dies, so a
+    cell waiting for its task would wait until --timeout: on the first death the kernel is
+    interrupted (SIGINT, as Jupyter's interrupt does) and `dead` names the worker."""
+
+    def __init__(self, pool: WorkerPool, kernel_pid: int, interval: float = 0.25) -> None:
+        self.pool, self.kernel_pid, self.interval = pool, kernel_pid, interval
+        self.dead: PoolProcess | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="flo-worker-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def message(self) -> str:
+        dead = self.dead
+        if dead is None:
+            return ""
+        return (f"{dead.name} (pid {dead.pid}) exited with status {dead.exit} while the cell "
+                "ran; --workers runs no nanny to restart it, so the cell was interrupted")
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self.interval):
+            dead = self.pool.dead_worker()
+            if dead is not None:
+                self.dead = dead
+                try:
+                    os.kill(self.kernel_pid, signal.SIGINT)
+                except OSError:
+                    pass
+                return
 
 
 def free_port() -> int:
