@@ -22,7 +22,7 @@ from .data.fetch import Progress as DataProgress
 from .envs import EnvCache, EnvRequest, canonical_spec, find_interpreter, get_builder
 from .envs.base import BuiltEnv
 from .envs.cache import CachedEnv
-from .envs.conda import choose_builder, requested_interpreter
+from .envs.conda import choose_builder, find_conda_tool, requested_interpreter
 from .envs.interpreters import Interpreter
 
 ENV_FILES = {"manager": "software/environment.yml", "worker": "software/worker-environment.yml"}
@@ -339,4 +339,9 @@ def _current_keys(backpack: str | Path, python: str | None, builder: str = "auto
     checked = validate(backpack)
     if not checked.valid:
         raise InvalidBackpack(checked)
-    return {request.key for request in plan_environments(checked, python, builder)}
+    # Without an explicit builder, an environment any builder made from the current spec is
+    # current: one built with `--builder uv` on a machine with conda is still in use.
+    builders = [builder] if builder != "auto" else ["auto", "uv", "pip"] + (
+        ["conda"] if find_conda_tool() else [])
+    return {request.key for name in builders
+            for request in plan_environments(checked, python, name)}

@@ -115,6 +115,20 @@ def test_env_build_list_and_clean(good: Path, tmp_path: Path) -> None:
     assert not Path(built["path"]).exists()
 
 
+def test_clean_keeps_an_env_built_by_another_builder(good: Path, tmp_path: Path) -> None:
+    # Built with --builder pip, pruned without naming a builder: the env still serves the
+    # current spec, so --clean must not delete it (only stale specs are pruned).
+    cache = tmp_path / "cache"
+    done = flo_run("env", str(good), "--builder", "pip", "--cache-dir", str(cache), "--json")
+    assert done.returncode == 0, done.stderr
+    [built] = json.loads(done.stdout)["envs"]
+    cleaned = json.loads(flo_run("env", str(good), "--clean", "--cache-dir", str(cache),
+                                 "--json").stdout)
+    assert cleaned["removed"] == [] and Path(built["path"]).is_dir()
+    [entry] = cleaned["envs"]
+    assert entry["current"]
+
+
 def test_run_form_reaches_the_runner(good: Path, capsys) -> None:
     # The run itself is tested in test_run_e2e.py; here only that `flo-run BP ...` is parsed
     # by the runner's options (a usage error, before any work).
