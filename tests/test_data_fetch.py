@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
+import sys
 import tarfile
 import threading
 import zipfile
@@ -473,9 +473,8 @@ def test_bad_checksum_text_names_file_and_entry(tmp_path: Path) -> None:
         load_backpack(bp)
 
 
-@pytest.mark.skipif(os.environ.get("FLO_TEST_S3") is None and __import__("importlib").util
-                    .find_spec("s3fs") is not None, reason="s3fs is installed here")
-def test_s3_without_s3fs_names_the_install(tmp_path: Path) -> None:
+def test_s3_without_s3fs_names_the_install(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # `import s3fs` fails as when not installed
     bp = backpack_with(tmp_path / "bp", [{"name": "obj", "source_type": "s3",
                                           "source": "s3://bucket/key.csv",
                                           "target_location": "key.csv"}])
