@@ -135,11 +135,13 @@ class WorkerPool:
                           f"{SCHEDULER_START_S:g} s; see {self.record_dir / 'scheduler.stderr'}")
 
     def dead_worker(self) -> PoolProcess | None:
-        """A worker that has ended on its own (noted as during the run), else None."""
+        """A worker that has failed on its own (noted as during the run), else None; one that
+        exited 0 was asked to close (`client.shutdown()`, a retirement) and is only noted."""
         for member in self.processes:
             if member.role == "worker" and member.exit is None and member.popen.poll() is not None:
                 member.exit, member.during_run = member.popen.returncode, True
-                return member
+                if member.exit != 0:
+                    return member
         return None
 
     def stop(self) -> None:
