@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import yaml
 from rich.console import Console
 
-from auditor.emit.compute import draft_compute, render_compute_yml
+from auditor.emit.compute import draft_compute, measure_compute, render_compute_yml
 from auditor.emit.environment import (
     draft_environment,
     env_name,
@@ -225,6 +225,15 @@ def test_compute_yml_defaults_say_so():
                       "disk": 10000}
     assert text.count("default, not measured") == 5
 
+
+
+def test_compute_yml_unsampled_workers_keep_the_count_the_trace_saw():
+    # Short-lived pool workers can end between two samples: resources stay defaults, but
+    # the number of workers that ran tasks is known from the trace and is not lost.
+    spec = measure_compute([], worker_of={}, workers_seen=3)
+    config = yaml.safe_load(render_compute_yml(spec, "nb.ipynb", "today"))
+    assert config["vine_factory_config"]["max-workers"] == 3
+    assert config["vine_factory_config"]["memory"] == 4096
 
 # ---------------------------------------------------------------- summary
 

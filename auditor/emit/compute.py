@@ -67,8 +67,11 @@ def measure_compute(samples: Iterable[dict], worker_of: dict[int, int],
     if not ticks:
         spec = ComputeSpec()
         if workers_seen:
+            spec.max_workers = workers_seen
+            spec.notes["max_workers"] = f"{workers_seen} workers ran tasks (seen in the trace)"
             spec.notes["all"] = ("default, not measured: the workers ended before they could "
                                  "be sampled; edit to fit the workload")
+            spec.measurements["workers_seen"] = workers_seen
         return spec
     peak_rss = max(row[0] for rows in ticks.values() for row in rows.values()) / MB
     written = disk.mb if disk is not None else 0.0
@@ -145,6 +148,6 @@ def render_compute_yml(spec: ComputeSpec, notebook: str, date: str) -> str:
     lines.append("vine_factory_config:")
     for key, value in (("min-workers", spec.min_workers), ("max-workers", spec.max_workers),
                        ("cores", spec.cores), ("memory", spec.memory), ("disk", spec.disk)):
-        note = spec.notes.get(key, default) if spec.measured else default
+        note = spec.notes.get(key, default)
         lines.append(f"  {key}: {value}  # {note}")
     return "\n".join(lines) + "\n"
