@@ -36,6 +36,7 @@ SIGNATURE = "5f1e0c9a7b3d2e4f6a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f"
 SESSION_TOKEN = "IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN0123456789"
 REDIRECT_SIGNATURE = "0badc0ffee0ddf00d1234567890abcdef0123456789abcdef0123456789abcd"
 ACCESS_KEY = "AKIAEXAMPLE7Q2W3E4R5"
+API_TOKEN = "tok3n0f4nap1f0rthe5amefile"
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +143,9 @@ NOTEBOOK_CELLS = [
     "except urllib.error.HTTPError:\n    extra = b''  # the notebook copes without it",
     "moved = urllib.request.urlopen(base + '/moved.csv').read()\n"
     "release = urllib.request.urlopen(base + '/release.csv').read()",
+    # The same URL again with a token: one entry, but flagged (the token is not kept).
+    "again = urllib.request.urlopen(base + '/moved.csv?token=' + os.environ['FLO_TEST_TOKEN'])"
+    ".read()",
     "try:\n    urllib.request.urlopen(os.environ['FLO_TEST_CLOSED'], timeout=10).read()\n"
     "except OSError:\n    pass",
     "fonts = open(os.path.join(os.environ['MPLCONFIGDIR'], 'fontlist-v390.json')).read()\n"
@@ -173,7 +177,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory, server: str) -> dict[str, 
               f"00000Z&X-Amz-Security-Token={SESSION_TOKEN}&X-Amz-Signature={SIGNATURE}")
     closed = f"http://127.0.0.1:{_closed_port()}/offline.csv"
     env = {**os.environ, "FLO_TEST_BASE": server, "FLO_TEST_SIGNED": signed,
-           "FLO_TEST_CLOSED": closed,
+           "FLO_TEST_CLOSED": closed, "FLO_TEST_TOKEN": API_TOKEN,
            "MPLCONFIGDIR": str(mpl), "XDG_CONFIG_HOME": str(xdg), "HOME": str(base / "home")}
     out = base / "backpack"
     argv = [*flo_audit_argv(), str(work / "fetch.ipynb"), "-o", str(out), "--backend", "strace",
@@ -205,9 +209,10 @@ def test_only_urls_that_were_read_are_listed_under_the_url_asked_for(audited: di
 def test_signed_url_is_listed_without_credentials_and_flagged(audited: dict) -> None:
     server = audited["server"]
     flagged = audited["summary"]["data"]["signed_urls"]
-    assert [f["url"] for f in flagged] == [f"{server}/signed.csv"]
+    assert [f["url"] for f in flagged] == [f"{server}/moved.csv", f"{server}/signed.csv"]
+    assert flagged[0]["removed"] == ["token"]  # read plain and with a token: still flagged
     assert {"X-Amz-Signature", "X-Amz-Security-Token", "X-Amz-Credential"} <= set(
-        flagged[0]["removed"]) and flagged[0]["note"] == SIGNED_URL_NOTE
+        flagged[1]["removed"]) and flagged[1]["note"] == SIGNED_URL_NOTE
     text = (audited["out"] / "data/data.yml").read_text(encoding="utf-8")
     assert "X-Amz-Signature" in text and "supply them at run time" in text  # header comment
 
@@ -215,7 +220,8 @@ def test_signed_url_is_listed_without_credentials_and_flagged(audited: dict) -> 
 def test_credentials_appear_nowhere_in_the_backpack(audited: dict) -> None:
     """Every file, the raw record under audit/ included: the kernel side redacts at record
     time, so not even hooks.jsonl holds the signature, the token or the key id."""
-    secrets = [s.encode() for s in (SIGNATURE, SESSION_TOKEN, ACCESS_KEY, REDIRECT_SIGNATURE)]
+    secrets = [s.encode() for s in (SIGNATURE, SESSION_TOKEN, ACCESS_KEY, REDIRECT_SIGNATURE,
+                                         API_TOKEN)]
     checked = 0
     for path in audited["out"].rglob("*"):
         if path.is_file():

@@ -304,7 +304,7 @@ class DataCollector:
                 progress: Progress | None, checksum_remote: bool) -> None:
         reached: set[tuple[str, str]] = set()
         asked = {url for url, uses in self.urls.items() if _first(uses, role_of)}
-        listed: set[str] = set()
+        listed: dict[str, DataEntry] = {}
         for url, uses in sorted(self.urls.items()):
             use = _first(uses, role_of)
             parts = urlsplit(url)
@@ -315,9 +315,12 @@ class DataCollector:
                 draft.unread_urls.append((strip_credentials(url)[0], self.outcomes.why_not(url)))
                 continue
             source, credentials = strip_credentials(url)
-            if self.outcomes.followed(url, asked) or source in listed:
-                continue  # reached through a redirect; or the same URL signed anew
-            listed.add(source)
+            if self.outcomes.followed(url, asked):
+                continue  # reached through a redirect
+            if (same := listed.get(source)) is not None:  # the same URL, signed or not
+                if credentials:
+                    same.credentials = sorted({*(same.credentials or ()), *credentials})
+                continue
             base = parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.hostname or "download"
             entry = DataEntry(name=_unique(_slug(base), names), source_type=parts.scheme,
                               source=source, target_location=base, read_by=role_of(use.pid),
@@ -331,6 +334,7 @@ class DataCollector:
                 except (OSError, ValueError) as exc:
                     draft.warnings.append(f"{url}: could not be downloaded to checksum it "
                                           f"({exc}); listed without checksum")
+            listed[source] = entry
             draft.inputs.append(entry)
         for address, host in self.connects.items():
             ip, _, port = address.rpartition(":")
