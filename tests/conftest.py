@@ -63,6 +63,10 @@ class Scenario:
         return {canonicalize_name(n) for n in self.expect.get("must_include") or []}
 
     @property
+    def may_include(self) -> set[str]:
+        return {canonicalize_name(n) for n in self.expect.get("may_include") or []}
+
+    @property
     def must_exclude(self) -> set[str]:
         return {canonicalize_name(n) for n in self.expect.get("must_exclude") or []}
 

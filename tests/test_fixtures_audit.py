@@ -85,7 +85,7 @@ def test_own_packages_absent(run: AuditRun) -> None:
 
 def test_nothing_beyond_what_ran(run: AuditRun) -> None:
     """Every entry is used by the notebook, the machinery, or required by one of those."""
-    allowed = requires_closure(run.scenario.must_include) | MACHINERY
+    allowed = requires_closure(run.scenario.must_include | run.scenario.may_include) | MACHINERY
     extra = run.environment.names() - allowed
     assert not extra, f"listed though neither used nor required: {sorted(extra)}"
 
