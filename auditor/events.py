@@ -31,6 +31,7 @@ class Access:
     t: float = 0.0
     cell: int | None = None
     source: str = "strace"  # which layer saw it: "strace", "ptrace" or "hook"
+    given: str | None = None  # the path as the program named it, when relative ('../x.csv')
     kind = "access"
 
 

@@ -101,10 +101,13 @@ class _KernelSide:
         record.update(fields)
         self.append(json.dumps(record, separators=(",", ":"), default=str) + "\n")
 
-    def write_path(self, ev, path, mode=None):
-        """write() for the hot path (open, listdir): formatted by hand, about 4x cheaper."""
+    def write_path(self, ev, path, mode=None, given=None):
+        """write() for the hot path (open, listdir): formatted by hand, about 4x cheaper.
+        `given`: the path as the code named it, when relative (kept as "as")."""
         seq = "null" if self.seq is None else self.seq
         extra = f',"mode":"{mode}"' if mode else ""
+        if given:
+            extra += f',"as":{_json_string(given)}'
         self.append(f'{{"ev":"{ev}","pid":{self.pid},"t":{time.time()!r},"seq":{seq},'
                     f'"path":{_json_string(path)}{extra}}}\n')
 
@@ -218,6 +221,7 @@ class _KernelSide:
         path = _path_arg(args[0])
         if path is None or path.startswith(MARK_PREFIX):
             return
+        given = None if os.path.isabs(path) else path
         path = os.path.abspath(path)
         if path == self.log_path:
             return
@@ -226,7 +230,7 @@ class _KernelSide:
         # tracer (marks on) records which opens succeeded, so only hooks alone pay the stat.
         if mode == "r" and not self.marks and not os.path.exists(path):
             return
-        self.write_path("open", path, mode)
+        self.write_path("open", path, mode, given)
 
     def on_popen(self, args):
         executable, argv = args[0], _argv(args[1])

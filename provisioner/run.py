@@ -74,6 +74,11 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     kept: bool = False
     url: str | None = None
+    workdir: Path | None = None  # where the notebook runs: run_dir, or below it (data.yml '../')
+
+    @property
+    def notebook_dir(self) -> Path:
+        return self.workdir or self.run_dir
 
     @property
     def total(self) -> float:
@@ -81,6 +86,7 @@ class RunReport:
 
     def to_dict(self) -> dict:
         return {"backpack": str(self.backpack), "run_dir": str(self.run_dir),
+                "notebook_dir": str(self.notebook_dir),
                 "kept": self.kept, "status": self.status,
                 "output": str(self.output) if self.output else None,
                 "failed_cell": self.failed_cell, "message": self.message,
@@ -115,14 +121,16 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         checked = _phase(report, "validation", lambda: api.validate(report.backpack))
         if not checked.valid:
             raise api.InvalidBackpack(checked)
-        _copy_workflow(report.backpack / "workflow", run_dir)
+        report.workdir = _notebook_dir(report, options)
+        _copy_workflow(report.backpack / "workflow", report.notebook_dir)
         _phase(report, "data", lambda: _fetch_data(report, options))
         _environments(report, checked, options, say)
         loaded = _loaded(report.backpack)
         compute = loaded.compute if loaded is not None else ComputeSpec()
         engine = choose_engine(options.engine, loaded.summary if loaded is not None else None)
         workers = options.workers if options.workers is not None else max(compute.min_workers, 1)
-        spec = EngineSpec(run_dir=run_dir, worker_python=report.envs["worker"].python_path,
+        spec = EngineSpec(run_dir=run_dir, workdir=report.notebook_dir,
+                          worker_python=report.envs["worker"].python_path,
                           manager_python=report.envs["manager"].python_path, workers=workers,
                           max_workers=max(compute.max_workers, workers), threads=compute.cores,
                           memory_mb=compute.memory, disk_mb=compute.disk,
@@ -201,6 +209,14 @@ def _copy_workflow(workflow: Path, run_dir: Path) -> None:
                     ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
 
 
+def _notebook_dir(report: RunReport, options: RunOptions) -> Path:
+    """The run folder, or a folder below it when data.yml names data above the notebook."""
+    if not (report.backpack / "data" / "data.yml").exists():
+        return report.run_dir
+    from .data import profile_notebook_dir
+    return profile_notebook_dir(report.backpack, report.run_dir, options.profile)
+
+
 def _fetch_data(report: RunReport, options: RunOptions) -> None:
     if not (report.backpack / "data" / "data.yml").exists():
         return
@@ -265,12 +281,12 @@ def choose_engine(asked: str, summary: dict | None) -> str:
 
 
 def _execute(report: RunReport, options: RunOptions, workflow: Path, cluster, say) -> None:
-    notebook = report.run_dir / workflow.name
+    notebook = report.notebook_dir / workflow.name
     output = (options.output or Path.cwd() / f"{workflow.stem}-executed.ipynb")
     say(f"executing {workflow.name}")
     result = _phase(report, "notebook execution", lambda: runner.execute(
         notebook, Path(output).expanduser().absolute(), python=report.envs["manager"].python_path,
-        cwd=report.run_dir, env=cluster.environment(), parameters=options.parameters,
+        cwd=report.notebook_dir, env=cluster.environment(), parameters=options.parameters,
         timeout=options.timeout, kernel_log=report.run_dir / "logs" / "kernel.log"))
     report.status, report.output = result.status, result.output
     report.failed_cell, report.message = result.failed_cell, result.message

@@ -23,7 +23,7 @@ from test_envs import make_backpack
 from auditor.backpack import load_backpack
 from auditor.data_spec import DataSpecError
 from auditor.emit.checksums import directory_checksum, parse_checksum
-from provisioner.data import DataError, fetch, verify
+from provisioner.data import DataError, fetch, profile_notebook_dir, verify
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, not repetitive within a chunk boundary
 
@@ -140,6 +140,24 @@ def all_files(folder: Path) -> set[str]:
         return set()
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
+
+
+def test_targets_above_the_notebook_land_inside_the_run_folder(tmp_path: Path) -> None:
+    """'../../shared/a.txt' and 'b.txt': the notebook runs two folders down, so both land in
+    the run folder where the notebook's own relative names reach them."""
+    bp = backpack_with(tmp_path / "bp", [
+        {"name": "a", "source_type": "backpack", "source": "data/a.txt",
+         "target_location": "../../shared/a.txt"},
+        {"name": "b", "source_type": "backpack", "source": "data/b.txt",
+         "target_location": "b.txt"}], files={"data/a.txt": b"A", "data/b.txt": b"B"})
+    run = tmp_path / "run"
+    workdir = profile_notebook_dir(bp, run)
+    assert workdir == run / "notebook" / "notebook"
+    fetch(bp, run)
+    assert (run / "shared" / "a.txt").read_bytes() == b"A"
+    assert (workdir / "b.txt").read_bytes() == b"B"
+    assert (workdir / "../../shared/a.txt").resolve() == (run / "shared" / "a.txt").resolve()
+    assert all(e.ok for e in verify(bp, run).entries)
 
 # ---------------------------------------------------------------- the happy path
 
@@ -260,8 +278,11 @@ def _failing_cases(base: str, tmp_path: Path) -> dict[str, tuple[dict, str]]:
                            rf"{sha256(PAYLOAD)}"),
         "404": ({"name": "gone", "source_type": "http", "source": f"{base}/missing.bin",
                  "target_location": "gone.bin"}, r"'gone'.*HTTP 404"),
+        # '../x' is allowed (the notebook then runs a folder down); climbing past the limit
+        # is not
         "traversal": ({"name": "escape", "source_type": "backpack", "source": "data/ok.txt",
-                       "target_location": "../x"}, r"'escape'.*'\.\./x' climbs out"),
+                       "target_location": "../" * 9 + "x"},
+                      r"'escape'.*climbs more than 8 folders"),
         "absolute": ({"name": "abs", "source_type": "fs", "source": str(tmp_path / "ok.txt"),
                       "target_location": str(tmp_path / "other.txt")},
                      r"'abs'.*is absolute; expected a path inside the run folder"),

@@ -22,6 +22,7 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -363,3 +364,39 @@ def test_auto_engine_follows_the_audit() -> None:
     assert choose_engine("auto", pool) == "dask-local"
     assert choose_engine("auto", None) == "dask-local"  # hand-written: no audit
     assert choose_engine("slurm", own) == "slurm"  # asked for: obeyed
+
+
+def test_data_named_above_the_notebook_is_found_by_kernel_and_workers(places) -> None:
+    """A notebook in project/notebooks/ reading '../data/shared.csv' (kernel and Dask tasks):
+    the audit keeps the relative target, and flo-run runs the notebook one folder down in the
+    run folder so that the same relative path reaches the fetched copy."""
+    project = places["base"] / "climbing"
+    (project / "data").mkdir(parents=True)
+    (project / "notebooks").mkdir()
+    (project / "data" / "shared.csv").write_text("a\nb\nc\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in (
+        "from distributed import Client\nclient = Client()",
+        "print(len(open('../data/shared.csv').read().split()))",
+        "def count(_):\n    return len(open('../data/shared.csv').read().split())\n"
+        "print(client.gather(client.map(count, range(2), pure=False)))",
+        "client.close()")])
+    nbformat.write(nb, project / "notebooks" / "climb.ipynb")
+    bp = places["base"] / "climb-bp"
+    audited = subprocess.run([sys.executable, "-m", "auditor", str(project / "notebooks" /
+                              "climb.ipynb"), "-o", str(bp), "--workers", "1"],
+                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert audited.returncode == 0, audited.stdout[-2000:] + audited.stderr[-2000:]
+    data = yaml.safe_load((bp / "data" / "data.yml").read_text())
+    [entry] = data["profiles"][data["default_profile"]]["data"]
+    assert entry["target_location"] == "../data/shared.csv", entry
+
+    out = places["base"] / "climb-run.ipynb"
+    result = result_of(flo_run([str(bp), "--execute", "-o", str(out), "--json", "--keep"],
+                               places))
+    assert result["status"] == "complete", result
+    run_dir, notebook_dir = Path(result["run_dir"]), Path(result["notebook_dir"])
+    assert notebook_dir.parent == run_dir and (run_dir / "data" / "shared.csv").is_file()
+    executed = nbformat.read(out, as_version=4)
+    assert stream_text(executed.cells[1]).strip() == "3"
+    assert stream_text(executed.cells[2]).strip() == "[3, 3]", "workers read it too"
+    assert leftovers(places["cache"], places["scratch"]) == []

@@ -169,14 +169,16 @@ def test_hand_made_interleaving():
     t = pytest.approx
     assert events == [
         Exec(700, "/usr/bin/python3", ["python3", "run.py"], t(1795990000.0001)),
+        # relative to the cwd: the name the program used is kept (data.yml keeps '../x' so)
         Access(700, "/work/nb/data/in put.csv", "r", "/work/nb/data/in put.csv",
-               t(1795990000.0003)),
+               t(1795990000.0003), given="data/in put.csv"),
         Spawn(700, 702, True, t(1795990000.00042)),
         # the thread's open, begun before clone3 returned, is the process's
         Access(700, "/work/nb/thread.txt", "w", "/work/nb/thread.txt", t(1795990000.00044)),
         Spawn(700, 703, False, t(1795990000.00053)),
         # printed before the clone returned; cwd /srv set by the thread, inherited by the child
-        Access(703, "/srv/rel/child.txt", "r", "/srv/rel/child.txt", t(1795990000.00052)),
+        Access(703, "/srv/rel/child.txt", "r", "/srv/rel/child.txt", t(1795990000.00052),
+               given="rel/child.txt"),
         CellMark(703, 1, "start", t(1795990000.00055)),
         Access(703, "/usr/lib/x86_64-linux-gnu/libz.so.1", "r",
                "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13", t(1795990000.00056)),
@@ -184,7 +186,8 @@ def test_hand_made_interleaving():
         Connect(700, "[2001:db8::1]:443", t(1795990000.0008)),
         Exit(700, 1, t(1795990000.0009)),
         # a pid nobody was seen creating: adopted at the end as a process of its own
-        Access(900, "/tmp/orphan.txt", "r", "/tmp/orphan.txt", t(1795990000.0007)),
+        Access(900, "/tmp/orphan.txt", "r", "/tmp/orphan.txt", t(1795990000.0007),
+               given="orphan.txt"),
     ]
     # the truncated openat, the resumed read with no start, strace's own "detached" note;
     # the `= ? <unavailable>` line is a syscall with no result, not a parse failure
@@ -229,7 +232,7 @@ def test_parse_strace_function_streams():
     lines = iter(["5 2.0 chdir(\"/data\") = 0\n",
                   "5 2.1 open(\"x/../y.txt\", O_WRONLY|O_TRUNC) = 3</data/y.txt>\n"])
     assert list(parse_strace(lines, cwd="/")) == [Access(5, "/data/y.txt", "w", "/data/y.txt",
-                                                         2.1)]
+                                                         2.1, given="x/../y.txt")]
 
 
 def test_truncating_read_write_open_is_a_write_not_a_read():

@@ -12,6 +12,7 @@ trace); `DataCollector.draft` then classifies, hashes and names the inputs.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,16 @@ ARCHIVE_SUFFIXES = {".tar.gz": "untar", ".tgz": "untar", ".tar.bz2": "untar",
                     ".tar.xz": "untar", ".tar": "untar", ".zip": "unzip"}
 MANAGER, WORKER, TOOL, TRACER = "manager", "worker", "tool", "tracer"
 
+
+#: A target_location may climb this many folders above the notebook ('../data/x.csv'): flo-run
+#: then runs the notebook that many folders down inside the run folder, so nothing leaves it.
+MAX_CLIMB = 8
+
+
+def climb(path: str) -> int:
+    """How many folders a relative path climbs above where it starts ('../../x' -> 2)."""
+    parts = posixpath.normpath(path.replace("\\", "/")).split("/")
+    return next((i for i, part in enumerate(parts) if part != ".."), len(parts))
 
 @dataclass
 class DataEntry:
@@ -145,13 +156,21 @@ class DataCollector:
             state = self.paths[path] = self._classify(path, event.path, event.real)
         if state is None:
             return
-        use = _Use(event.t, event.pid, event.cell, event.path)
+        use = _Use(event.t, event.pid, event.cell, self._as_named(event))
         if event.mode == "w":
             state.writes.setdefault(event.pid, use)
         else:
             state.reads.setdefault(event.pid, use)
             if event.mode == "r":
                 state.plain_read = True
+
+    def _as_named(self, event: Access) -> str:
+        """The path as the code named it when that was relative to the notebook's folder (the
+        kernel's working directory), so data.yml can keep '../data/x.csv'; else absolute."""
+        given = event.given
+        if given and os.path.normpath(os.path.join(self.cwd, given)) == event.path:
+            return given
+        return event.path
 
     def _classify(self, path: str, named: str, real: str | None) -> _PathState | None:
         rules = self.rules
@@ -288,7 +307,12 @@ class DataCollector:
     def _entry(self, path: str, use: _Use, role_of: Callable, names: set[str],
                is_dir: bool = False) -> DataEntry:
         used = os.path.normpath(os.path.join(self.cwd, use.used_as))
-        target = os.path.relpath(used, self.cwd) if _under(used, self.cwd) else used
+        relative = os.path.relpath(used, self.cwd)
+        if _under(used, self.cwd) or (not os.path.isabs(use.used_as)
+                                      and climb(relative) <= MAX_CLIMB):
+            target = relative  # as the notebook names it, '../shared.csv' included
+        else:
+            target = used  # named by its absolute path: used in place
         stem = os.path.basename(path.rstrip("/"))
         for suffix in (*ARCHIVE_SUFFIXES, ".gz", ".bz2", ".xz"):
             if stem.endswith(suffix):
@@ -345,6 +369,7 @@ class DataCollector:
 
 
 _UNSEEN: Any = object()
+
 
 
 def _role_lookup(roles: Any) -> Callable[[int], str]:

@@ -80,7 +80,8 @@ def _convert(entry: dict[str, Any]) -> list[Event]:
     kind, pid, t = entry.get("ev"), int(entry.get("pid") or 0), float(entry.get("t") or 0.0)
     try:
         if kind == "open":
-            return [Access(pid, entry["path"], entry.get("mode") or "r", t=t, source="hook")]
+            return [Access(pid, entry["path"], entry.get("mode") or "r", t=t, source="hook",
+                           given=entry.get("as"))]
         if kind == "listdir":
             return [Access(pid, listed_dir(entry["path"]), "d", t=t, source="hook")]
         if kind == "import":

@@ -272,11 +272,14 @@ class StraceParser:
         else:
             mode = "r"
         path = unescape(raw) if "\\" in raw else raw
+        given = None
         if path[:1] != "/" or "/." in path or "//" in path or path[-1] == "/":
+            if path[:1] != "/" and fd in (None, "AT_FDCWD"):
+                given = path  # relative to the working directory, as the program named it
             path = self._absolute(pid, path, fd, fd_path)
         if ret_path is not None and "\\" in ret_path:
             ret_path = unescape(ret_path)
-        return Access(pid, path, mode, ret_path, float(ts))
+        return Access(pid, path, mode, ret_path, float(ts), given=given)
 
     def _openat(self, pid: int, ts: str, rest: str) -> Event | None:
         match = _OPENAT.match(rest)

@@ -7,10 +7,18 @@ post_fetch unpacking in extract.py.
 
 from __future__ import annotations
 
-from .fetch import check_content, default_run_dir, fetch, resolve_target, verify
+from .fetch import (
+    check_content,
+    default_run_dir,
+    fetch,
+    notebook_dir,
+    profile_notebook_dir,
+    resolve_target,
+    verify,
+)
 from .results import DataError, EntryResult, FetchReport, Mismatch, VerifyReport
 from .sources import SOURCES, Source, get_source
 
 __all__ = ["SOURCES", "DataError", "EntryResult", "FetchReport", "Mismatch", "Source",
            "VerifyReport", "check_content", "default_run_dir", "fetch", "get_source",
-           "resolve_target", "verify"]
+           "notebook_dir", "profile_notebook_dir", "resolve_target", "verify"]

@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from auditor.backpack import load_backpack
 from auditor.data_spec import DataPolicy, DataProfile
 from auditor.emit.checksums import checksum_of, directory_stats, parse_checksum
-from auditor.emit.data import DataEntry
+from auditor.emit.data import MAX_CLIMB, DataEntry, climb
 from auditor.errors import FloError
 
 from .download import Cancel, Cancelled
@@ -53,11 +53,32 @@ class PlannedEntry:
         return self.target is None
 
 
-def resolve_target(entry: DataEntry, run_dir: Path) -> Path | None:
-    """The entry's path in the run folder; None for the "use in place" convention (an fs
-    entry whose absolute target_location is its own source). Anything else leaving the run
-    folder is refused."""
+#: The folders the notebook runs in, below the run folder, when data.yml climbs above it.
+WORKDIR_NAME = "notebook"
+
+
+def notebook_dir(run_dir: Path, entries: list[DataEntry]) -> Path:
+    """Where the notebook runs inside `run_dir`: the run folder itself, or as many folders
+    down as the deepest relative target climbs ('../shared.csv': one), so that every target
+    stays inside the run folder while the notebook names it as it did when audited."""
+    depth = max((climb(e.target_location) for e in entries
+                 if not os.path.isabs(e.target_location)), default=0)
+    return run_dir.joinpath(*[WORKDIR_NAME] * min(depth, MAX_CLIMB))
+
+
+def profile_notebook_dir(backpack: Path, run_dir: Path, profile: str | None = None) -> Path:
+    """`notebook_dir` for the chosen profile of `backpack`'s data.yml (run_dir without one)."""
+    chosen = _profile(Path(backpack).expanduser().absolute(), profile)
+    return notebook_dir(Path(run_dir), chosen.entries if chosen else [])
+
+
+def resolve_target(entry: DataEntry, run_dir: Path, workdir: Path | None = None) -> Path | None:
+    """The entry's path in the run folder (relative targets start at `workdir`, the notebook's
+    folder, by default the run folder); None for the "use in place" convention (an fs entry
+    whose absolute target_location is its own source). Anything leaving the run folder, or
+    replacing the notebook's folder, is refused."""
     where = entry.target_location
+    workdir = workdir or run_dir
     expected = "expected a path inside the run folder"
     if os.path.isabs(where):
         if entry.source_type == "fs" and os.path.normpath(where) == \
@@ -66,14 +87,18 @@ def resolve_target(entry: DataEntry, run_dir: Path) -> Path | None:
         raise DataError(f"data entry {entry.name!r}: target_location {where!r} is absolute; "
                         f"{expected} (only an fs entry whose target equals its source is used "
                         "in place)", entry.name)
-    parts = PurePosixPath(where.replace("\\", "/")).parts
-    if ".." in parts:
+    posix = where.replace("\\", "/")
+    if climb(posix) > MAX_CLIMB:
+        raise DataError(f"data entry {entry.name!r}: target_location {where!r} climbs more than "
+                        f"{MAX_CLIMB} folders with '..'; {expected}", entry.name)
+    target = Path(os.path.normpath(workdir / posix))
+    if not target.is_relative_to(run_dir):
         raise DataError(f"data entry {entry.name!r}: target_location {where!r} climbs out with "
                         f"'..'; {expected}", entry.name)
-    if not [p for p in parts if p != "."]:
+    if workdir.is_relative_to(target):
         raise DataError(f"data entry {entry.name!r}: target_location {where!r} is the run "
-                        f"folder itself; {expected}, naming a file or folder", entry.name)
-    target = run_dir / where
+                        f"folder itself or holds the notebook; {expected}, naming a file or "
+                        "folder", entry.name)
     if not target.resolve().is_relative_to(run_dir.resolve()):
         raise DataError(f"data entry {entry.name!r}: target_location {where!r} leads outside "
                         f"the run folder through a symlink; {expected}", entry.name)
@@ -104,7 +129,8 @@ def check_content(path: Path, entry: DataEntry) -> int:
 
 
 def _plan(profile: DataProfile, backpack: Path, run_dir: Path) -> list[PlannedEntry]:
-    planned = [PlannedEntry(e, get_source(e, backpack), resolve_target(e, run_dir))
+    workdir = notebook_dir(run_dir, profile.entries)
+    planned = [PlannedEntry(e, get_source(e, backpack), resolve_target(e, run_dir, workdir))
                for e in profile.entries]
     for item in planned:
         item.source.check()
@@ -256,6 +282,7 @@ def verify(backpack: Path, run_dir: Path | None = None, profile: str | None = No
     run = Path(run_dir).expanduser().absolute() if run_dir is not None else None
     chosen = _profile(root, profile)
     report = VerifyReport(root, run, chosen.name if chosen else None)
+    workdir = notebook_dir(run, chosen.entries) if run is not None and chosen else None
     for entry in chosen.entries if chosen else []:
         result = EntryResult(entry.name, entry.source, None, status="verified")
         item_started = time.monotonic()
@@ -263,7 +290,7 @@ def verify(backpack: Path, run_dir: Path | None = None, profile: str | None = No
             source = get_source(entry, root)
             path: Path | None
             if run is not None:
-                target = resolve_target(entry, run)
+                target = resolve_target(entry, run, workdir)
                 path = target if target is not None else Path(entry.source)
             else:
                 path = source.local_path()

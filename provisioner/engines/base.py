@@ -60,6 +60,7 @@ class EngineSpec:
     start_timeout: float = 120.0
     token: str = ""  # marks every process started, for teardown
     env: Mapping[str, str] = field(default_factory=dict)  # extra variables for every process
+    workdir: Path | None = None  # where the notebook runs (and workers start): run_dir if None
 
 
 def env_prefix(python: Path) -> Path:
@@ -180,7 +181,8 @@ class Cluster:
         log.write(f"$ {shlex.join(args)}\n".encode())
         log.flush()
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=cwd or self.spec.run_dir,
+                                stderr=subprocess.STDOUT,
+                                cwd=cwd or self.spec.workdir or self.spec.run_dir,
                                 env=env, start_new_session=True)
         self.tree.add_root(proc.pid)
         return proc

@@ -157,7 +157,7 @@ def manager_config(spec: EngineSpec, cluster: SlurmCluster) -> dict:
     """What jobqueue_manager.py needs: SLURMCluster's arguments, the adaptive bounds, paths."""
     logs = spec.run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    directives = [f"--chdir={spec.run_dir}"]
+    directives = [f"--chdir={spec.workdir or spec.run_dir}"]
     if spec.disk_mb:
         directives.append(f"--tmp={spec.disk_mb}M")
     options: dict = {
