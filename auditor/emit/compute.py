@@ -17,8 +17,13 @@ from dataclasses import asdict, dataclass, field
 from .disk import DiskUse
 
 MB = 1024 * 1024
-MEMORY_HEADROOM = 1.25  # x peak RSS
+# compute.yml memory becomes the Dask worker's memory limit, and Dask starts spilling at 60% of
+# it and pauses the worker at 80%: the peak must sit under the first threshold, or a re-run can
+# stall on a paused worker.
+DASK_SPILL_FRACTION = 0.6
+MEMORY_HEADROOM = 1 / DASK_SPILL_FRACTION  # x peak RSS
 MEMORY_STEP = 256  # MB
+MEMORY_FLOOR = 1024  # MB: a Dask worker with its runtime needs about this much anyway
 DISK_HEADROOM = 2.0  # x the most a worker kept in files
 DISK_STEP = 1024  # MB, also the least disk given
 CPU_WINDOW_S = 1.0  # CPU rate is measured over windows at least this long
@@ -77,7 +82,7 @@ def measure_compute(samples: Iterable[dict], worker_of: dict[int, int],
     written = disk.mb if disk is not None else 0.0
     peak_rate, mean_rate, busy = _cpu(ticks)
     cores = max(1, math.ceil(peak_rate - 0.15))
-    memory = max(MEMORY_STEP, _round_up(peak_rss * MEMORY_HEADROOM, MEMORY_STEP))
+    memory = max(MEMORY_FLOOR, _round_up(peak_rss * MEMORY_HEADROOM, MEMORY_STEP))
     disk_mb = max(DISK_STEP, _round_up(written * DISK_HEADROOM, DISK_STEP))
     max_workers = busy or len(ticks)
     spec = ComputeSpec(min_workers=1, max_workers=max_workers, cores=cores, memory=memory,
@@ -93,7 +98,8 @@ def measure_compute(samples: Iterable[dict], worker_of: dict[int, int],
         "cores": (f"peak {peak_rate:.2f} cores (CPU time over wall time, {CPU_WINDOW_S:g} s "
                   f"windows; mean {mean_rate:.2f}), rounded up"),
         "memory": (f"peak RSS {peak_rss:.0f} MB of one worker with its children, "
-                   f"x{MEMORY_HEADROOM:g}, rounded up to {MEMORY_STEP} MB"),
+                   f"x{MEMORY_HEADROOM:.2f} (under Dask's {DASK_SPILL_FRACTION:.0%} spill "
+                   f"threshold), rounded up to {MEMORY_STEP} MB, at least {MEMORY_FLOOR} MB"),
         "disk": _disk_note(disk),
     }
     return spec
