@@ -6,112 +6,37 @@ that the run did not write before reading it. Written files are outputs; written
 are intermediates. Secrets are flagged, never listed, copied or hashed.
 
 `DataCollector.note` watches the event stream on its way to the resolver (one pass over the
-trace); `DataCollector.draft` then classifies, hashes and names the inputs.
+trace); `DataCollector.draft` then classifies, hashes and names the inputs. The entries and
+the draft are defined in data_entry.py; the URLs are drafted in data_urls.py.
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
-import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..events import Access, Connect, Event
-from .data_hash import Progress, checksum_url, sha256_file, sha256_folder
-from .data_rules import (
-    CODE_SUFFIXES,
-    PORTS,
-    DataRules,
-    Owned,
-    environment_owner,
-    is_local,
-    normalize_url,
-    strip_credentials,
+from .data_entry import (
+    MANAGER,
+    MAX_CLIMB,
+    TOOL,
+    TRACER,
+    DataDraft,
+    DataEntry,
+    Use,
+    climb,
+    entry_name,
 )
-from .data_urls import UrlOutcomes
+from .data_hash import Progress, sha256_file, sha256_folder
+from .data_rules import CODE_SUFFIXES, DataRules, Owned, environment_owner, normalize_url
+from .data_urls import UrlOutcomes, draft_remote
 
-__all__ = ["DataCollector", "DataDraft", "DataEntry", "DataRules", "draft_data",
-           "environment_owner"]
+__all__ = ["MAX_CLIMB", "DataCollector", "DataDraft", "DataEntry", "DataRules", "climb",
+           "draft_data", "environment_owner"]
 
 ARCHIVE_SUFFIXES = {".tar.gz": "untar", ".tgz": "untar", ".tar.bz2": "untar",
                     ".tar.xz": "untar", ".tar": "untar", ".zip": "unzip"}
-MANAGER, WORKER, TOOL, TRACER = "manager", "worker", "tool", "tracer"
-
-
-#: A target_location may climb this many folders above the notebook ('../data/x.csv'): flo-run
-#: then runs the notebook that many folders down inside the run folder, so nothing leaves it.
-MAX_CLIMB = 8
-
-
-def climb(path: str) -> int:
-    """How many folders a relative path climbs above where it starts ('../../x' -> 2)."""
-    parts = posixpath.normpath(path.replace("\\", "/")).split("/")
-    return next((i for i, part in enumerate(parts) if part != ".."), len(parts))
-
-@dataclass
-class DataEntry:
-    """One input of the run, as a data.yml entry."""
-
-    name: str
-    source_type: str  # fs | backpack | http | https
-    source: str
-    target_location: str
-    expected_size: int | None = None
-    checksum: str | None = None
-    read_by: str = MANAGER
-    first_cell: int | None = None
-    files: int | None = None  # directory entries: how many files
-    post_fetch: dict[str, str] | None = None
-    absolute: bool = False  # outside the notebook's folder: not portable as it is
-    credentials: list[str] | None = None  # URL parameters removed: credentials, signing
-    storage_options: dict[str, object] | None = None  # s3: passed to fsspec (endpoint_url, anon)
-
-    def to_yaml_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {"name": self.name, "source_type": self.source_type,
-                                  "source": self.source, "target_location": self.target_location}
-        for key in ("expected_size", "checksum", "files", "post_fetch", "storage_options"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        out["read_by"] = self.read_by
-        if self.first_cell is not None:
-            out["first_cell"] = self.first_cell
-        return out
-
-
-@dataclass
-class DataDraft:
-    """The inputs (data.yml) and everything the summary reports about the run's files."""
-
-    inputs: list[DataEntry] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    intermediates: list[str] = field(default_factory=list)
-    secrets: list[str] = field(default_factory=list)
-    remote: list[str] = field(default_factory=list)  # connections without a URL
-    unread_urls: list[tuple[str, str]] = field(default_factory=list)  # (url, why not read)
-    scratch: int = 0  # files the run wrote under the temp dir (or made and removed): not listed
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def absolute(self) -> list[str]:
-        return [e.source for e in self.inputs if e.absolute and e.source_type == "fs"]
-
-    @property
-    def signed_urls(self) -> list[DataEntry]:
-        """URL inputs listed without the credentials they were read with."""
-        return [e for e in self.inputs if e.credentials]
-
-
-@dataclass(slots=True)
-class _Use:
-    t: float
-    pid: int
-    cell: int | None
-    used_as: str
-
 
 class _PathState:
     """The first read and first write of one path by each process."""
@@ -119,8 +44,8 @@ class _PathState:
     __slots__ = ("reads", "writes", "secret", "plain_read")
 
     def __init__(self, secret: bool) -> None:
-        self.reads: dict[int, _Use] = {}
-        self.writes: dict[int, _Use] = {}
+        self.reads: dict[int, Use] = {}
+        self.writes: dict[int, Use] = {}
         self.secret = secret
         self.plain_read = False  # opened read-only at least once (not only O_RDWR)
 
@@ -136,8 +61,8 @@ class DataCollector:
         self.notebook_dir = os.path.normpath(notebook_dir)
         self.cwd = os.path.normpath(cwd)
         self.paths: dict[str, _PathState | None] = {}
-        self.listed: dict[str, dict[int, _Use] | None] = {}  # None: not a data folder
-        self.urls: dict[str, dict[int, _Use]] = {}
+        self.listed: dict[str, dict[int, Use] | None] = {}  # None: not a data folder
+        self.urls: dict[str, dict[int, Use]] = {}
         self.connects: dict[str, str | None] = {}  # "ip:port" -> host name looked up
 
     def note(self, event: Event) -> None:
@@ -156,7 +81,7 @@ class DataCollector:
             state = self.paths[path] = self._classify(path, event.path, event.real)
         if state is None:
             return
-        use = _Use(event.t, event.pid, event.cell, self._as_named(event))
+        use = Use(event.t, event.pid, event.cell, self._as_named(event))
         if event.mode == "w":
             state.writes.setdefault(event.pid, use)
         else:
@@ -188,14 +113,14 @@ class DataCollector:
             data = not (self.rules.never_data(path + "/") or self.owned(event.path, event.real))
             uses = self.listed[path] = {} if data else None
         if uses is not None:
-            uses.setdefault(event.pid, _Use(event.t, event.pid, event.cell, event.path))
+            uses.setdefault(event.pid, Use(event.t, event.pid, event.cell, event.path))
 
     def _connect(self, event: Connect) -> None:
         if event.url:
             url = normalize_url(event.url)
             if url:
                 self.urls.setdefault(url, {}).setdefault(
-                    event.pid, _Use(event.t, event.pid, event.cell, event.url))
+                    event.pid, Use(event.t, event.pid, event.cell, event.url))
         elif event.host or event.address not in self.connects:
             self.connects[event.address] = event.host or self.connects.get(event.address)
 
@@ -213,7 +138,7 @@ class DataCollector:
         role_of = _role_lookup(roles)
         draft = DataDraft()
         skip = frozenset(os.path.normpath(p) for p in workflow)
-        candidates: dict[str, _Use] = {}
+        candidates: dict[str, Use] = {}
         written_after: list[tuple[float, str]] = []  # intermediates: (first write, path)
         # Folders the run used (parents of paths it opened), for the gone ones: a folder
         # opened without O_DIRECTORY (shutil.rmtree does) and removed since is no input.
@@ -261,7 +186,9 @@ class DataCollector:
             if suffix and any(t >= read.t for t, _ in written_after):
                 entry.post_fetch = {"operation": ARCHIVE_SUFFIXES[suffix]}
             draft.inputs.append(entry)
-        self._remote(draft, role_of, names, progress, checksum_remote)
+        firsts = {url: _first(uses, role_of) for url, uses in self.urls.items()}
+        draft_remote(draft, firsts, self.connects, self.outcomes, role_of, names, progress,
+                     checksum_remote)
         for group in (draft.outputs, draft.intermediates, draft.secrets, draft.remote,
                       draft.unread_urls):
             group.sort()
@@ -279,7 +206,7 @@ class DataCollector:
     def _own_code(self, path: str) -> bool:
         return path.endswith(CODE_SUFFIXES) and _under(path, self.notebook_dir)
 
-    def _folders(self, draft: DataDraft, candidates: dict[str, _Use], role_of: Callable,
+    def _folders(self, draft: DataDraft, candidates: dict[str, Use], role_of: Callable,
                  names: set[str], progress: Progress | None) -> None:
         """A listed folder whose every file the run read becomes one entry."""
         taken: list[str] = []
@@ -296,7 +223,7 @@ class DataCollector:
                                       "listed one by one")
                 continue
             first = min((candidates[m] for m in members), key=lambda u: u.t)
-            entry = self._entry(folder, _Use(first.t, first.pid, first.cell, listing.used_as),
+            entry = self._entry(folder, Use(first.t, first.pid, first.cell, listing.used_as),
                                 role_of, names, is_dir=True)
             entry.checksum, entry.files, entry.expected_size = digest
             for member in members:
@@ -304,7 +231,7 @@ class DataCollector:
             taken.append(folder)
             draft.inputs.append(entry)
 
-    def _entry(self, path: str, use: _Use, role_of: Callable, names: set[str],
+    def _entry(self, path: str, use: Use, role_of: Callable, names: set[str],
                is_dir: bool = False) -> DataEntry:
         used = os.path.normpath(os.path.join(self.cwd, use.used_as))
         relative = os.path.relpath(used, self.cwd)
@@ -320,52 +247,9 @@ class DataCollector:
                 break
         if not is_dir:
             stem = os.path.splitext(stem)[0]
-        return DataEntry(name=_unique(_slug(stem), names), source_type="fs", source=used,
+        return DataEntry(name=entry_name(stem, names), source_type="fs", source=used,
                          target_location=target, read_by=role_of(use.pid),
                          first_cell=use.cell, absolute=not _under(used, self.notebook_dir))
-
-    def _remote(self, draft: DataDraft, role_of: Callable, names: set[str],
-                progress: Progress | None, checksum_remote: bool) -> None:
-        reached: set[tuple[str, str]] = set()
-        asked = {url for url, uses in self.urls.items() if _first(uses, role_of)}
-        listed: dict[str, DataEntry] = {}
-        for url, uses in sorted(self.urls.items()):
-            use = _first(uses, role_of)
-            parts = urlsplit(url)
-            if use is None or parts.scheme not in ("http", "https"):
-                continue
-            reached.add(((parts.hostname or "").lower(), str(parts.port or PORTS[parts.scheme])))
-            if not self.outcomes.read(url):
-                draft.unread_urls.append((strip_credentials(url)[0], self.outcomes.why_not(url)))
-                continue
-            source, credentials = strip_credentials(url)
-            if self.outcomes.followed(url, asked):
-                continue  # reached through a redirect
-            if (same := listed.get(source)) is not None:  # the same URL, signed or not
-                if credentials:
-                    same.credentials = sorted({*(same.credentials or ()), *credentials})
-                continue
-            base = parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.hostname or "download"
-            entry = DataEntry(name=_unique(_slug(base), names), source_type=parts.scheme,
-                              source=source, target_location=base, read_by=role_of(use.pid),
-                              first_cell=use.cell, credentials=credentials or None)
-            if checksum_remote and credentials:
-                draft.warnings.append(f"{source}: not downloaded to checksum it (read with "
-                                      "credentials that are not kept); listed without checksum")
-            elif checksum_remote:
-                try:
-                    entry.expected_size, entry.checksum = checksum_url(url, progress=progress)
-                except (OSError, ValueError) as exc:
-                    draft.warnings.append(f"{url}: could not be downloaded to checksum it "
-                                          f"({exc}); listed without checksum")
-            listed[source] = entry
-            draft.inputs.append(entry)
-        for address, host in self.connects.items():
-            ip, _, port = address.rpartition(":")
-            ip = ip.strip("[]")
-            if is_local(ip) or (ip, port) in reached or ((host or "").lower(), port) in reached:
-                continue
-            draft.remote.append(f"{host}:{port} ({ip})" if host else address)
 
 
 _UNSEEN: Any = object()
@@ -386,7 +270,7 @@ def _role_lookup(roles: Any) -> Callable[[int], str]:
     return lambda pid: roles.get(pid, MANAGER)
 
 
-def _first(uses: Mapping[int, _Use], role_of: Callable[[int], str]) -> _Use | None:
+def _first(uses: Mapping[int, Use], role_of: Callable[[int], str]) -> Use | None:
     """The earliest use that counts: not the tracer's, not the manager's between cells."""
     best = None
     for use in uses.values():
@@ -402,7 +286,7 @@ def _under(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip("/") + "/")
 
 
-def _all_read(folder: str, candidates: Mapping[str, _Use]) -> list[str]:
+def _all_read(folder: str, candidates: Mapping[str, Use]) -> list[str]:
     """The files under `folder` when the run read every one of them, else [] (stops at the
     first file not read: a listed home folder is not walked to the end)."""
     found = []
@@ -430,19 +314,6 @@ def _size(path: str) -> int | None:
         return os.stat(path).st_size
     except OSError:
         return None
-
-
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-")
-    return slug or "input"
-
-
-def _unique(name: str, names: set[str]) -> str:
-    candidate, n = name, 2
-    while candidate in names:
-        candidate, n = f"{name}_{n}", n + 1
-    names.add(candidate)
-    return candidate
 
 
 def draft_data(events: Iterable[Event], roles: Any, *, owned: Owned, notebook_dir: str,

@@ -5,17 +5,23 @@ A URL counts as read when it answered 2xx, or redirected (3xx, any number of hop
 that did; it is then listed once, under the URL the notebook asked for: fetching follows
 redirects, so the redirect's target is not listed beside it. A URL that answered 4xx/5xx, or
 never answered (no connection), was not read: the notebook went on without it.
+
+`draft_remote` turns the URLs the run requested into data.yml entries (and lists the
+connections no URL explains) for `DataCollector.draft`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..record.hooks import HOOK_LOG
-from .data_rules import normalize_url
+from .data_entry import DataDraft, DataEntry, Use, entry_name
+from .data_hash import Progress, checksum_url
+from .data_rules import PORTS, is_local, normalize_url, strip_credentials
 
 RESPONSE_RECORD = '"ev":"response"'  # how the kernel side writes them (compact JSON)
 _MAX_HOPS = 20
@@ -100,3 +106,51 @@ def read_responses(record_dir: str | Path, kernel: Mapping[str, Any]) -> list[di
     except OSError:
         return None
     return found
+
+
+def draft_remote(draft: DataDraft, firsts: Mapping[str, Use | None],
+                 connects: Mapping[str, str | None], outcomes: UrlOutcomes,
+                 role_of: Callable[[int], str], names: set[str], progress: Progress | None,
+                 checksum_remote: bool) -> None:
+    """Add the URLs the run read to `draft` as inputs (unread ones, and connections to hosts
+    no URL names, to its report lists). `firsts`: URL -> its first use that counts, or None;
+    `connects`: "ip:port" -> the host name looked up for it."""
+    reached: set[tuple[str, str]] = set()
+    asked = {url for url, use in firsts.items() if use}
+    listed: dict[str, DataEntry] = {}
+    for url, use in sorted(firsts.items()):
+        parts = urlsplit(url)
+        if use is None or parts.scheme not in ("http", "https"):
+            continue
+        reached.add(((parts.hostname or "").lower(), str(parts.port or PORTS[parts.scheme])))
+        if not outcomes.read(url):
+            draft.unread_urls.append((strip_credentials(url)[0], outcomes.why_not(url)))
+            continue
+        source, credentials = strip_credentials(url)
+        if outcomes.followed(url, asked):
+            continue  # reached through a redirect
+        if (same := listed.get(source)) is not None:  # the same URL, signed or not
+            if credentials:
+                same.credentials = sorted({*(same.credentials or ()), *credentials})
+            continue
+        base = parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.hostname or "download"
+        entry = DataEntry(name=entry_name(base, names), source_type=parts.scheme,
+                          source=source, target_location=base, read_by=role_of(use.pid),
+                          first_cell=use.cell, credentials=credentials or None)
+        if checksum_remote and credentials:
+            draft.warnings.append(f"{source}: not downloaded to checksum it (read with "
+                                  "credentials that are not kept); listed without checksum")
+        elif checksum_remote:
+            try:
+                entry.expected_size, entry.checksum = checksum_url(url, progress=progress)
+            except (OSError, ValueError) as exc:
+                draft.warnings.append(f"{url}: could not be downloaded to checksum it "
+                                      f"({exc}); listed without checksum")
+        listed[source] = entry
+        draft.inputs.append(entry)
+    for address, host in connects.items():
+        ip, _, port = address.rpartition(":")
+        ip = ip.strip("[]")
+        if is_local(ip) or (ip, port) in reached or ((host or "").lower(), port) in reached:
+            continue
+        draft.remote.append(f"{host}:{port} ({ip})" if host else address)
