@@ -135,7 +135,8 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
                           max_workers=max(compute.max_workers, workers), threads=compute.cores,
                           memory_mb=compute.memory, disk_mb=compute.disk,
                           host=options.host)
-        say("the notebook starts its own workers" if engine == "notebook"
+        say("no workers provisioned: the notebook starts its own, or uses none"
+            if engine == "notebook"
             else f"starting {workers} Dask worker(s) ({engine})")
         cluster = _phase(report, "engine start", lambda: get_engine(engine).start(spec))
         report.cluster = cluster.to_dict()
@@ -272,12 +273,15 @@ def _loaded(root: Path) -> Backpack | None:
 
 def choose_engine(asked: str, summary: dict | None) -> str:
     """`auto`: the notebook's own workers when its audit saw it start them (a notebook that
-    calls `Client(n_workers=2)` must not be pointed at a provisioned scheduler), else Dask
-    workers started here. A hand-written backpack has no audit: dask-local."""
+    calls `Client(n_workers=2)` must not be pointed at a provisioned scheduler) or saw no
+    worker at all, else Dask workers started here. A hand-written backpack has no audit:
+    dask-local."""
     if asked != "auto":
         return asked
-    worker = ((summary or {}).get("roles") or {}).get("worker") or {}
-    return "notebook" if worker.get("started_by") == "notebook" else "dask-local"
+    worker = ((summary or {}).get("roles") or {}).get("worker")
+    if worker is not None and not worker.get("processes"):
+        return "notebook"  # audited, and no worker ran: nothing to provision
+    return "notebook" if (worker or {}).get("started_by") == "notebook" else "dask-local"
 
 
 def _execute(report: RunReport, options: RunOptions, workflow: Path, cluster, say) -> None:

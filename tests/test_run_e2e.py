@@ -358,11 +358,13 @@ def test_notebook_that_starts_its_own_cluster_is_not_pointed_at_ours(places) -> 
 def test_auto_engine_follows_the_audit() -> None:
     from provisioner.run import choose_engine
 
-    own = {"roles": {"worker": {"started_by": "notebook"}}}
-    pool = {"roles": {"worker": {"started_by": "flo-audit --workers"}}}
+    own = {"roles": {"worker": {"processes": 3, "started_by": "notebook"}}}
+    pool = {"roles": {"worker": {"processes": 4, "started_by": "flo-audit --workers"}}}
     assert choose_engine("auto", own) == "notebook"
     assert choose_engine("auto", pool) == "dask-local"
     assert choose_engine("auto", None) == "dask-local"  # hand-written: no audit
+    idle = {"roles": {"worker": {"processes": 0, "started_by": None}}}
+    assert choose_engine("auto", idle) == "notebook"  # audited: no worker ran
     assert choose_engine("slurm", own) == "slurm"  # asked for: obeyed
 
 

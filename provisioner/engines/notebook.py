@@ -29,5 +29,6 @@ class NotebookWorkers(Engine):
     checks_versions = False  # the worker environment is not used: the kernel starts workers
 
     def _start(self, spec: EngineSpec, cluster: Cluster) -> None:
-        cluster.notes.append("engine notebook: the notebook starts its own workers (as the "
-                             "audit saw), in the manager environment; no scheduler provisioned")
+        cluster.notes.append("engine notebook: no scheduler provisioned; the audit saw the "
+                             "notebook start its own workers (in the manager environment) or "
+                             "use none")
