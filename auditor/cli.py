@@ -33,7 +33,7 @@ subcommands (give the word first, instead of PATH):
   flo-audit diff BACKPACK --here        will this backpack run with this interpreter?
 A PATH that exists as a file is always audited, even if it is named like a subcommand.
 
-exit status: 0 every cell ran; 1 the notebook failed, timed out or its kernel died (the
+exit status: 0 every cell ran; 1 the notebook failed, timed out, its kernel or a worker died (the
 backpack is still written, marked incomplete); 2 bad input; 130 interrupted (nothing written).
 """
 

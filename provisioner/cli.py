@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--profile", help="data.yml profile (default: its default_profile)")
     fetch.add_argument("--run-dir", help="run folder (default: SCRATCH/runs/<backpack>-<hash>)")
     fetch.add_argument("--scratch-dir", help="where run folders live (default: "
-                                             "$FLO_SCRATCH_DIR or ~/.cache/flo-backpack)")
+                                             "$FLO_SCRATCH_DIR or TMPDIR/flo-run)")
     fetch.add_argument("--jobs", type=int, default=4, help="entries fetched at once")
     fetch.add_argument("--json", action="store_true", help="print a JSON result")
 

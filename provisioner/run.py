@@ -8,7 +8,6 @@ the run started is stopped before `run_backpack` returns or raises.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from auditor.backpack import Backpack, load_backpack
 from auditor.emit.compute import ComputeSpec
 from auditor.errors import FloError, Interrupted
 
-from . import api, runner
+from . import api, data, runner
 from .engines import EngineSpec, get_engine
 from .envs import EnvCache
 from .envs.base import BuiltEnv, EnvRequest
@@ -97,12 +96,6 @@ class RunReport:
                 "cluster": self.cluster, "notes": self.notes, "url": self.url}
 
 
-def default_scratch_dir() -> Path:
-    if env := os.environ.get("FLO_SCRATCH_DIR"):
-        return Path(env).expanduser()
-    return Path(tempfile.gettempdir()) / "flo-run"
-
-
 def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: None,
                  on_lab: Callable[[runner.Lab], None] | None = None) -> RunReport:
     """Run a backpack headless (`options.execute`) or interactively (JupyterLab until Ctrl-C).
@@ -111,7 +104,7 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
     first. `on_lab` is called with the running JupyterLab (interactive mode) before waiting.
     """
     started = time.monotonic()
-    scratch = (options.scratch_dir or default_scratch_dir()).expanduser().absolute()
+    scratch = (options.scratch_dir or data.default_scratch_dir()).expanduser().absolute()
     scratch.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{time.strftime('%Y%m%d-%H%M%S')}-",
                                     dir=scratch))
@@ -214,17 +207,11 @@ def _notebook_dir(report: RunReport, options: RunOptions) -> Path:
     """The run folder, or a folder below it when data.yml names data above the notebook."""
     if not (report.backpack / "data" / "data.yml").exists():
         return report.run_dir
-    from .data import profile_notebook_dir
-    return profile_notebook_dir(report.backpack, report.run_dir, options.profile)
+    return data.profile_notebook_dir(report.backpack, report.run_dir, options.profile)
 
 
 def _fetch_data(report: RunReport, options: RunOptions) -> None:
     if not (report.backpack / "data" / "data.yml").exists():
-        return
-    try:
-        data = importlib.import_module("provisioner.data")
-    except ImportError:
-        report.notes.append("data/data.yml not fetched: provisioner.data is not available")
         return
     data.fetch(report.backpack, report.run_dir, options.profile)
 

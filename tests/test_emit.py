@@ -231,8 +231,10 @@ def test_compute_yml_unsampled_workers_keep_the_count_the_trace_saw():
     # Short-lived pool workers can end between two samples: resources stay defaults, but
     # the number of workers that ran tasks is known from the trace and is not lost.
     spec = measure_compute([], worker_of={}, workers_seen=3)
-    config = yaml.safe_load(render_compute_yml(spec, "nb.ipynb", "today"))
+    text = render_compute_yml(spec, "nb.ipynb", "today")
+    config = yaml.safe_load(text)
     assert config["vine_factory_config"]["max-workers"] == 3
+    assert "max-workers: 3  # 3 workers ran tasks (seen in the trace)" in text
     assert config["vine_factory_config"]["memory"] == 4096
 
 # ---------------------------------------------------------------- summary

@@ -73,7 +73,7 @@ def measure_compute(samples: Iterable[dict], worker_of: dict[int, int],
         spec = ComputeSpec()
         if workers_seen:
             spec.max_workers = workers_seen
-            spec.notes["max_workers"] = f"{workers_seen} workers ran tasks (seen in the trace)"
+            spec.notes["max-workers"] = f"{workers_seen} workers ran tasks (seen in the trace)"
             spec.notes["all"] = ("default, not measured: the workers ended before they could "
                                  "be sampled; edit to fit the workload")
             spec.measurements["workers_seen"] = workers_seen

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .fetch import (
     check_content,
     default_run_dir,
+    default_scratch_dir,
     fetch,
     notebook_dir,
     profile_notebook_dir,
@@ -20,5 +21,5 @@ from .results import DataError, EntryResult, FetchReport, Mismatch, VerifyReport
 from .sources import SOURCES, Source, get_source
 
 __all__ = ["SOURCES", "DataError", "EntryResult", "FetchReport", "Mismatch", "Source",
-           "VerifyReport", "check_content", "default_run_dir", "fetch", "get_source",
-           "notebook_dir", "profile_notebook_dir", "resolve_target", "verify"]
+           "VerifyReport", "check_content", "default_run_dir", "default_scratch_dir", "fetch",
+           "get_source", "notebook_dir", "profile_notebook_dir", "resolve_target", "verify"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,12 +33,19 @@ from .sources import Source, StageContext, get_source, remove
 Progress = Callable[[str, int, "int | None"], None]  # (entry name, bytes so far, total or None)
 
 
+def default_scratch_dir() -> Path:
+    """Where flo-run keeps run folders when --scratch-dir is not given: $FLO_SCRATCH_DIR, else
+    $TMPDIR/flo-run (set FLO_SCRATCH_DIR where a cluster forbids /tmp)."""
+    if env := os.environ.get("FLO_SCRATCH_DIR"):
+        return Path(env).expanduser()
+    return Path(tempfile.gettempdir()) / "flo-run"
+
+
 def default_run_dir(backpack: str | Path, scratch_dir: str | Path | None = None) -> Path:
-    """`<scratch>/runs/<backpack name>-<hash of its path>`; scratch is --scratch-dir,
-    $FLO_SCRATCH_DIR, or ~/.cache/flo-backpack (some clusters forbid /tmp)."""
+    """`<scratch>/runs/<backpack name>-<hash of its path>`: the same folder for every
+    `flo-run fetch` / `verify` of one backpack; scratch as `default_scratch_dir`."""
     root = Path(backpack).expanduser().absolute()
-    scratch = scratch_dir or os.environ.get("FLO_SCRATCH_DIR") \
-        or Path.home() / ".cache" / "flo-backpack"
+    scratch = scratch_dir or default_scratch_dir()
     tag = hashlib.sha256(str(root).encode()).hexdigest()[:8]
     return Path(scratch).expanduser().absolute() / "runs" / f"{root.name}-{tag}"
 
