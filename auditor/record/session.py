@@ -3,8 +3,9 @@
 The kernel's launch command is wrapped by the tracer (a KernelManager that overrides
 `format_kernel_cmd`), so the kernel and everything it starts run traced. Before the first
 cell, a bootstrap cell injects kernels/flo_kernel.py by path, which logs cell boundaries and
-Python-level events to hooks.jsonl. The record folder then holds session.json,
-executed.ipynb, hooks.jsonl, kernel.stderr and the tracer's raw record (docs/internals.md).
+Python-level events to hooks.jsonl (both in traced_kernel.py). The record folder then holds
+session.json, executed.ipynb, hooks.jsonl, kernel.stderr and the tracer's raw record
+(docs/internals.md).
 
 However the run ends (a failing cell, a timeout, a dead kernel, Ctrl-C), no process the
 recorder started is left running when `record` returns or raises.
@@ -31,8 +32,6 @@ from typing import Any
 
 import nbformat
 import psutil
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -44,11 +43,11 @@ from .cleanup import TOKEN_VARIABLE, ProcessTree
 from .companions import SAMPLES_FILE, Companions
 from .hooks import HOOK_LOG, kernel_record
 from .interpreter import require_module
+from .traced_kernel import TracedKernelManager, bootstrap_code, kernel_name
 from .workers import WorkerWatch
 
 log = logging.getLogger("flo.record")
 
-KERNEL_SIDE = Path(__file__).resolve().parent.parent.parent / "kernels" / "flo_kernel.py"
 SESSION_FILE = "session.json"
 EXECUTED_NOTEBOOK = "executed.ipynb"
 KERNEL_STDERR = "kernel.stderr"
@@ -153,29 +152,6 @@ def record(options: RecordOptions) -> Recording:
     return run.finish()
 
 
-class _TracedKernelManager(AsyncKernelManager):
-    """A kernel manager whose launch command runs under the tracer."""
-
-    def __init__(self, *, tracer: Tracer, record_dir: Path, python: str | None,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.flo_tracer = tracer
-        self.flo_record_dir = record_dir
-        self.flo_python = python
-        self.flo_wrapped = False
-
-    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
-        if self.flo_python:
-            argv = [self.flo_python, "-m", "ipykernel_launcher",
-                    "-f", os.path.realpath(self.connection_file), *(extra_arguments or [])]
-        else:
-            argv = super().format_kernel_cmd(extra_arguments)
-        wrapped = self.flo_tracer.wrap(list(argv), self.flo_record_dir)
-        self.flo_wrapped = wrapped != argv
-        log.debug("kernel command: %s", wrapped)
-        return wrapped
-
-
 class _Run:
     """The state of one recording, from kernel start to teardown."""
 
@@ -185,7 +161,7 @@ class _Run:
         self.record_dir.mkdir(parents=True, exist_ok=True)
         self.notebook_path = Path(options.notebook_path).resolve()
         self.cwd = Path(options.cwd or self.notebook_path.parent).resolve()
-        self.kernel_name = _kernel_name(options)
+        self.kernel_name = kernel_name(options.kernel_name, options.notebook, options.python)
         if options.python:
             require_module(options.python, "ipykernel", "a Jupyter kernel")
         self.nb = copy.deepcopy(options.notebook)
@@ -197,7 +173,7 @@ class _Run:
         self.warnings: list[str] = []
         self.tree = ProcessTree(uuid.uuid4().hex)
         self.connection_dir = tempfile.mkdtemp(prefix="flo-kernel-")
-        self.km = _TracedKernelManager(
+        self.km = TracedKernelManager(
             tracer=options.tracer, record_dir=self.record_dir, python=options.python,
             kernel_name=self.kernel_name)
         self.km.connection_file = os.path.join(self.connection_dir, "kernel.json")
@@ -239,11 +215,7 @@ class _Run:
     def bootstrap(self) -> None:
         config = {"log": str(self.record_dir / HOOK_LOG),
                   "marks": self.options.tracer.name != "hooks"}
-        code = (f"__import__('runpy').run_path({str(KERNEL_SIDE)!r}, "
-                f"run_name='_flo_backpack_kernel')['attach'](get_ipython(), {config!r})")
-        if self.options.user_file is not None:
-            user_file = str(Path(self.options.user_file).resolve())
-            code += f"\nget_ipython().user_ns['__file__'] = {user_file!r}"
+        code = bootstrap_code(config, self.options.user_file)
         # nbclient stores the executed cell back at its index: lend it a slot past the end.
         self.nb.cells.append(nbformat.v4.new_code_cell(code))
         try:
@@ -378,24 +350,6 @@ def _will_run(cell: NotebookNode) -> bool:
     """Whether nbclient sends this cell to the kernel (it skips these silently)."""
     return (cell.cell_type == "code" and bool(cell.source.strip())
             and "skip-execution" not in cell.get("metadata", {}).get("tags", []))
-
-
-def _kernel_name(options: RecordOptions) -> str:
-    """The kernelspec to start, checked now so a typo fails before anything runs."""
-    if options.python:
-        return "python3"  # only the launch settings are used; argv comes from --python
-    name = (options.kernel_name
-            or (options.notebook.get("metadata", {}).get("kernelspec") or {}).get("name")
-            or "python3")
-    try:
-        spec = KernelSpecManager().get_kernel_spec(name)
-    except NoSuchKernel:
-        raise RecordError(f"no Jupyter kernel named {name!r}; list the installed kernels with "
-                          "`jupyter kernelspec list`, or pass --python") from None
-    if (spec.language or "python").lower() != "python":
-        raise RecordError(f"kernel {name!r} runs {spec.language}, not Python; "
-                          "choose a Python kernel or pass --python")
-    return name
 
 
 @contextmanager
