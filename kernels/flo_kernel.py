@@ -12,26 +12,16 @@ exit. The file is opened with O_APPEND so forked children share it safely.
 
 from __future__ import annotations
 
-import ast
 import atexit
 import json
 import os
-import platform
 import runpy
 import sys
-import sysconfig
 import threading
 import time
 
 # Keep in sync with auditor/events.py (MARK_PREFIX, mark_path).
 MARK_PREFIX = "/.flo-backpack-mark/"
-
-# Environment variables naming cache and tool configuration folders (their paths only are
-# recorded). Keep in sync with auditor/emit/data_rules.py (TOOL_ENV_DIRS).
-TOOL_ENV_DIRS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "IPYTHONDIR",
-                 "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
-                 "JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "NUMBA_CACHE_DIR",
-                 "PYTHONPYCACHEPREFIX")
 
 _BUFFERED_LINES = 512
 # JSON string literal, \u-escaping non-ASCII and lone surrogates (undecodable path bytes).
@@ -45,10 +35,11 @@ def mark_path(seq, phase):
 
 def attach(shell, config):
     """Start logging into config["log"]; returns None so the bootstrap cell displays nothing."""
-    side = _KernelSide(config["log"], bool(config.get("marks", True)), shell)
-    # The network handlers (hosts, URLs) live beside this file, loaded by path like it.
-    net = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "flo_net.py"),
-                         run_name="_flo_backpack_net")
+    # The interpreter's description and the network handlers (hosts, URLs) live beside
+    # this file, loaded by path like it.
+    interpreter = _beside("flo_interpreter.py", "_flo_backpack_interpreter")
+    side = _KernelSide(config["log"], bool(config.get("marks", True)), shell, interpreter)
+    net = _beside("flo_net.py", "_flo_backpack_net")
     side.handlers.update(net["network_handlers"](side.write))
     try:
         url_status = bool(net["watch_responses"](side.write))
@@ -64,15 +55,22 @@ def attach(shell, config):
     return None
 
 
+def _beside(filename, run_name):
+    """Run a kernel-side file that lives beside this one, by path (never imported)."""
+    return runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), filename),
+                          run_name=run_name)
+
+
 class _KernelSide:
     """The log file, the cell being run, and the handlers that write to the log."""
 
-    def __init__(self, log_path, marks, shell):
+    def __init__(self, log_path, marks, shell, interpreter):
         self.log_path = os.path.abspath(log_path)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         self.fd = os.open(self.log_path, flags, 0o644)
         self.marks = marks
         self.shell = shell
+        self.interpreter = interpreter  # flo_interpreter.py's namespace
         self.pid = os.getpid()
         self.lines = []
         self.lock = threading.Lock()
@@ -141,33 +139,7 @@ class _KernelSide:
     def write_kernel_record(self, url_status=False):
         """The first record: the interpreter, its paths, HOME, the tool folders set in the
         environment, and whether URL responses are logged (`response` records)."""
-        stdlib = []
-        for name in ("stdlib", "platstdlib"):
-            path = sysconfig.get_path(name)
-            if path and path not in stdlib:
-                stdlib.append(path)
-        modules = set()
-        for module in list(sys.modules.values()):
-            path = _module_file(module)
-            if path:
-                modules.add(path)
-        self.write("kernel", {
-            "executable": sys.executable,
-            "version": platform.python_version(),
-            "prefix": sys.prefix,
-            "base_prefix": getattr(sys, "base_prefix", sys.prefix),
-            "path": list(sys.path),
-            "stdlib": stdlib,
-            "purelib": sysconfig.get_path("purelib"),
-            "platlib": sysconfig.get_path("platlib"),
-            "markers": _marker_environment(),
-            "cwd": os.getcwd(),
-            "home": os.path.expanduser("~"),
-            "tool_dirs": {name: _abspaths(os.environ[name]) for name in TOOL_ENV_DIRS
-                          if os.environ.get(name)},
-            "url_status": url_status,
-            "modules": sorted(modules),
-        })
+        self.write("kernel", self.interpreter["kernel_record"](url_status))
         self.flush()
 
     def mark(self, seq, phase):
@@ -203,15 +175,16 @@ class _KernelSide:
 
     def write_imports(self, result):
         raw = getattr(getattr(result, "info", None), "raw_cell", None) or self.raw_cell or ""
+        module_file = self.interpreter["module_file"]
         static = set()
-        for name in _imported_names(self.shell, raw):
+        for name in self.interpreter["imported_names"](self.shell, raw):
             module = sys.modules.get(name)
             if module is not None:
                 static.add(name)
-                self.write("import", {"module": name, "path": _module_file(module),
+                self.write("import", {"module": name, "path": module_file(module),
                                       "static": True})
         for name in sorted(set(sys.modules.copy()) - self.modules_before - static):
-            path = _module_file(sys.modules.get(name))
+            path = module_file(sys.modules.get(name))
             if path:
                 self.write("import", {"module": name, "path": path, "static": False})
 
@@ -289,11 +262,6 @@ def _path_arg(value):
     return None
 
 
-def _abspaths(value):
-    """A folder (or os.pathsep-separated folders) made absolute against the kernel's cwd."""
-    return os.pathsep.join(os.path.abspath(p) for p in value.split(os.pathsep) if p)
-
-
 def _open_mode(mode, flags):
     """Access mode ("r", "w", "rw") from the event's open flags, else its mode string."""
     if isinstance(flags, int) and flags:
@@ -327,90 +295,3 @@ def _which(program):
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return os.path.abspath(candidate)
     return program
-
-
-def _module_file(module):
-    """The file a module was loaded from (`__file__`, else its first `__path__` entry).
-
-    Reads the module's __dict__ directly: attribute access on a lazily loaded module
-    (importlib.util.LazyLoader) would load it, changing what the notebook does.
-    """
-    try:
-        namespace = object.__getattribute__(module, "__dict__")
-    except Exception:
-        return None
-    try:
-        path = namespace.get("__file__")
-        if isinstance(path, str) and path:
-            return os.path.abspath(path)
-        search = namespace.get("__path__")
-        if search is not None:
-            for entry in search:
-                if isinstance(entry, str) and entry:
-                    return os.path.abspath(entry)
-                break
-    except Exception:
-        pass
-    return None
-
-
-def _imported_names(shell, raw_cell, depth=0):
-    """Absolute module names the cell's import statements name, in source order.
-
-    `from a import b` yields "a" and "a.b" (b may be a submodule; the caller keeps only names
-    present in sys.modules). Relative imports are skipped: they name local code by position.
-    Magics are transformed to Python first; the text given to a magic (`%%time` bodies,
-    `%time import x`) is searched too, since such magics run it as Python.
-    """
-    source = raw_cell
-    try:
-        source = shell.transform_cell(raw_cell)
-    except Exception:
-        pass
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return []
-    names = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            names.append(node.module)
-            names.extend(node.module + "." + alias.name for alias in node.names
-                         if alias.name != "*")
-        elif (isinstance(node, ast.Call) and depth < 3
-              and getattr(node.func, "attr", None) in ("run_cell_magic", "run_line_magic")):
-            for arg in node.args[1:]:
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value:
-                    names.extend(_imported_names(shell, arg.value, depth + 1))
-    seen = set()
-    return [n for n in names if not (n in seen or seen.add(n))]
-
-
-def _marker_environment():
-    """The PEP 508 environment markers of this interpreter, computed as `packaging` does."""
-    version = sys.implementation.version
-    implementation_version = f"{version.major}.{version.minor}.{version.micro}"
-    if version.releaselevel != "final":
-        implementation_version += version.releaselevel[0] + str(version.serial)
-    if hasattr(os, "uname"):
-        uname = os.uname()
-        machine, release, system, os_version = (uname.machine, uname.release, uname.sysname,
-                                                uname.version)
-    else:
-        machine, release = platform.machine(), platform.release()
-        system, os_version = platform.system(), platform.version()
-    return {
-        "implementation_name": sys.implementation.name,
-        "implementation_version": implementation_version,
-        "os_name": os.name,
-        "platform_machine": machine,
-        "platform_python_implementation": platform.python_implementation(),
-        "platform_release": release,
-        "platform_system": system,
-        "platform_version": os_version,
-        "python_full_version": platform.python_version(),
-        "python_version": ".".join(platform.python_version_tuple()[:2]),
-        "sys_platform": sys.platform,
-    }

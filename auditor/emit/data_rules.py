@@ -23,7 +23,7 @@ SYSTEM_PREFIXES = ("/proc/", "/sys/", "/dev/", "/run/", "/etc/", "/usr/", "/lib/
 HOME_TOOL_DIRS = (".cache", ".config", ".ipython", ".jupyter", ".local/share/jupyter",
                   ".matplotlib", ".keras", ".dask", ".conda", ".condarc", ".npm", ".pyenv",
                   ".local/lib", ".local/bin", ".python_history", ".bash_history")
-# The kernel side records these from the kernel's environment (kernels/flo_kernel.py).
+# The kernel side records these from the kernel's environment (kernels/flo_interpreter.py).
 TOOL_ENV_DIRS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "IPYTHONDIR",
                  "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
                  "JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "NUMBA_CACHE_DIR",
