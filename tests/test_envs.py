@@ -199,3 +199,21 @@ def test_conda_pins_map_to_pypi_names() -> None:
     assert requirement_line(Pin("floedit", "file:///src/floedit", "pip")) == \
         "floedit @ file:///src/floedit"
     assert requirement_line(Pin("pandas", None, "pip")) == "pandas"
+
+
+@needs_pyenv
+def test_floability_conda_spec_builds_with_uv_skipping_taskvine(tmp_path: Path) -> None:
+    """A hand-written Floability environment.yml lists conda packages only, ndcctools among
+    them: with uv the others come from PyPI, ndcctools (conda-forge only, TaskVine) is skipped
+    with a note, never a failed build."""
+    from provisioner.api import build_environments
+
+    bp = make_backpack(tmp_path / "bp", "3.11.7", [])
+    (bp / "software" / "environment.yml").write_text(
+        "name: flo\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - ndcctools\n"
+        "  - six=1.16.0\n  - tabulate\n  - pip\n")
+    report = build_environments(bp, tmp_path / "cache", builder="uv")
+    [env] = report.envs
+    assert env.installed.get("six") == "1.16.0" and "tabulate" in env.installed
+    assert not any(name.lower() == "ndcctools" for name in env.installed)
+    assert any("ndcctools" in note and "TaskVine" in note for note in env.notes), env.notes

@@ -17,7 +17,7 @@ from auditor.errors import CommandError
 from auditor.process import run
 
 from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
-from .uv import _cause, _explain, requirement_line
+from .uv import _cause, _explain, requirement_line, skip_note
 
 
 @register
@@ -37,7 +37,7 @@ class PipBuilder(EnvBuilder):
         for pin in request.pins:
             line = requirement_line(pin)
             if line is None:
-                notes.append(f"skipped conda runtime package {pin.name} (not needed with pip)")
+                notes.append(skip_note(pin))
                 continue
             lines[line] = pin.name
         run([request.interpreter.executable, "-m", "venv", target], timeout=600,

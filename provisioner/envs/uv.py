@@ -72,11 +72,24 @@ def uv_command() -> list[str]:
                    "install uv")
 
 
+# Conda packages that flo-run's engines do not use and PyPI does not have: skipped, said so.
+CONDA_NOT_NEEDED = {
+    "ndcctools": "TaskVine's package (conda-forge only); flo-run runs workers with Dask",
+}
+
+
+def skip_note(pin: Pin) -> str:
+    """Why a pin that `requirement_line` turns into None is not installed."""
+    reason = CONDA_NOT_NEEDED.get(canonicalize_name(pin.name), "not needed with pip")
+    return f"skipped conda package {pin.name}: {reason}"
+
+
 def requirement_line(pin: Pin) -> str | None:
     """A pip requirement for `pin`, or None for a conda runtime package that pip does not need."""
     name = pin.name
     if pin.source == "conda":
-        if canonicalize_name(name) in CONDA_RUNTIME:
+        if canonicalize_name(name) in CONDA_RUNTIME or canonicalize_name(name) in \
+                CONDA_NOT_NEEDED:
             return None
         name = CONDA_TO_PYPI.get(name, CONDA_TO_PYPI.get(canonicalize_name(name), name))
     if pin.version is None:
@@ -107,7 +120,7 @@ class UvBuilder(EnvBuilder):
         for pin in request.pins:
             line = requirement_line(pin)
             if line is None:
-                notes.append(f"skipped conda runtime package {pin.name} (not needed with pip)")
+                notes.append(skip_note(pin))
                 continue
             pypi_name = re.split(r"[=@ ]", line)[0]
             if pin.source == "conda":
