@@ -140,6 +140,7 @@ class DataCollector:
         skip = frozenset(os.path.normpath(p) for p in workflow)
         candidates: dict[str, Use] = {}
         written_after: list[tuple[float, str]] = []  # intermediates: (first write, path)
+        saved: list[tuple[Use, str, Use | None]] = []  # files the run wrote: (write, path, read)
         # Folders the run used (parents of paths it opened), for the gone ones: a folder
         # opened without O_DIRECTORY (shutil.rmtree does) and removed since is no input.
         folders = {os.path.dirname(p) for p in self.paths} | set(self.listed)
@@ -148,6 +149,8 @@ class DataCollector:
                 continue
             read = _first(state.reads, role_of)
             write = _first(state.writes, role_of)
+            if write is not None and (read is None or write.t <= read.t):
+                saved.append((write, path, read))
             if read is None:
                 if write is not None:
                     self._produced(draft.outputs, draft, path)
@@ -188,11 +191,30 @@ class DataCollector:
             draft.inputs.append(entry)
         firsts = {url: _first(uses, role_of) for url, uses in self.urls.items()}
         draft_remote(draft, firsts, self.connects, self.outcomes, role_of, names, progress,
-                     checksum_remote)
+                     checksum_remote, lambda use, base: self._saved_copy(use, base, saved,
+                                                                         written_after))
         for group in (draft.outputs, draft.intermediates, draft.secrets, draft.remote,
                       draft.unread_urls):
             group.sort()
         return draft
+
+    def _saved_copy(self, use: Use, base: str, saved: list[tuple[Use, str, Use | None]],
+                    written_after: list[tuple[float, str]]) -> tuple[str, str | None] | None:
+        """Where the notebook saved what it downloaded (urlretrieve(url, 'data/x.tar.gz')):
+        the first file named like the URL that the same process wrote after asking for it,
+        under the notebook's folder; and how to unpack it when the run read what it extracted
+        next to it. flo-run then puts the download where a notebook that skips downloading
+        what it already has finds it."""
+        found = [(write, path, read) for write, path, read in saved
+                 if os.path.basename(path) == base and write.pid == use.pid
+                 and write.t >= use.t and _under(path, self.cwd)]
+        if not found:
+            return None
+        _, path, read = min(found, key=lambda item: item[0].t)
+        suffix = next((s for s in ARCHIVE_SUFFIXES if path.endswith(s)), None)
+        unpacked = suffix is not None and read is not None and any(
+            t >= read.t and _under(p, os.path.dirname(path)) for t, p in written_after)
+        return os.path.relpath(path, self.cwd), ARCHIVE_SUFFIXES[suffix] if unpacked else None
 
     def _produced(self, group: list[str], draft: DataDraft, path: str) -> None:
         if self._scratch(path) or not os.path.lexists(path):

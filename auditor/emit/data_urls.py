@@ -23,6 +23,9 @@ from .data_entry import DataDraft, DataEntry, Use, entry_name
 from .data_hash import Progress, checksum_url
 from .data_rules import PORTS, is_local, normalize_url, strip_credentials
 
+#: (the URL's first use, its file name) -> (target relative to the notebook, unpack op or None)
+SavedCopy = Callable[[Use, str], "tuple[str, str | None] | None"]
+
 RESPONSE_RECORD = '"ev":"response"'  # how the kernel side writes them (compact JSON)
 _MAX_HOPS = 20
 
@@ -111,10 +114,12 @@ def read_responses(record_dir: str | Path, kernel: Mapping[str, Any]) -> list[di
 def draft_remote(draft: DataDraft, firsts: Mapping[str, Use | None],
                  connects: Mapping[str, str | None], outcomes: UrlOutcomes,
                  role_of: Callable[[int], str], names: set[str], progress: Progress | None,
-                 checksum_remote: bool) -> None:
+                 checksum_remote: bool,
+                 saved_copy: SavedCopy | None = None) -> None:
     """Add the URLs the run read to `draft` as inputs (unread ones, and connections to hosts
     no URL names, to its report lists). `firsts`: URL -> its first use that counts, or None;
-    `connects`: "ip:port" -> the host name looked up for it."""
+    `connects`: "ip:port" -> the host name looked up for it; `saved_copy(use, name)`: where
+    the notebook saved the download and how to unpack it, if it did."""
     reached: set[tuple[str, str]] = set()
     asked = {url for url, use in firsts.items() if use}
     listed: dict[str, DataEntry] = {}
@@ -137,6 +142,10 @@ def draft_remote(draft: DataDraft, firsts: Mapping[str, Use | None],
         entry = DataEntry(name=entry_name(base, names), source_type=parts.scheme,
                           source=source, target_location=base, read_by=role_of(use.pid),
                           first_cell=use.cell, credentials=credentials or None)
+        if saved_copy is not None and (copy := saved_copy(use, base)) is not None:
+            entry.target_location, unpack = copy
+            if unpack:
+                entry.post_fetch = {"operation": unpack}
         if checksum_remote and credentials:
             draft.warnings.append(f"{source}: not downloaded to checksum it (read with "
                                   "credentials that are not kept); listed without checksum")
