@@ -41,6 +41,8 @@ CASES = {
     "bad timeout": ("ok.ipynb", notebook_json([VALID_CELL]), ["--timeout", "soon"],
                     "expected a number of seconds"),
     "not an audit record": ("derive", None, ["."], "is not an audit record"),
+    "unknown --kernel": ("ok.ipynb", notebook_json([VALID_CELL]), ["--kernel", "nope-kernel"],
+                         "no Jupyter kernel named 'nope-kernel'"),
 }
 
 
@@ -91,3 +93,18 @@ def test_a_percent_script_becomes_one_cell_per_marker(tmp_path):
     plain = tmp_path / "plain.py"
     plain.write_text("a = 1\nb = 2\n")
     assert [c.source for c in load_workflow(plain).notebook.cells] == ["a = 1\nb = 2"]
+
+
+def test_a_kernel_named_only_by_the_notebook_falls_back_to_python3(tmp_path):
+    """Shared notebooks carry their author's kernelspec name: audited with python3, and the
+    backpack's summary says so, instead of refusing the notebook."""
+    import json
+
+    kernelspec = {"name": "conda-env-analysis-py", "display_name": "analysis",
+                  "language": "python"}
+    (tmp_path / "shared.ipynb").write_text(
+        notebook_json([VALID_CELL], metadata={"kernelspec": kernelspec}), encoding="utf-8")
+    done = flo_audit(tmp_path, "shared.ipynb", "--backend", "hooks", "-o", "bp")
+    assert done.returncode == 0, done.stderr
+    warnings = json.loads((tmp_path / "bp" / "audit" / "summary.json").read_text())["warnings"]
+    assert any("'conda-env-analysis-py'" in w and "python3" in w for w in warnings), warnings

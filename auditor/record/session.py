@@ -161,7 +161,9 @@ class _Run:
         self.record_dir.mkdir(parents=True, exist_ok=True)
         self.notebook_path = Path(options.notebook_path).resolve()
         self.cwd = Path(options.cwd or self.notebook_path.parent).resolve()
-        self.kernel_name = kernel_name(options.kernel_name, options.notebook, options.python)
+        self.warnings: list[str] = []
+        self.kernel_name = kernel_name(options.kernel_name, options.notebook, options.python,
+                                       self.warnings)
         if options.python:
             require_module(options.python, "ipykernel", "a Jupyter kernel")
         self.nb = copy.deepcopy(options.notebook)
@@ -170,7 +172,6 @@ class _Run:
         self.cells: list[tuple[int, int]] = []
         self.status = COMPLETE
         self.failed: FailedCell | None = None
-        self.warnings: list[str] = []
         self.tree = ProcessTree(uuid.uuid4().hex)
         self.connection_dir = tempfile.mkdtemp(prefix="flo-kernel-")
         self.km = TracedKernelManager(

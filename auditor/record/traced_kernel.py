@@ -45,18 +45,27 @@ class TracedKernelManager(AsyncKernelManager):
         return wrapped
 
 
-def kernel_name(requested: str | None, notebook: NotebookNode, python: str | None) -> str:
-    """The kernelspec to start, checked now so a typo fails before anything runs."""
+def kernel_name(requested: str | None, notebook: NotebookNode, python: str | None,
+                warnings: list[str] | None = None) -> str:
+    """The kernelspec to start, checked now so a typo fails before anything runs. A kernel
+    the notebook's metadata names but this machine lacks (shared notebooks carry their
+    author's, "conda-env-x-py") falls back to python3, with a warning in `warnings`."""
     if python:
         return "python3"  # only the launch settings are used; argv comes from --python
-    name = (requested
-            or (notebook.get("metadata", {}).get("kernelspec") or {}).get("name")
-            or "python3")
+    named = (notebook.get("metadata", {}).get("kernelspec") or {}).get("name")
+    name = requested or named or "python3"
+    specs = KernelSpecManager()
     try:
-        spec = KernelSpecManager().get_kernel_spec(name)
+        spec = specs.get_kernel_spec(name)
     except NoSuchKernel:
-        raise RecordError(f"no Jupyter kernel named {name!r}; list the installed kernels with "
-                          "`jupyter kernelspec list`, or pass --python") from None
+        if requested or name == "python3":
+            raise RecordError(f"no Jupyter kernel named {name!r}; list the installed kernels "
+                              "with `jupyter kernelspec list`, or pass --python") from None
+        if warnings is not None:
+            warnings.append(f"the notebook asks for kernel {name!r}, which is not installed "
+                            "here: ran it with python3; pass --python or --kernel to audit "
+                            "another environment")
+        return kernel_name(None, {}, None)
     if (spec.language or "python").lower() != "python":
         raise RecordError(f"kernel {name!r} runs {spec.language}, not Python; "
                           "choose a Python kernel or pass --python")
