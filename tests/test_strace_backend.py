@@ -116,7 +116,8 @@ def test_events_use_the_session_cwd(tmp_path):
         '10  1.6 +++ exited with 0 +++\n')
     tracer = StraceTracer()
     events = list(tracer.events(tmp_path))
-    assert events[0] == Access(10, "/home/u/nb/data/x.csv", "r", "/home/u/nb/data/x.csv", 1.5)
+    assert events[0] == Access(10, "/home/u/nb/data/x.csv", "r", "/home/u/nb/data/x.csv", 1.5,
+                               given="data/x.csv")
     assert tracer.parser is not None and tracer.parser.skipped == 0
 
 
