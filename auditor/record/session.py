@@ -52,6 +52,8 @@ SESSION_FILE = "session.json"
 EXECUTED_NOTEBOOK = "executed.ipynb"
 KERNEL_STDERR = "kernel.stderr"
 SCHEMA = 1
+#: How long a kernel asked to quit after the last cell gets before teardown stops it.
+EXIT_WAIT_S = 2.0
 
 COMPLETE, FAILED, TIMEOUT, KERNEL_DIED = "complete", "failed", "timeout", "kernel-died"
 WORKER_DIED = "worker-died"  # a --workers worker ended during a cell
@@ -287,7 +289,10 @@ class _Run:
                 return
             kernel = psutil.Process(pid)
             run_sync(self.km.request_shutdown)()
-            kernel.wait(timeout=self.km.shutdown_wait_time)
+            # Every cell's records are flushed at its end, so only the exit's own files are
+            # at stake: a kernel that does not quit promptly (now and then one sits out the
+            # whole default wait) is stopped by teardown instead of costing seconds.
+            kernel.wait(timeout=min(self.km.shutdown_wait_time, EXIT_WAIT_S))
         except Exception as exc:  # psutil.TimeoutExpired too: teardown kills what is left
             log.debug("graceful kernel shutdown failed: %s", exc)
 
