@@ -13,7 +13,7 @@ connections no URL explains) for `DataCollector.draft`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,19 +50,7 @@ class UrlOutcomes:
         """Whether `url` (normalized) was read: 2xx, or redirected to a URL that was."""
         if not self.recorded:
             return True
-        seen: set[str] = set()
-        todo = [url]
-        while todo and len(seen) < _MAX_HOPS:
-            current = todo.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            for status, location in self.statuses.get(current, ()):
-                if 200 <= status < 300:
-                    return True
-                if location and 300 <= status < 400:
-                    todo.append(location)
-        return False
+        return any(200 <= status < 300 for status, _ in self._answers_along(url))
 
     def followed(self, url: str, asked: Iterable[str]) -> bool:
         """Whether `url` is only the target of a redirect from another URL that was read."""
@@ -77,19 +65,22 @@ class UrlOutcomes:
         return "answered HTTP " + ", ".join(str(status) for status, _ in answers)
 
     def _reaches(self, start: str, target: str) -> bool:
-        seen, todo = set(), [start]
+        return any(location == target and 300 <= status < 400
+                   for status, location in self._answers_along(start))
+
+    def _answers_along(self, start: str) -> Iterator[tuple[int, str | None]]:
+        """Every answer on the redirect chains from `start` (a bounded walk, loops cut)."""
+        seen: set[str] = set()
+        todo = [start]
         while todo and len(seen) < _MAX_HOPS:
             current = todo.pop()
             if current in seen:
                 continue
             seen.add(current)
             for status, location in self.statuses.get(current, ()):
+                yield status, location
                 if location and 300 <= status < 400:
-                    if location == target:
-                        return True
                     todo.append(location)
-        return False
-
 
 def read_responses(record_dir: str | Path, kernel: Mapping[str, Any]) -> list[dict] | None:
     """The `response` records of a record's hooks.jsonl; None when the kernel side did not log
