@@ -25,7 +25,15 @@ from auditor.specs import EnvSpec, Pin
 
 from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
 from .interpreters import Interpreter, probe
-from .uv import _cause, _explain, canonicalize_name_text, requirement_line, uv_command
+from .uv import (
+    _cause,
+    _explain,
+    canonicalize_name_text,
+    checked_listing,
+    requirement_line,
+    uv_runner,
+    write_constraints,
+)
 
 # Looked up on PATH in this order; $MAMBA_EXE / $CONDA_EXE (set by the tools' shell hooks,
 # which may keep the binary off PATH) after them.
@@ -139,12 +147,7 @@ def run_tool(argv: list[str]) -> None:
 
 def _install_pip_pins(python: Path, target: Path, lines: dict[str, str]) -> dict[str, str]:
     """The spec's pip pins into the conda env with uv, then a check; returns `uv pip list`."""
-    uv = uv_command()
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
-    env["UV_NO_PROGRESS"] = "1"
-
-    def uv_run(args: list[str], what: str) -> str:
-        return run([*uv, *args], cwd=target.parent, env=env, timeout=1800, what=what).stdout
+    uv_run = uv_runner(target.parent)
 
     if lines:
         try:
@@ -152,9 +155,7 @@ def _install_pip_pins(python: Path, target: Path, lines: dict[str, str]) -> dict
                    "installing the pip pins into the conda environment")
         except CommandError as exc:
             raise EnvBuildError(_explain(exc, lines)) from None
-        constraints = target / "flo-constraints.txt"
-        constraints.write_text("".join(f"{line}\n" for line in lines if "==" in line
-                                       or " @ " in line), encoding="utf-8")
+        constraints = write_constraints(target, lines)
         try:
             # Dependencies of the pip pins the solve did not bring; no pin moves.
             uv_run(["pip", "install", "--python", str(python), "-c", str(constraints), *lines],
@@ -163,14 +164,7 @@ def _install_pip_pins(python: Path, target: Path, lines: dict[str, str]) -> dict
             raise EnvBuildError(f"cannot complete the pip pins of the conda environment "
                                 f"without changing a pin: {_cause(exc)}; relax the "
                                 "conflicting pin in the spec") from None
-    try:
-        uv_run(["pip", "check", "--python", str(python)], "checking the environment")
-    except CommandError as exc:
-        raise EnvBuildError(f"the built conda environment is inconsistent (uv pip check): "
-                            f"{_cause(exc)}; fix the pins in the spec") from None
-    listing = uv_run(["pip", "list", "--python", str(python), "--format", "json"],
-                     "listing the environment")
-    return {d["name"]: d["version"] for d in json.loads(listing or "[]")}
+    return checked_listing(uv_run, python, "conda ")
 
 
 def conda_installed(prefix: Path) -> dict[str, str]:

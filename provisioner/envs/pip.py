@@ -17,7 +17,7 @@ from auditor.errors import CommandError
 from auditor.process import run
 
 from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
-from .uv import _cause, _explain, requirement_line, skip_note
+from .uv import _cause, _explain, requirement_line, skip_note, write_constraints
 
 
 @register
@@ -47,9 +47,7 @@ class PipBuilder(EnvBuilder):
                 pip(["install", "--quiet", "--no-deps", *lines], "installing the pinned packages")
             except CommandError as exc:
                 raise EnvBuildError(_explain(exc, lines)) from None
-        constraints = target / "flo-constraints.txt"
-        constraints.write_text("".join(f"{line}\n" for line in lines
-                                       if "==" in line or " @ " in line), encoding="utf-8")
+        constraints = write_constraints(target, lines)
         try:
             pip(["install", "--quiet", "-c", str(constraints), *lines, *request.bootstrap],
                 f"adding {', '.join(request.bootstrap)}")

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -99,22 +100,49 @@ def requirement_line(pin: Pin) -> str | None:
     return f"{name}=={pin.version}"
 
 
+UvRun = Callable[[list[str], str], str]  # (uv arguments, what it is doing) -> stdout
+
+
+def uv_runner(cwd: Path) -> UvRun:
+    """Run uv through the one subprocess helper, from `cwd` (outside any project, so uv picks
+    up no pyproject.toml or uv.toml around it), without an activated env leaking in."""
+    uv = uv_command()
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
+    env["UV_NO_PROGRESS"] = "1"
+
+    def uv_run(args: list[str], what: str) -> str:
+        return run([*uv, *args], cwd=cwd, env=env, timeout=1800, what=what).stdout
+
+    return uv_run
+
+
+def write_constraints(target: Path, lines: Iterable[str]) -> Path:
+    """The exact pins among requirement `lines` as a constraints file inside `target`."""
+    constraints = target / "flo-constraints.txt"
+    constraints.write_text("".join(f"{line}\n" for line in lines if "==" in line or " @ "
+                                   in line), encoding="utf-8")
+    return constraints
+
+
+def checked_listing(uv_run: UvRun, python: Path, kind: str = "") -> dict[str, str]:
+    """`uv pip check` of the environment of `python`, then {distribution: version}."""
+    try:
+        uv_run(["pip", "check", "--python", str(python)], "checking the environment")
+    except CommandError as exc:
+        raise EnvBuildError(f"the built {kind}environment is inconsistent (uv pip check): "
+                            f"{_cause(exc)}; fix the pins in the spec") from None
+    listing = uv_run(["pip", "list", "--python", str(python), "--format", "json"],
+                     "listing the environment")
+    return {d["name"]: d["version"] for d in json.loads(listing or "[]")}
+
+
 @register
 class UvBuilder(EnvBuilder):
     name = "uv"
 
     def build(self, request: EnvRequest, target: Path) -> BuildOutcome:
-        uv = uv_command()
         python = target / "bin" / "python"
-        # cwd outside any project, so uv does not pick up a pyproject.toml or uv.toml around it.
-        cwd = target.parent
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
-        env["UV_NO_PROGRESS"] = "1"
-
-        def uv_run(args: list[str], what: str) -> str:
-            done = run([*uv, *args], cwd=cwd, env=env, timeout=1800, what=what)
-            return done.stdout
-
+        uv_run = uv_runner(target.parent)
         notes: list[str] = []
         lines: dict[str, str] = {}  # requirement line -> pin label, for error messages
         for pin in request.pins:
@@ -137,9 +165,7 @@ class UvBuilder(EnvBuilder):
                        "installing the pinned packages")
             except CommandError as exc:
                 raise EnvBuildError(_explain(exc, lines)) from None
-        constraints = target / "flo-constraints.txt"
-        constraints.write_text("".join(f"{line}\n" for line in lines if "==" in line or " @ "
-                                       in line), encoding="utf-8")
+        constraints = write_constraints(target, lines)
         try:
             # The pins again as requirements: a spec that is not closed under its dependencies
             # gets them filled in; a closed one gets nothing new. Pins stay as pinned.
@@ -150,15 +176,7 @@ class UvBuilder(EnvBuilder):
                 f"cannot add {', '.join(request.bootstrap)} for the {'+'.join(request.roles)} "
                 f"environment without changing a pinned version: {_cause(exc)}; relax the "
                 "conflicting pin in the spec") from None
-        try:
-            uv_run(["pip", "check", "--python", str(python)], "checking the environment")
-        except CommandError as exc:
-            raise EnvBuildError(f"the built environment is inconsistent (uv pip check): "
-                                f"{_cause(exc)}; fix the pins in the spec") from None
-        listing = uv_run(["pip", "list", "--python", str(python), "--format", "json"],
-                         "listing the environment")
-        installed = {d["name"]: d["version"] for d in json.loads(listing or "[]")}
-        return BuildOutcome(installed, notes)
+        return BuildOutcome(checked_listing(uv_run, python), notes)
 
 
 def _cause(exc: CommandError) -> str:
