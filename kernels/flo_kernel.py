@@ -194,7 +194,7 @@ class _KernelSide:
         path = _path_arg(args[0])
         if path is None or path.startswith(MARK_PREFIX):
             return
-        given = None if os.path.isabs(path) else path
+        given = _as_named(path)
         path = os.path.abspath(path)
         if path == self.log_path:
             return
@@ -228,7 +228,7 @@ class _KernelSide:
     def on_listdir(self, args):
         path = _path_arg(args[0]) if args and args[0] is not None else "."
         if path is not None:
-            self.write_path("listdir", os.path.abspath(path))
+            self.write_path("listdir", os.path.abspath(path), None, _as_named(path))
 
     def on_glob(self, args):
         pattern = _path_arg(args[0])
@@ -249,6 +249,18 @@ def _make_hook(handlers):
                 pass  # never let logging break the user's code
 
     return hook
+
+
+def _as_named(path):
+    """The relative name the code used: `path` when relative, or what follows the working
+    directory in a path built as cwd + relative ('/nb/../src/x.py', as the import system
+    builds them from a relative sys.path entry); None otherwise."""
+    if not os.path.isabs(path):
+        return path
+    if "/../" not in path:
+        return None
+    cwd = os.getcwd()
+    return path[len(cwd) + 1:] if path.startswith(cwd + "/") else None
 
 
 def _path_arg(value):

@@ -197,3 +197,16 @@ def test_open_modes_from_python_mode_strings_and_flags() -> None:
         ["r", "rw", "w", "rw", "w", "w"]
     assert mode(None, os.O_RDWR | os.O_CREAT | os.O_TRUNC) == "w"
     assert mode(None, os.O_RDWR | os.O_CREAT) == "rw"
+
+
+def test_relative_names_are_kept_as_the_code_used_them(tmp_path, monkeypatch) -> None:
+    """'../data/x.csv' as given, and '<cwd>/../src/m.py' (how the import system joins a
+    relative sys.path entry) as '../src/m.py'; a plain absolute path has no relative name."""
+    import runpy
+
+    kernel_side = runpy.run_path(str(KERNEL_SIDE), run_name="_flo_backpack_kernel_test")
+    as_named = kernel_side["_as_named"]
+    monkeypatch.chdir(tmp_path)
+    assert as_named("../data/x.csv") == "../data/x.csv"
+    assert as_named(f"{tmp_path}/../src/m.py") == "../src/m.py"
+    assert as_named("/etc/hosts") is None and as_named("/elsewhere/../x") is None

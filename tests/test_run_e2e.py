@@ -376,8 +376,11 @@ def test_data_named_above_the_notebook_is_found_by_kernel_and_workers(places) ->
     (project / "data").mkdir(parents=True)
     (project / "notebooks").mkdir()
     (project / "data" / "shared.csv").write_text("a\nb\nc\n")
+    (project / "src" / "helpers").mkdir(parents=True)  # the project's code, beside notebooks/
+    (project / "src" / "helpers" / "__init__.py").write_text("def triple(x):\n    return 3 * x\n")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in (
         "from distributed import Client\nclient = Client()",
+        "import sys\nsys.path.insert(0, '../src')\nfrom helpers import triple\nprint(triple(3))",
         "print(len(open('../data/shared.csv').read().split()))",
         "def count(_):\n    return len(open('../data/shared.csv').read().split())\n"
         "print(client.gather(client.map(count, range(2), pure=False)))",
@@ -389,8 +392,8 @@ def test_data_named_above_the_notebook_is_found_by_kernel_and_workers(places) ->
                              capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert audited.returncode == 0, audited.stdout[-2000:] + audited.stderr[-2000:]
     data = yaml.safe_load((bp / "data" / "data.yml").read_text())
-    [entry] = data["profiles"][data["default_profile"]]["data"]
-    assert entry["target_location"] == "../data/shared.csv", entry
+    targets = {e["target_location"] for e in data["profiles"][data["default_profile"]]["data"]}
+    assert targets == {"../data/shared.csv", "../src"}, data
 
     out = places["base"] / "climb-run.ipynb"
     result = result_of(flo_run([str(bp), "--execute", "-o", str(out), "--json", "--keep"],
@@ -399,6 +402,7 @@ def test_data_named_above_the_notebook_is_found_by_kernel_and_workers(places) ->
     run_dir, notebook_dir = Path(result["run_dir"]), Path(result["notebook_dir"])
     assert notebook_dir.parent == run_dir and (run_dir / "data" / "shared.csv").is_file()
     executed = nbformat.read(out, as_version=4)
-    assert stream_text(executed.cells[1]).strip() == "3"
-    assert stream_text(executed.cells[2]).strip() == "[3, 3]", "workers read it too"
+    assert stream_text(executed.cells[1]).strip() == "9", "the project's code is found"
+    assert stream_text(executed.cells[2]).strip() == "3"
+    assert stream_text(executed.cells[3]).strip() == "[3, 3]", "workers read it too"
     assert leftovers(places["cache"], places["scratch"]) == []

@@ -246,3 +246,14 @@ def test_truncating_read_write_open_is_a_write_not_a_read():
     ]
     modes = [(e.path, e.mode) for e in parse_strace(lines, "/w") if isinstance(e, Access)]
     assert modes == [("/w/pt.png", "w"), ("/w/db.sqlite", "rw")]
+
+
+def test_a_path_built_from_the_cwd_keeps_its_relative_name():
+    # Python 3.13's import system opens '<cwd>/../src/pkg/__init__.py' for a relative
+    # sys.path entry: the name the program meant is '../src/...'.
+    lines = iter(['7 3.0 openat(AT_FDCWD</p/nb>, "/p/nb/../src/pkg/__init__.py", O_RDONLY) = 3'
+                  '</p/src/pkg/__init__.py>\n',
+                  '7 3.1 openat(AT_FDCWD</p/nb>, "/p/other/../x.txt", O_RDONLY) = 3</p/x.txt>\n'])
+    first, second = parse_strace(lines, cwd="/p/nb")
+    assert first.path == "/p/src/pkg/__init__.py" and first.given == "../src/pkg/__init__.py"
+    assert second.path == "/p/x.txt" and second.given is None  # not built from the cwd

@@ -113,7 +113,7 @@ class DataCollector:
             data = not (self.rules.never_data(path + "/") or self.owned(event.path, event.real))
             uses = self.listed[path] = {} if data else None
         if uses is not None:
-            uses.setdefault(event.pid, Use(event.t, event.pid, event.cell, event.path))
+            uses.setdefault(event.pid, Use(event.t, event.pid, event.cell, self._as_named(event)))
 
     def _connect(self, event: Connect) -> None:
         if event.url:

@@ -83,7 +83,8 @@ def _convert(entry: dict[str, Any]) -> list[Event]:
             return [Access(pid, entry["path"], entry.get("mode") or "r", t=t, source="hook",
                            given=entry.get("as"))]
         if kind == "listdir":
-            return [Access(pid, listed_dir(entry["path"]), "d", t=t, source="hook")]
+            return [Access(pid, listed_dir(entry["path"]), "d", t=t, source="hook",
+                           given=entry.get("as"))]
         if kind == "import":
             path = entry.get("path")
             found: list[Event] = [Import(pid, entry["module"], path, t=t)]

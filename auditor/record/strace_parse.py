@@ -253,6 +253,17 @@ class StraceParser:
             return _normal(path)
         return _normal(f"{base}/{path}")
 
+    def _as_named(self, pid: int, path: str, fd_path: str | None) -> str | None:
+        """The relative name a program used: `path` itself when relative, or what follows the
+        working directory in a path built as cwd + relative ('/nb/../src/x.py' from cwd /nb,
+        as Python's import system builds them from a relative sys.path entry)."""
+        if path[:1] != "/":
+            return path
+        if "/../" not in path:
+            return None
+        cwd = unescape(fd_path) if fd_path is not None else self._cwd.get(pid)
+        return path[len(cwd) + 1:] if cwd and path.startswith(cwd + "/") else None
+
     def _access(self, pid: int, ts: str, fd: str | None, fd_path: str | None, raw: str,
                 flags: str, ret: str, ret_path: str | None) -> Event | None:
         # Hot: called for every successful open, so the common cases skip the helpers.
@@ -274,8 +285,8 @@ class StraceParser:
         path = unescape(raw) if "\\" in raw else raw
         given = None
         if path[:1] != "/" or "/." in path or "//" in path or path[-1] == "/":
-            if path[:1] != "/" and fd in (None, "AT_FDCWD"):
-                given = path  # relative to the working directory, as the program named it
+            if fd in (None, "AT_FDCWD"):
+                given = self._as_named(pid, path, fd_path)
             path = self._absolute(pid, path, fd, fd_path)
         if ret_path is not None and "\\" in ret_path:
             ret_path = unescape(ret_path)
