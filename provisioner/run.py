@@ -137,7 +137,7 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         if options.execute:
             _execute(report, options, checked.workflow, cluster, say)
         else:
-            _interactive(report, cluster, on_lab)
+            _interactive(report, cluster, on_lab, checked.workflow)
     except KeyboardInterrupt as exc:
         report.status = "interrupted"
         raise Interrupted(_interrupted(exc, cluster is not None, options.execute)) from None
@@ -283,14 +283,16 @@ def _execute(report: RunReport, options: RunOptions, workflow: Path, cluster, sa
     report.failed_cell, report.message = result.failed_cell, result.message
 
 
-def _interactive(report: RunReport, cluster, on_lab) -> None:
+def _interactive(report: RunReport, cluster, on_lab, workflow: Path) -> None:
     manager = report.envs["manager"].python_path
 
     def launch(argv, log_name, cwd=None):  # the lab's kernels connect to the cluster too
         return cluster.launch(argv, log_name, cwd=cwd, env=cluster.environment())
 
+    notebook = (report.notebook_dir / workflow.name).relative_to(report.run_dir)
     lab = runner.start_lab(manager, report.run_dir, launch, host=cluster.spec.host,
-                           log_tail=lambda: cluster.log_tail("jupyterlab.log"))
+                           log_tail=lambda: cluster.log_tail("jupyterlab.log"),
+                           notebook=notebook.as_posix())
     report.url = lab.url
     if on_lab is not None:
         on_lab(lab)

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -274,10 +275,11 @@ class Lab:
 
 def start_lab(python: Path, root: Path, launch: Callable[..., subprocess.Popen[bytes]],
               host: str = "127.0.0.1", timeout: float = 120.0,
-              log_tail: Callable[[], str] = lambda: "") -> Lab:
+              log_tail: Callable[[], str] = lambda: "", notebook: str | None = None) -> Lab:
     """Start JupyterLab from the manager environment, serving `root`, bound to `host` with a
     fresh token; returns once it answers /api/status. `launch(argv, log_name, cwd)` starts the
-    process (the engine's Cluster.launch, so teardown finds it)."""
+    process (the engine's Cluster.launch, so teardown finds it). The URL opens `notebook`
+    (a path under `root`) when given."""
     token = secrets.token_hex(24)
     port = free_port(host)
     argv = [python, "-m", "jupyterlab", "--no-browser", f"--ServerApp.ip={host}",
@@ -286,7 +288,8 @@ def start_lab(python: Path, root: Path, launch: Callable[..., subprocess.Popen[b
     if os.geteuid() == 0:
         argv.append("--allow-root")  # containers and our CI run as root
     process = launch(argv, "jupyterlab.log", cwd=root)
-    lab = Lab(f"http://{host}:{port}/lab?token={token}", token, port, process)
+    page = f"lab/tree/{urllib.parse.quote(notebook)}" if notebook else "lab"
+    lab = Lab(f"http://{host}:{port}/{page}?token={token}", token, port, process)
 
     def answers() -> bool:
         try:

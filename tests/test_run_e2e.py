@@ -224,9 +224,12 @@ def test_interactive_lab_answers_and_ctrl_c_stops_everything(places) -> None:
             if line.startswith("JupyterLab: "):
                 url = line.split(" ", 1)[1].strip()
         assert url.startswith("http://127.0.0.1:") and "token=" in url
-        base, token = url.split("/lab?token=")
+        base, token = url.split("/lab/tree/lab.ipynb?token=")  # it opens the notebook itself
         with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=10) as answer:
             assert answer.status == 200 and "kernels" in json.loads(answer.read())
+        with urllib.request.urlopen(f"{base}/api/contents/lab.ipynb?token={token}&content=0",
+                                    timeout=10) as answer:
+            assert json.loads(answer.read())["type"] == "notebook"
         assert leftovers(places["scratch"]), "Jupyter and the workers run in the run folder"
     finally:
         proc.send_signal(signal.SIGINT)
