@@ -34,6 +34,7 @@ from pathlib import Path
 import nbformat
 
 from auditor.errors import FloError
+from auditor.record.interpreter import activated
 
 from .engines.base import free_port, wait_for
 
@@ -172,7 +173,7 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
         handlers = _handlers()
         written = None
         try:
-            client.execute(env=kernel_environment(env or {}), **streams)
+            client.execute(env=activated(kernel_environment(env or {}), python), **streams)
         except asyncio.CancelledError:  # our stop, before nbclient could turn it into an error
             if client.flo_stopped_by is None:
                 raise

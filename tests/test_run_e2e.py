@@ -133,6 +133,12 @@ def test_plain_client_runs_on_workers_of_the_worker_env(places) -> None:
         "found = client.gather(client.map(where, range(n_tasks), pure=False))\n"
         "print(json.dumps({'tasks': found, 'kernel': [os.getpid(), sys.prefix],\n"
         "                  'address': os.environ['DASK_SCHEDULER_ADDRESS']}))",
+        # commands run by the kernel and by tasks come from their own environments
+        "import subprocess\nprobe = ['python', '-c', 'import sys; print(sys.prefix)']\n"
+        "def shell(_):\n    import subprocess\n"
+        "    return subprocess.run(probe, capture_output=True, text=True).stdout.strip()\n"
+        "print(json.dumps([subprocess.run(probe, capture_output=True, text=True).stdout.strip(),"
+        " client.submit(shell, 0, pure=False).result()]))",
     ], worker_pins=[*DASK_PINS, "tabulate==0.9.0"], min_workers=2, parameters="n_tasks = 2")
     out = places["base"] / "client-run.ipynb"
     done = flo_run([str(bp), "--execute", "-o", str(out), "-p", "n_tasks", "8", "--json"],
@@ -150,6 +156,8 @@ def test_plain_client_runs_on_workers_of_the_worker_env(places) -> None:
     assert {pid for pid, _ in seen["tasks"]} <= worker_pids
     assert seen["kernel"][0] not in worker_pids
     assert seen["address"] == result["cluster"]["scheduler_address"]
+    on_path = json.loads(stream_text(nbformat.read(out, as_version=4).cells[3]))
+    assert on_path == [manager_env, worker_env], "PATH starts with each role's environment"
     assert result["cluster"]["workers"] == 2
     assert leftovers(places["cache"], places["scratch"]) == []
 

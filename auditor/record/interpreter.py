@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from .. import process
 from ..errors import CommandError, RecordError
 
@@ -17,3 +20,12 @@ def require_module(python: str, module: str, why: str) -> None:
     if done.returncode != 0:
         raise RecordError(f"{python} has no {module}, needed for {why}; install it with: "
                           f"{python} -m pip install {module}")
+
+
+def activated(env: Mapping[str, str], python: str | os.PathLike[str]) -> dict[str, str]:
+    """`env` with the bin folder of `python`'s environment first on PATH, as when that
+    environment is activated: `!pip install`, `!python x.py` and console scripts the notebook
+    runs then come from it, not from whatever else is on PATH."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(python)))  # a venv's bin, unresolved
+    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != folder]
+    return {**env, "PATH": os.pathsep.join([folder, *rest])}

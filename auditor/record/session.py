@@ -42,7 +42,7 @@ from .base import Tracer
 from .cleanup import TOKEN_VARIABLE, ProcessTree
 from .companions import SAMPLES_FILE, Companions
 from .hooks import HOOK_LOG, kernel_record
-from .interpreter import require_module
+from .interpreter import activated, require_module
 from .traced_kernel import TracedKernelManager, bootstrap_code, kernel_name
 from .workers import WorkerWatch
 
@@ -195,6 +195,8 @@ class _Run:
 
     def start(self) -> None:
         env = {**os.environ, **self.options.env, TOKEN_VARIABLE: self.tree.token}
+        if self.options.python:  # the kernel's environment, as if activated
+            env = activated(env, self.options.python)
         self.tree.start_watching()
         env = self.companions.start(env)
         try:

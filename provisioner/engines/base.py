@@ -24,6 +24,7 @@ import psutil
 
 from auditor.errors import FloError
 from auditor.record.cleanup import TOKEN_VARIABLE, ProcessTree
+from auditor.record.interpreter import activated
 
 #: Distributions whose versions must agree between the manager and the workers: tasks and
 #: results travel pickled (cloudpickle) between the client (dask, distributed) and the workers.
@@ -178,6 +179,8 @@ class Cluster:
         env = {**{k: v for k, v in os.environ.items() if k not in dropped}, **self.spec.env,
                **(env or {}), TOKEN_VARIABLE: self.spec.token}
         args = [os.fspath(a) for a in argv]
+        if os.path.basename(args[0]).startswith("python"):  # an env's python: as if activated
+            env = activated(env, args[0])
         log.write(f"$ {shlex.join(args)}\n".encode())
         log.flush()
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
