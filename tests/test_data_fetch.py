@@ -502,3 +502,23 @@ def test_s3_without_s3fs_names_the_install(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(DataError, match=r"'obj'.*pip install s3fs"):
         fetch(bp, tmp_path / "run")
     assert all_files(tmp_path / "run") == set()
+
+
+def test_a_notebook_writing_its_inputs_never_changes_the_originals(tmp_path: Path) -> None:
+    """Inputs are copies in the run folder (cloned where the filesystem can): a notebook that
+    appends to one must not change the backpack's file or an fs source."""
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"fs source\n")
+    bp = backpack_with(tmp_path / "bp", [
+        {"name": "log", "source_type": "backpack", "source": "data/log.txt",
+         "target_location": "log.txt"},
+        {"name": "ext", "source_type": "fs", "source": str(outside),
+         "target_location": "ext.txt"}], files={"data/log.txt": b"backpack file\n"})
+    run = tmp_path / "run"
+    fetch(bp, run)
+    for name in ("log.txt", "ext.txt"):
+        with open(run / name, "ab") as handle:  # what the notebook does
+            handle.write(b"appended by the run\n")
+    assert (bp / "data" / "log.txt").read_bytes() == b"backpack file\n"
+    assert outside.read_bytes() == b"fs source\n"
+    assert all(e.ok for e in verify(bp).entries), "the sources still verify"

@@ -8,6 +8,7 @@ renames it into place; a source never writes under the target's own name.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import threading
@@ -79,8 +80,24 @@ class Source:
         raise NotImplementedError
 
 
+# Linux's FICLONE ioctl: a copy-on-write clone of a whole file (btrfs, xfs, ...), instant.
+_FICLONE = 0x40049409
+
+
+def clone_or_copy(src: str, dst: str) -> None:
+    """Copy `src` to `dst`: a copy-on-write clone where the filesystem can make one, else a
+    plain copy. Never a hard link: a notebook that appends to or rewrites its input in the run
+    folder must not change the original (or the backpack's copy)."""
+    try:
+        with open(src, "rb") as source, open(dst, "wb") as target:
+            fcntl.ioctl(target.fileno(), _FICLONE, source.fileno())
+        shutil.copystat(src, dst)
+    except OSError:  # no clones on this filesystem (ext4, tmpfs) or across filesystems
+        shutil.copy2(src, dst)
+
+
 class LocalSource(Source):
-    """A file or folder on this machine: hard-linked when on the same filesystem, else copied."""
+    """A file or folder on this machine, copied into the run folder (cloned where it can)."""
 
     def stage(self, target: Path, ctx: StageContext) -> Staged:
         source = self.local_path()
@@ -89,23 +106,20 @@ class LocalSource(Source):
         tmp = temp_name(target)
         done = 0
 
-        def link_or_copy(src: str, dst: str) -> None:
+        def copy(src: str, dst: str) -> None:
             nonlocal done
             if ctx.cancel is not None and ctx.cancel.is_set():
                 raise Cancelled("cancelled")
-            try:
-                os.link(src, dst)
-            except OSError:  # another filesystem, or links not allowed here
-                shutil.copy2(src, dst)
+            clone_or_copy(src, dst)
             done += os.stat(dst).st_size
             if ctx.progress:
                 ctx.progress(done, self.entry.expected_size)
 
         try:
             if source.is_dir():
-                shutil.copytree(source, tmp, copy_function=link_or_copy)
+                shutil.copytree(source, tmp, copy_function=copy)
             else:
-                link_or_copy(str(source), str(tmp))
+                copy(str(source), str(tmp))
         except BaseException:
             remove(tmp)
             raise
