@@ -1,10 +1,12 @@
 """Roles from the process tree: which traced process was the manager, a worker or a tool.
 
-DESIGN.md rule 3. The kernel process (and its threads) is the manager. Other Python
-processes it started (multiprocessing, concurrent.futures, Dask children; forked children
-that never exec) are workers. A process whose last exec'd binary is not a Python interpreter
-is a tool; a `#!` script counts by its interpreter. The tracer, the kernel's parent, and
-anything else outside the kernel's tree are excluded as "tracer".
+DESIGN.md rule 3. The kernel process (and its threads) is the manager. The Python processes
+a pool starts to run tasks (multiprocessing and concurrent.futures spawn children, loky,
+Dask workers; forked children that never exec) are workers, recognised by how they are
+started (`WORKER_MARKERS`). Any other exec'd program is a tool, a Python one included
+(`!python x.py`, a console script like csvstat); a `#!` script counts by its interpreter.
+The tracer, the kernel's parent, and anything else outside the kernel's tree are excluded as
+"tracer".
 
 Helpers are Python processes a pool starts that run no task: multiprocessing's (and loky's)
 resource tracker, the forkserver itself (its forked children are workers), a Dask scheduler.
@@ -38,6 +40,12 @@ SIDES = (MANAGER, WORKER)
 HELPER_MARKERS = ("multiprocessing.resource_tracker", "multiprocessing.semaphore_tracker",
                   "multiprocessing.forkserver", "loky.backend.resource_tracker",
                   "distributed.cli.dask_scheduler")
+#: Words in a Python process's argv that make it a pool's task runner: multiprocessing's spawn
+#: (ProcessPoolExecutor's too, Dask's nanny-started workers), loky's workers, Dask workers
+#: and ipyparallel engines. Any other Python program the notebook runs is a tool.
+WORKER_MARKERS = ("--multiprocessing-fork", "multiprocessing.spawn",
+                  "loky.backend.popen_loky_posix", "distributed.cli.dask_worker",
+                  "dask-worker", "dask worker", "ipyparallel.engine", "ipengine")
 PROCESS_KINDS = frozenset({"spawn", "exec", "exit"})
 
 _PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)*)?[a-z]?(-dbg)?$")
@@ -257,7 +265,10 @@ class RoleTracker:
         if not is_python_interpreter(exec_event.path, exec_event.argv):
             return TOOL
         command = " ".join(exec_event.argv)
-        return HELPER if any(m in command for m in HELPER_MARKERS) else WORKER
+        if any(m in command for m in HELPER_MARKERS):
+            return HELPER
+        # A Python program the notebook ran (`!python x.py`, a console script) is a tool.
+        return WORKER if any(m in command for m in WORKER_MARKERS) else TOOL
 
     def _forkserver(self, pid: int) -> bool:
         parent = self._last_exec.get(self._parent.get(pid, -1))

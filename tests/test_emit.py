@@ -126,7 +126,10 @@ def spec():
 def test_roles_from_the_process_tree():
     roles = assign_roles([Spawn(1, KERNEL), Spawn(KERNEL, KERNEL + 1, thread=True),
                           Spawn(KERNEL, 200), Spawn(200, 201), Spawn(KERNEL, GZIP),
-                          Exec(200, "/env/bin/python3.11", ["python", "-c", "..."]),
+                          Exec(200, "/env/bin/python3.11",
+                               ["python", "-c", "from multiprocessing.spawn import spawn_main; "
+                                "spawn_main(tracker_fd=5, pipe_handle=7)",
+                                "--multiprocessing-fork"]),
                           Exec(GZIP, "/usr/bin/gzip", ["gzip"]), Exit(GZIP, 0), Exit(201, -9)],
                          kernel_pid=KERNEL)
     assert roles.of(1) == TRACER
@@ -135,6 +138,23 @@ def test_roles_from_the_process_tree():
     assert roles.of(GZIP) == TOOL
     assert roles.counts() == {MANAGER: 1, WORKER: 2, TOOL: 1}
     assert roles.exits == {GZIP: 0, 201: -9}
+
+
+def test_a_python_program_the_notebook_runs_is_a_tool():
+    """`!python -c ... | head -1`, a console script (csvstat): tools of the manager, never
+    workers, even when they die of SIGPIPE; a pool's spawned child is a worker."""
+    roles = assign_roles([Spawn(1, KERNEL), Spawn(KERNEL, 300), Spawn(KERNEL, 301),
+                          Spawn(301, 302), Spawn(KERNEL, 303),
+                          Exec(300, "/env/bin/python", ["python", "-c", "print(1)"]),
+                          Exec(301, "/env/bin/csvstat", ["csvstat", "a.csv"]),
+                          Exec(303, "/env/bin/python",
+                               ["python", "-m", "joblib.externals.loky.backend.popen_loky_posix",
+                                "--process-name", "LokyProcess-1"]),
+                          Exit(300, -13)], kernel_pid=KERNEL)
+    assert roles.of(300) == TOOL and roles.of(302) == TOOL  # 302: a fork of the tool 301
+    assert roles.of(303) == WORKER
+    assert roles.side(300) == MANAGER and roles.side(302) == MANAGER
+    assert roles.worker_roots() == [303]
 
 
 def test_a_script_counts_by_its_interpreter(tmp_path):
