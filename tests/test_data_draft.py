@@ -178,6 +178,22 @@ def test_updated_in_place_is_an_output_and_journals_are_scratch(tmp_path: Path) 
     assert [e.name for e in untouched.inputs] == ["cache"]
 
 
+def test_a_file_probed_for_update_then_recreated_is_produced(tmp_path: Path) -> None:
+    """libhdf5's h5py.File(p, 'w') on an existing file: O_RDWR probe, O_TRUNC, then read
+    back. The old content was never read, so the file is an intermediate, as it is on a first
+    audit when it did not exist yet; a real read before the rewrite stays an input."""
+    h5 = make(tmp_path / "out.h5", b"old")
+    again = draft([Access(1, h5, "rw", t=1, cell=0), Access(1, h5, "w", t=2, cell=0),
+                   Access(1, h5, "r", t=3, cell=1)], tmp_path)
+    assert again.inputs == [] and again.intermediates == [h5]
+    only_written = draft([Access(1, h5, "rw", t=1, cell=0), Access(1, h5, "w", t=2, cell=0)],
+                         tmp_path)
+    assert only_written.inputs == [] and only_written.outputs == [h5]
+    read_first = draft([Access(1, h5, "r", t=1, cell=0), Access(1, h5, "w", t=2, cell=0)],
+                       tmp_path)
+    assert [e.name for e in read_first.inputs] == ["out"]
+
+
 def test_no_input_still_renders_an_empty_list(tmp_path: Path) -> None:
     text = render_data_yml(draft([], tmp_path), "nb.ipynb")
     assert "read no input" in text

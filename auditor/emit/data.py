@@ -41,13 +41,14 @@ ARCHIVE_SUFFIXES = {".tar.gz": "untar", ".tgz": "untar", ".tar.bz2": "untar",
 class _PathState:
     """The first read and first write of one path by each process."""
 
-    __slots__ = ("reads", "writes", "secret", "plain_read")
+    __slots__ = ("reads", "writes", "secret", "plain_read", "plain_reads")
 
     def __init__(self, secret: bool) -> None:
         self.reads: dict[int, Use] = {}
         self.writes: dict[int, Use] = {}
         self.secret = secret
         self.plain_read = False  # opened read-only at least once (not only O_RDWR)
+        self.plain_reads: dict[int, Use] = {}  # the first read-only open by each process
 
 
 class DataCollector:
@@ -88,6 +89,7 @@ class DataCollector:
             state.reads.setdefault(event.pid, use)
             if event.mode == "r":
                 state.plain_read = True
+                state.plain_reads.setdefault(event.pid, use)
 
     def _as_named(self, event: Access) -> str:
         """The path as the code named it when that was relative to the notebook's folder (the
@@ -149,6 +151,12 @@ class DataCollector:
                 continue
             read = _first(state.reads, role_of)
             write = _first(state.writes, role_of)
+            if write is not None and read is not None and read.t < write.t:
+                # Only opened for update before it was truncated (HDF5 probes an existing
+                # file O_RDWR, then recreates it): the old content was never read.
+                plain = _first(state.plain_reads, role_of)
+                if plain is None or write.t <= plain.t:
+                    read = plain
             if write is not None and (read is None or write.t <= read.t):
                 saved.append((write, path, read))
             if read is None:
