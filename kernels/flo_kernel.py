@@ -233,7 +233,7 @@ class _KernelSide:
     def on_glob(self, args):
         pattern = _path_arg(args[0])
         if pattern:
-            self.write_path("listdir", os.path.abspath(pattern))
+            self.write_path("listdir", os.path.abspath(pattern), None, _as_named(pattern))
 
 
 def _make_hook(handlers):

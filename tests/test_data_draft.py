@@ -92,9 +92,10 @@ def test_inputs_outputs_intermediates_secrets_and_urls(tmp_path: Path) -> None:
     assert by_name["in"].first_cell == 0 and by_name["in"].read_by == "manager"
     assert by_name["in"].checksum == sha(b"a,b\n1,2\n")
     assert by_name["in"].expected_size == 8 and not by_name["in"].absolute
-    # Outside the notebook's folder: used in place, target == source, flagged as absolute.
-    assert by_name["big"].absolute and by_name["big"].target_location == outside
-    assert by_name["big"].source == outside and result.absolute == [outside]
+    # Beside the notebook's folder (named absolutely, as abspath('../shared') would): copied to
+    # the same place relative to the notebook, so not flagged as an absolute input.
+    assert not by_name["big"].absolute and by_name["big"].target_location == "../shared/big.bin"
+    assert by_name["big"].source == outside and result.absolute == []
     series = by_name["series"]
     assert series.files == 3 and series.expected_size == 1 + 2 + 3
     assert series.read_by == "worker" and series.target_location == "series"
@@ -111,7 +112,23 @@ def test_inputs_outputs_intermediates_secrets_and_urls(tmp_path: Path) -> None:
     assert len(doc["profiles"]["local_data"]["data"]) == 4
     summary = data_summary(result)
     assert {"path": secret, "note": SECRET_NOTE} in summary["secrets"]
-    assert [i["path"] for i in summary["absolute_inputs"]] == [outside]
+    assert summary["absolute_inputs"] == []
+
+
+def test_named_inputs_far_from_the_notebook_are_used_in_place(tmp_path: Path) -> None:
+    """Relative names keep their place ('../../data/a.csv'); an absolute name counts as the
+    project's only a couple of folders up; further away it is used in place and flagged."""
+    nb = tmp_path / "proj" / "analysis" / "notebooks"
+    named = make(tmp_path / "proj" / "data" / "a.csv", b"a")
+    near = make(tmp_path / "proj" / "analysis" / "src" / "m.py", b"m")
+    far = make(tmp_path / "elsewhere" / "deep" / "b.csv", b"b")
+    result = draft([Access(1, named, "r", t=1, cell=0, given="../../data/a.csv"),
+                    Access(1, near, "r", t=2, cell=0), Access(1, far, "r", t=3, cell=0)],
+                   nb)
+    targets = {e.name: (e.target_location, e.absolute) for e in result.inputs}
+    assert targets == {"a": ("../../data/a.csv", False), "m": ("../src/m.py", False),
+                       "b": (far, True)}
+    assert result.absolute == [far]
 
 
 def test_partly_read_directory_stays_per_file(tmp_path: Path) -> None:
@@ -282,12 +299,15 @@ def test_bundle_copies_inputs_under_the_notebook_and_respects_the_limit(tmp_path
                         cwd=str(nb), rules=DataRules(home="/nonexistent", environ={}))
     copies, warnings = bundle(result, nb, parse_size("1k"))
     by_name = {e.name: e for e in result.inputs}
-    assert sorted(rel for _, rel in copies) == ["data/series/0.txt", "data/series/1.txt",
-                                                "data/small.csv"]
+    assert sorted(rel for _, rel in copies) == ["data/_up/elsewhere.csv", "data/series/0.txt",
+                                                "data/series/1.txt", "data/small.csv"]
     assert (by_name["small"].source_type, by_name["small"].source) == ("backpack",
                                                                        "data/small.csv")
     assert by_name["series"].source == "data/series" and by_name["series"].files == 2
-    assert by_name["big"].source_type == "fs" and by_name["elsewhere"].source == outside
+    assert by_name["big"].source_type == "fs"
+    # beside the notebook's folder: bundled too, still fetched to '../elsewhere.csv'
+    assert by_name["elsewhere"].source == "data/_up/elsewhere.csv"
+    assert by_name["elsewhere"].target_location == "../elsewhere.csv"
     assert len(warnings) == 1 and "big" in warnings[0] and "--max-bundle-size" in warnings[0]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..events import Access, Connect, Event
@@ -268,8 +269,13 @@ class DataCollector:
         if _under(used, self.cwd) or (not os.path.isabs(use.used_as)
                                       and climb(relative) <= MAX_CLIMB):
             target = relative  # as the notebook names it, '../shared.csv' included
+        elif self._beside(used):
+            # Named absolutely but part of the notebook's project (abspath('../src'),
+            # Path.cwd().parent / 'data'): copied to the same place relative to the notebook,
+            # where code that computes the path from its working directory finds it.
+            target = relative
         else:
-            target = used  # named by its absolute path: used in place
+            target = used  # named by its absolute path, elsewhere: used in place
         stem = os.path.basename(path.rstrip("/"))
         for suffix in (*ARCHIVE_SUFFIXES, ".gz", ".bz2", ".xz"):
             if stem.endswith(suffix):
@@ -279,8 +285,21 @@ class DataCollector:
             stem = os.path.splitext(stem)[0]
         return DataEntry(name=entry_name(stem, names), source_type="fs", source=used,
                          target_location=target, read_by=role_of(use.pid),
-                         first_cell=use.cell, absolute=not _under(used, self.notebook_dir))
+                         first_cell=use.cell, absolute=os.path.isabs(target))
 
+    def _beside(self, path: str) -> bool:
+        """Whether `path` lies beside the notebook's folder, in its project: at most
+        NEAR_CLIMB folders up, under a common folder two or more levels below the root."""
+        relative = os.path.relpath(path, self.cwd)
+        if climb(relative) > NEAR_CLIMB:
+            return False
+        common = os.path.commonpath([path, self.cwd])
+        return len(Path(common).parts) >= 3
+
+
+#: How far above the notebook's folder an absolutely named input still counts as the
+#: project's ('/p/notebooks' -> '/p/data': 1), and is copied rather than used in place.
+NEAR_CLIMB = 2
 
 _UNSEEN: Any = object()
 

@@ -63,7 +63,8 @@ def parse_size(text: str) -> int:
 
 def bundle(draft: DataDraft, notebook_dir: str | Path,
            max_bytes: int) -> tuple[list[tuple[str, str]], list[str]]:
-    """Choose the inputs under the notebook's folder to copy into the backpack's data/, up to
+    """Choose the inputs under the notebook's folder, or beside it with a relative target
+    ('../data', copied to data/_up/data), to copy into the backpack's data/, up to
     `max_bytes` in all, and turn their entries into `backpack` sources.
 
     Returns (source file, path relative to the backpack) pairs for the backpack writer, and
@@ -75,8 +76,8 @@ def bundle(draft: DataDraft, notebook_dir: str | Path,
     warnings: list[str] = []
     total = 0
     for entry in draft.inputs:
-        if entry.source_type != "fs" or not entry.source.startswith(root + "/"):
-            continue
+        if entry.source_type != "fs" or os.path.isabs(entry.target_location):
+            continue  # used in place where it is
         if entry.checksum is None:
             warnings.append(f"{entry.name}: not bundled (it was gone when the audit hashed it)")
             continue
@@ -85,7 +86,8 @@ def bundle(draft: DataDraft, notebook_dir: str | Path,
             warnings.append(f"{entry.name}: not bundled ({_human(size)} would pass the "
                             f"--max-bundle-size of {_human(max_bytes)}); it stays an fs source")
             continue
-        relative = os.path.relpath(entry.source, root).replace(os.sep, "/")
+        relative = "/".join("_up" if part == ".." else part for part in
+                            os.path.relpath(entry.source, root).split(os.sep))
         if relative == "data.yml" or relative.startswith("data.yml/"):
             warnings.append(f"{entry.name}: not bundled (data/data.yml is the spec file)")
             continue

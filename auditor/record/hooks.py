@@ -83,8 +83,9 @@ def _convert(entry: dict[str, Any]) -> list[Event]:
             return [Access(pid, entry["path"], entry.get("mode") or "r", t=t, source="hook",
                            given=entry.get("as"))]
         if kind == "listdir":
+            given = entry.get("as")
             return [Access(pid, listed_dir(entry["path"]), "d", t=t, source="hook",
-                           given=entry.get("as"))]
+                           given=listed_dir(given) if given else None)]
         if kind == "import":
             path = entry.get("path")
             found: list[Event] = [Import(pid, entry["module"], path, t=t)]
