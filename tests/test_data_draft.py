@@ -131,6 +131,17 @@ def test_named_inputs_far_from_the_notebook_are_used_in_place(tmp_path: Path) ->
     assert result.absolute == [far]
 
 
+def test_a_project_in_tmp_keeps_its_outputs(tmp_path: Path) -> None:
+    """pytest's tmp_path is under /tmp, like many evaluation folders: files the notebook
+    writes beside its folder ('../results') are outputs; far-away temp files are scratch."""
+    nb = tmp_path / "a" / "proj" / "notebooks"
+    result_file = make(tmp_path / "a" / "proj" / "results" / "r.txt", b"r")
+    far = make(tmp_path / "scratch-space" / "w.bin", b"w")
+    result = draft([Access(1, result_file, "w", t=1, cell=0), Access(1, far, "w", t=2, cell=0)],
+                   nb)
+    assert result.outputs == [result_file] and result.scratch == 1
+
+
 def test_partly_read_directory_stays_per_file(tmp_path: Path) -> None:
     files = [make(tmp_path / "d" / n, b"1") for n in ("a.csv", "b.csv", "README")]
     events = [Access(1, str(tmp_path / "d"), "d", t=1, cell=0),

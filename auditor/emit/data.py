@@ -216,7 +216,7 @@ class DataCollector:
         what it already has finds it."""
         found = [(write, path, read) for write, path, read in saved
                  if os.path.basename(path) == base and write.pid == use.pid
-                 and write.t >= use.t and _under(path, self.cwd)]
+                 and write.t >= use.t and (_under(path, self.cwd) or self._beside(path))]
         if not found:
             return None
         _, path, read = min(found, key=lambda item: item[0].t)
@@ -232,7 +232,9 @@ class DataCollector:
             group.append(path)
 
     def _scratch(self, path: str) -> bool:
-        return self.rules.is_temp(path) and not _under(path, self.notebook_dir)
+        """Temporary space that is not the notebook's project (a project may live in /tmp)."""
+        return self.rules.is_temp(path) and not (_under(path, self.notebook_dir)
+                                                 or self._beside(path))
 
     def _own_code(self, path: str) -> bool:
         return path.endswith(CODE_SUFFIXES) and _under(path, self.notebook_dir)
