@@ -204,9 +204,10 @@ def _copy_workflow(workflow: Path, run_dir: Path) -> None:
 
 
 def _notebook_dir(report: RunReport, options: RunOptions) -> Path:
-    """The run folder, or a folder below it when data.yml names data above the notebook."""
+    """The run folder, or a folder below it when data.yml names data above the notebook or
+    the audited run wrote there."""
     if not (report.backpack / "data" / "data.yml").exists():
-        return report.run_dir
+        return data.notebook_dir(report.run_dir, [], data.audit_layout(report.backpack))
     return data.profile_notebook_dir(report.backpack, report.run_dir, options.profile)
 
 

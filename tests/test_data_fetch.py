@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import sys
 import tarfile
 import threading
@@ -522,3 +523,20 @@ def test_a_notebook_writing_its_inputs_never_changes_the_originals(tmp_path: Pat
     assert (bp / "data" / "log.txt").read_bytes() == b"backpack file\n"
     assert outside.read_bytes() == b"fs source\n"
     assert all(e.ok for e in verify(bp).entries), "the sources still verify"
+
+
+def test_the_notebook_runs_deep_enough_for_what_the_audit_saw_it_write(tmp_path: Path) -> None:
+    """No data climbs, but the audited run wrote '../../out/r.txt': flo-run nests the notebook
+    two folders down, named as its folders were; outputs far away do not count."""
+    from provisioner.data import audit_layout, notebook_dir
+
+    bp = tmp_path / "bp"
+    (bp / "audit").mkdir(parents=True)
+    summary = {"notebook": "/home/u/proj/analysis/notebooks/nb.ipynb",
+               "data": {"outputs": ["/home/u/proj/out/r.txt", "/var/tmp/far/x"],
+                        "intermediates": ["/home/u/proj/analysis/notebooks/mid.csv"]}}
+    (bp / "audit" / "summary.json").write_text(json.dumps(summary))
+    layout = audit_layout(bp)
+    assert layout.wrote_up == 2
+    assert notebook_dir(tmp_path / "run", [], layout) == tmp_path / "run" / "analysis" / "notebooks"
+    assert notebook_dir(tmp_path / "run", []) == tmp_path / "run"  # hand-written, nothing above

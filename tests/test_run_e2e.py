@@ -395,7 +395,9 @@ def test_data_named_above_the_notebook_is_found_by_kernel_and_workers(places) ->
         "print(len(open('../data/shared.csv').read().split()))",
         "def count(_):\n    return len(open('../data/shared.csv').read().split())\n"
         "print(client.gather(client.map(count, range(2), pure=False)))",
-        "client.close()")])
+        "client.close()",
+        "import os\nos.makedirs('../results', exist_ok=True)\n"
+        "open('../results/summary.txt', 'w').write('done')")])
     nbformat.write(nb, project / "notebooks" / "climb.ipynb")
     bp = places["base"] / "climb-bp"
     audited = subprocess.run([sys.executable, "-m", "auditor", str(project / "notebooks" /
@@ -411,7 +413,10 @@ def test_data_named_above_the_notebook_is_found_by_kernel_and_workers(places) ->
                                places))
     assert result["status"] == "complete", result
     run_dir, notebook_dir = Path(result["run_dir"]), Path(result["notebook_dir"])
-    assert notebook_dir.parent == run_dir and (run_dir / "data" / "shared.csv").is_file()
+    # one folder down, named as the notebook's was; its output above it stays in the run
+    assert notebook_dir == run_dir / "notebooks" and (run_dir / "data" / "shared.csv").is_file()
+    assert (run_dir / "results" / "summary.txt").read_text() == "done"
+    assert not (places["scratch"] / "results").exists(), "nothing written outside the run"
     executed = nbformat.read(out, as_version=4)
     assert stream_text(executed.cells[1]).strip() == "9", "the project's code is found"
     assert stream_text(executed.cells[2]).strip() == "3"

@@ -8,6 +8,8 @@ post_fetch unpacking in extract.py.
 from __future__ import annotations
 
 from .fetch import (
+    Layout,
+    audit_layout,
     check_content,
     default_run_dir,
     default_scratch_dir,
@@ -20,6 +22,7 @@ from .fetch import (
 from .results import DataError, EntryResult, FetchReport, Mismatch, VerifyReport
 from .sources import SOURCES, Source, get_source
 
-__all__ = ["SOURCES", "DataError", "EntryResult", "FetchReport", "Mismatch", "Source",
-           "VerifyReport", "check_content", "default_run_dir", "default_scratch_dir", "fetch",
-           "get_source", "notebook_dir", "profile_notebook_dir", "resolve_target", "verify"]
+__all__ = ["SOURCES", "DataError", "EntryResult", "FetchReport", "Layout", "Mismatch", "Source",
+           "VerifyReport", "audit_layout", "check_content", "default_run_dir",
+           "default_scratch_dir", "fetch", "get_source", "notebook_dir", "profile_notebook_dir",
+           "resolve_target", "verify"]

@@ -10,6 +10,7 @@ raises `DataError` with one line naming the entry, what was expected and what wa
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -65,19 +66,51 @@ class PlannedEntry:
 WORKDIR_NAME = "notebook"
 
 
-def notebook_dir(run_dir: Path, entries: list[DataEntry]) -> Path:
+@dataclass(frozen=True)
+class Layout:
+    """What an audit saw of the notebook's place: the folders it sat in (innermost last), and
+    how many folders above its own the run wrote files ('../results/r.txt': 1)."""
+
+    folders: tuple[str, ...] = ()
+    wrote_up: int = 0
+
+
+def audit_layout(backpack: Path) -> Layout:
+    """The `Layout` from the backpack's audit/summary.json; empty for a hand-written one."""
+    try:
+        summary = json.loads((backpack / "audit" / "summary.json").read_text(encoding="utf-8"))
+        folder = os.path.dirname(summary["notebook"])
+        data = summary.get("data") or {}
+        written = [*(data.get("outputs") or ()), *(data.get("intermediates") or ())]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return Layout()
+    up = 0
+    for path in written:
+        levels = climb(os.path.relpath(path, folder)) if isinstance(path, str) else 0
+        if 0 < levels <= MAX_CLIMB and len(Path(os.path.commonpath([path, folder])).parts) >= 3:
+            up = max(up, levels)  # beside the notebook's folder, in its project
+    return Layout(tuple(Path(folder).parts[1:]), up)
+
+
+def notebook_dir(run_dir: Path, entries: list[DataEntry], layout: Layout = Layout()) -> Path:
     """Where the notebook runs inside `run_dir`: the run folder itself, or as many folders
-    down as the deepest relative target climbs ('../shared.csv': one), so that every target
-    stays inside the run folder while the notebook names it as it did when audited."""
-    depth = max((climb(e.target_location) for e in entries
-                 if not os.path.isabs(e.target_location)), default=0)
-    return run_dir.joinpath(*[WORKDIR_NAME] * min(depth, MAX_CLIMB))
+    down as the deepest relative target climbs ('../shared.csv': one) or the audited run
+    wrote above its folder, so that every target and every such output stays inside the run
+    folder while the notebook names them as it did when audited. The folders are named as
+    the notebook's were ('../notebooks/x' still works), else "notebook"."""
+    depth = max([climb(e.target_location) for e in entries
+                 if not os.path.isabs(e.target_location)] + [layout.wrote_up])
+    depth = min(depth, MAX_CLIMB)
+    names = (list(layout.folders[-depth:]) if depth and len(layout.folders) >= depth
+             else [WORKDIR_NAME] * depth)
+    return run_dir.joinpath(*names)
 
 
 def profile_notebook_dir(backpack: Path, run_dir: Path, profile: str | None = None) -> Path:
-    """`notebook_dir` for the chosen profile of `backpack`'s data.yml (run_dir without one)."""
-    chosen = _profile(Path(backpack).expanduser().absolute(), profile)
-    return notebook_dir(Path(run_dir), chosen.entries if chosen else [])
+    """`notebook_dir` for the chosen profile of `backpack`'s data.yml and its audit."""
+    root = Path(backpack).expanduser().absolute()
+    chosen = _profile(root, profile)
+    return notebook_dir(Path(run_dir), chosen.entries if chosen else [], audit_layout(root))
 
 
 def resolve_target(entry: DataEntry, run_dir: Path, workdir: Path | None = None) -> Path | None:
@@ -137,7 +170,7 @@ def check_content(path: Path, entry: DataEntry) -> int:
 
 
 def _plan(profile: DataProfile, backpack: Path, run_dir: Path) -> list[PlannedEntry]:
-    workdir = notebook_dir(run_dir, profile.entries)
+    workdir = notebook_dir(run_dir, profile.entries, audit_layout(backpack))
     planned = [PlannedEntry(e, get_source(e, backpack), resolve_target(e, run_dir, workdir))
                for e in profile.entries]
     for item in planned:
@@ -290,7 +323,8 @@ def verify(backpack: Path, run_dir: Path | None = None, profile: str | None = No
     run = Path(run_dir).expanduser().absolute() if run_dir is not None else None
     chosen = _profile(root, profile)
     report = VerifyReport(root, run, chosen.name if chosen else None)
-    workdir = notebook_dir(run, chosen.entries) if run is not None and chosen else None
+    workdir = (notebook_dir(run, chosen.entries, audit_layout(root))
+               if run is not None and chosen else None)
     for entry in chosen.entries if chosen else []:
         result = EntryResult(entry.name, entry.source, None, status="verified")
         item_started = time.monotonic()
