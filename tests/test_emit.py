@@ -257,6 +257,17 @@ def test_compute_yml_unsampled_workers_keep_the_count_the_trace_saw():
     assert "max-workers: 3  # 3 workers ran tasks (seen in the trace)" in text
     assert config["vine_factory_config"]["memory"] == 4096
 
+
+def test_compute_cores_count_workers_shorter_than_a_cpu_window():
+    """Pool children that live 0.6 s each, busy all the time, two at once: their whole lives
+    are their windows, so the peak is never below the mean and both count as busy."""
+    samples = [{"t": t, "pid": pid, "rss": 50 * 2**20, "cpu": 0.9 * (t - 10.0)}
+               for pid in (41, 42) for t in (10.0, 10.2, 10.4, 10.6)]
+    spec = measure_compute(samples, worker_of={41: 41, 42: 42}, workers_seen=2)
+    measured = spec.measurements
+    assert measured["peak_cores"] >= measured["mean_cores"] == 0.9
+    assert spec.max_workers == 2 and spec.cores == 1
+
 # ---------------------------------------------------------------- summary
 
 

@@ -125,20 +125,27 @@ def _cpu(ticks: dict[int, dict[float, list[float]]]) -> tuple[float, float, int]
     busy_at: dict[int, set[int]] = defaultdict(set)  # whole second -> busy workers
     for worker, rows in ticks.items():
         times = sorted(rows)
+        life = 0.0
         if len(times) >= 2 and times[-1] > times[0]:
-            mean = max(mean, max(0.0, rows[times[-1]][1] - rows[times[0]][1])
-                       / (times[-1] - times[0]))
-        j = 0
+            life = max(0.0, rows[times[-1]][1] - rows[times[0]][1]) / (times[-1] - times[0])
+            mean = max(mean, life)
+        j, windows = 0, 0
         for i, start in enumerate(times):
             j = max(j, i + 1)
             while j < len(times) and times[j] - start < CPU_WINDOW_S:
                 j += 1
             if j >= len(times):
                 break
+            windows += 1
             rate = max(0.0, rows[times[j]][1] - rows[start][1]) / (times[j] - start)
             peak = max(peak, rate)
             if rate >= BUSY_CORES:
                 busy_at[int(start)].add(worker)
+        if not windows and len(times) >= 2:
+            # A worker shorter-lived than a window (a pool child): its whole life is one.
+            peak = max(peak, life)
+            if life >= BUSY_CORES:
+                busy_at[int(times[0])].add(worker)
     busy = max((len(workers) for workers in busy_at.values()), default=0)
     return peak, mean, busy
 
