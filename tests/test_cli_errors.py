@@ -108,3 +108,13 @@ def test_a_kernel_named_only_by_the_notebook_falls_back_to_python3(tmp_path):
     assert done.returncode == 0, done.stderr
     warnings = json.loads((tmp_path / "bp" / "audit" / "summary.json").read_text())["warnings"]
     assert any("'conda-env-analysis-py'" in w and "python3" in w for w in warnings), warnings
+
+
+def test_the_hooks_backend_asked_for_by_name_says_what_it_cannot_see(tmp_path):
+    import json
+
+    (tmp_path / "ok.ipynb").write_text(notebook_json([VALID_CELL]), encoding="utf-8")
+    done = flo_audit(tmp_path, "ok.ipynb", "--backend", "hooks", "-o", "bp")
+    assert done.returncode == 0, done.stderr
+    warnings = json.loads((tmp_path / "bp" / "audit" / "summary.json").read_text())["warnings"]
+    assert any("hooks backend" in w and "files opened by C code" in w for w in warnings)

@@ -45,7 +45,7 @@ PORTS = {"http": 80, "https": 443}
 SECRET_NOTE = "read by the notebook, not packed: provide it at run time"
 SIGNED_URL_NOTE = ("credentials removed from the URL the notebook read: supply a fresh signed "
                    "URL or the credentials at run time")
-UNREAD_URL_NOTE = "requested but not read (the notebook went on without it): not in data.yml"
+UNREAD_URL_NOTE = "requested but not read: not in data.yml"
 
 # The value the kernel side writes in place of a credential found in a URL
 # (kernels/flo_net.py, REDACTED): the record never holds the credential itself.

@@ -4,7 +4,7 @@ location) joined to the URLs it requested.
 A URL counts as read when it answered 2xx, or redirected (3xx, any number of hops) to one
 that did; it is then listed once, under the URL the notebook asked for: fetching follows
 redirects, so the redirect's target is not listed beside it. A URL that answered 4xx/5xx, or
-never answered (no connection), was not read: the notebook went on without it.
+never answered (no connection), was not read, and is not listed.
 
 `draft_remote` turns the URLs the run requested into data.yml entries (and lists the
 connections no URL explains) for `DataCollector.draft`.

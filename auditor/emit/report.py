@@ -113,7 +113,7 @@ def _incomplete_line(summary: Mapping[str, Any]) -> str:
     if status == "failed" and failed:
         error = failed.get("ename", "an error")
         if failed.get("evalue"):
-            error += f": {failed['evalue']}"
+            error += ": " + " ".join(str(failed["evalue"]).split())  # one line, however long
         return (f"INCOMPLETE: cell {failed.get('index')} raised {error}; the specs cover only "
                 "the cells that ran")
     if status == "timeout":

@@ -81,7 +81,8 @@ def choose_tracer(name: str = "auto") -> tuple[Tracer, list[str]]:
         if reason:
             raise TracerUnavailable(f"backend {name!r} cannot run here: {reason}; "
                                     "try --backend auto")
-        return cls(), []
+        # Asked for by name, it still says what it cannot see (hooks: C libraries' files).
+        return cls(), ([f"the {cls.name} backend: {cls.cannot_see}"] if cls.cannot_see else [])
     skipped: list[str] = []
     for candidate in AUTO_ORDER:
         cls = _REGISTRY[candidate]
