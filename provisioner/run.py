@@ -121,6 +121,9 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         loaded = _loaded(report.backpack)
         compute = loaded.compute if loaded is not None else ComputeSpec()
         engine = choose_engine(options.engine, loaded.summary if loaded is not None else None)
+        if loaded is not None and (secrets := flagged_secrets(loaded.summary)):
+            say(secrets)
+            report.notes.append(secrets)
         workers = options.workers if options.workers is not None else max(compute.min_workers, 1)
         spec = EngineSpec(run_dir=run_dir, workdir=report.notebook_dir,
                           worker_python=report.envs["worker"].python_path,
@@ -257,6 +260,21 @@ def _loaded(root: Path) -> Backpack | None:
     if not (root / "compute" / "compute.yml").exists():
         return None
     return load_backpack(root)
+
+
+def flagged_secrets(summary: dict | None) -> str | None:
+    """A line naming the secrets the audit saw the notebook read (never put in a backpack),
+    so a run that fails without them says why first; None when there were none."""
+    data = (summary or {}).get("data") or {}
+    named = [item.get("path") if isinstance(item, dict) else item
+             for item in data.get("secrets") or ()]
+    named += [item.get("url") if isinstance(item, dict) else item
+              for item in data.get("signed_urls") or ()]
+    named = [str(n) for n in named if n]
+    if not named:
+        return None
+    return (f"the audit saw the notebook read {len(named)} secret(s) that no backpack carries: "
+            f"{', '.join(named)}; put them in place (or a fresh signed URL) on this machine")
 
 
 def choose_engine(asked: str, summary: dict | None) -> str:

@@ -375,6 +375,13 @@ def test_auto_engine_follows_the_audit() -> None:
     assert choose_engine("auto", pool) == "dask-local"
     assert choose_engine("auto", None) == "dask-local"  # hand-written: no audit
     idle = {"roles": {"worker": {"processes": 0, "started_by": None}}}
+    from provisioner.run import flagged_secrets
+
+    flagged = {"data": {"secrets": [{"path": "/home/u/.aws/credentials", "note": "..."}],
+                        "signed_urls": [{"url": "https://b.s3.example/x.csv"}]}}
+    line = flagged_secrets(flagged)
+    assert line is not None and "2 secret(s)" in line and ".aws/credentials" in line
+    assert flagged_secrets(own) is None
     assert choose_engine("auto", idle) == "notebook"  # audited: no worker ran
     assert choose_engine("slurm", own) == "slurm"  # asked for: obeyed
 
