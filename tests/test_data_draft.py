@@ -142,6 +142,20 @@ def test_a_project_in_tmp_keeps_its_outputs(tmp_path: Path) -> None:
     assert result.outputs == [result_file] and result.scratch == 1
 
 
+def test_a_zarr_store_read_by_key_is_one_folder_entry(tmp_path: Path) -> None:
+    """zarr opens metadata and chunks by key, never listing: the whole store is one entry
+    (chunks this run skipped included), named as the notebook named the store."""
+    store = tmp_path / "precip.zarr"
+    meta = [make(store / "zarr.json", b"{}"), make(store / "rain" / "zarr.json", b"{}")]
+    chunks = [make(store / "rain" / "c" / "0" / str(i), bytes([i]) * 10) for i in range(3)]
+    events = [Access(1, p, "r", t=i, cell=2, given=os.path.relpath(p, tmp_path))
+              for i, p in enumerate([*meta, *chunks[:2]])]
+    result = draft(events, tmp_path)
+    [entry] = result.inputs
+    assert entry.target_location == "precip.zarr" and entry.files == 5
+    assert entry.checksum == directory_checksum(store)
+
+
 def test_partly_read_directory_stays_per_file(tmp_path: Path) -> None:
     files = [make(tmp_path / "d" / n, b"1") for n in ("a.csv", "b.csv", "README")]
     events = [Access(1, str(tmp_path / "d"), "d", t=1, cell=0),

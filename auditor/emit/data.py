@@ -31,6 +31,7 @@ from .data_entry import (
 )
 from .data_hash import Progress, sha256_file, sha256_folder
 from .data_rules import CODE_SUFFIXES, DataRules, Owned, environment_owner, normalize_url
+from .data_stores import store_as_named, stores_of
 from .data_urls import UrlOutcomes, draft_remote
 
 __all__ = ["MAX_CLIMB", "DataCollector", "DataDraft", "DataEntry", "DataRules", "climb",
@@ -186,6 +187,7 @@ class DataCollector:
             else:
                 candidates[path] = read
         names: set[str] = set()
+        self._stores(draft, candidates, role_of, names, progress)
         self._folders(draft, candidates, role_of, names, progress)
         for path, read in sorted(candidates.items()):
             entry = self._entry(path, read, role_of, names)
@@ -238,6 +240,25 @@ class DataCollector:
 
     def _own_code(self, path: str) -> bool:
         return path.endswith(CODE_SUFFIXES) and _under(path, self.notebook_dir)
+
+    def _stores(self, draft: DataDraft, candidates: dict[str, Use], role_of: Callable,
+                names: set[str], progress: Progress | None) -> None:
+        """Files read inside a chunked store (zarr) become one entry for the whole store."""
+        for root, members in sorted(stores_of(candidates, self.cwd).items()):
+            digest = sha256_folder(root, progress)
+            if digest is None:
+                draft.warnings.append(f"{root}: changed while it was hashed; its files are "
+                                      "listed one by one")
+                continue
+            first_path = min(members, key=lambda m: candidates[m].t)
+            first = candidates[first_path]
+            named = store_as_named(root, first_path, first.used_as)
+            entry = self._entry(root, Use(first.t, first.pid, first.cell, named), role_of,
+                                names, is_dir=True)
+            entry.checksum, entry.files, entry.expected_size = digest
+            for member in members:
+                del candidates[member]
+            draft.inputs.append(entry)
 
     def _folders(self, draft: DataDraft, candidates: dict[str, Use], role_of: Callable,
                  names: set[str], progress: Progress | None) -> None:
