@@ -234,6 +234,7 @@ def test_a_file_probed_for_update_then_recreated_is_produced(tmp_path: Path) -> 
     read_first = draft([Access(1, h5, "r", t=1, cell=0), Access(1, h5, "w", t=2, cell=0)],
                        tmp_path)
     assert [e.name for e in read_first.inputs] == ["out"]
+    assert any("read, then written by the run" in w for w in read_first.warnings)
 
 
 def test_no_input_still_renders_an_empty_list(tmp_path: Path) -> None:

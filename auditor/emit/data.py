@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from ..events import Access, Connect, Event
@@ -26,6 +25,7 @@ from .data_entry import (
     DataDraft,
     DataEntry,
     Use,
+    beside,
     climb,
     entry_name,
 )
@@ -186,6 +186,10 @@ class DataCollector:
                                       "earlier content)")
             else:
                 candidates[path] = read
+                if write is not None:  # read, then appended to or rewritten by the run
+                    draft.warnings.append(f"{path}: read, then written by the run; data.yml "
+                                          "records its content after the run, not what was "
+                                          "read")
         names: set[str] = set()
         self._stores(draft, candidates, role_of, names, progress)
         self._folders(draft, candidates, role_of, names, progress)
@@ -311,18 +315,8 @@ class DataCollector:
                          first_cell=use.cell, absolute=os.path.isabs(target))
 
     def _beside(self, path: str) -> bool:
-        """Whether `path` lies beside the notebook's folder, in its project: at most
-        NEAR_CLIMB folders up, under a common folder two or more levels below the root."""
-        relative = os.path.relpath(path, self.cwd)
-        if climb(relative) > NEAR_CLIMB:
-            return False
-        common = os.path.commonpath([path, self.cwd])
-        return len(Path(common).parts) >= 3
+        return beside(path, self.cwd)
 
-
-#: How far above the notebook's folder an absolutely named input still counts as the
-#: project's ('/p/notebooks' -> '/p/data': 1), and is copied rather than used in place.
-NEAR_CLIMB = 2
 
 _UNSEEN: Any = object()
 

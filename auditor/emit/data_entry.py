@@ -3,9 +3,11 @@ and how entries are named (data.py collects and classifies; data_urls.py drafts 
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 MANAGER, WORKER, TOOL, TRACER = "manager", "worker", "tool", "tracer"
 
@@ -18,6 +20,19 @@ def climb(path: str) -> int:
     """How many folders a relative path climbs above where it starts ('../../x' -> 2)."""
     parts = posixpath.normpath(path.replace("\\", "/")).split("/")
     return next((i for i, part in enumerate(parts) if part != ".."), len(parts))
+
+
+#: How far above the notebook's folder an absolutely named input still counts as the
+#: project's ('/p/notebooks' -> '/p/data': 1), and is copied rather than used in place.
+NEAR_CLIMB = 2
+
+
+def beside(path: str, folder: str, most: int = NEAR_CLIMB) -> bool:
+    """Whether absolute `path` lies in the project of `folder`: at most `most` folders above
+    it, under a common folder two or more levels below the root (not /tmp or /home)."""
+    if climb(os.path.relpath(path, folder)) > most:
+        return False
+    return len(Path(os.path.commonpath([path, folder])).parts) >= 3
 
 
 @dataclass

@@ -24,6 +24,7 @@ from auditor.backpack import load_backpack
 from auditor.data_spec import DataPolicy, DataProfile
 from auditor.emit.checksums import checksum_of, directory_stats, parse_checksum
 from auditor.emit.data import MAX_CLIMB, DataEntry, climb
+from auditor.emit.data_entry import beside
 from auditor.errors import FloError
 
 from .download import Cancel, Cancelled
@@ -86,9 +87,8 @@ def audit_layout(backpack: Path) -> Layout:
         return Layout()
     up = 0
     for path in written:
-        levels = climb(os.path.relpath(path, folder)) if isinstance(path, str) else 0
-        if 0 < levels <= MAX_CLIMB and len(Path(os.path.commonpath([path, folder])).parts) >= 3:
-            up = max(up, levels)  # beside the notebook's folder, in its project
+        if isinstance(path, str) and beside(path, folder, MAX_CLIMB):
+            up = max(up, climb(os.path.relpath(path, folder)))  # in the notebook's project
     return Layout(tuple(Path(folder).parts[1:]), up)
 
 
