@@ -37,7 +37,7 @@ TID_SHIFT = 1_000_000  # copies of pid P are made by thread P + TID_SHIFT
 # Syscalls whose repetition would change the process tree, a cwd or a file's name.
 NOT_COPIED = {"clone", "clone3", "fork", "vfork", "execve", "execveat", "chdir", "fchdir",
               "rename", "renameat", "renameat2", "exit", "exit_group"}
-LINE = re.compile(r"(\d+) (\d+\.\d+) (\w+)\(")
+LINE = re.compile(r"(\d+) +(\d+\.\d+) (\w+)\(")  # strace pads short pids
 
 
 def copyable(line: str) -> re.Match[str] | None:
