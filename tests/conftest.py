@@ -30,6 +30,22 @@ FIXTURES = REPO / "fixtures" / "notebooks"
 #: Upper bound for one audit of one fixture, including kernel start-up, resolving and writing.
 AUDIT_TIMEOUT_S = 600
 
+#: A stand-in for the IPython shell the kernel side attaches to (its event registry and cell
+#: transform), as plain source spliced into test scripts that run under other interpreters.
+#: A script may replace `Shell.transform_cell`.
+STAND_IN_SHELL = """
+class Events:
+    def __init__(self):
+        self.handlers = {}
+    def register(self, name, fn):
+        self.handlers.setdefault(name, []).append(fn)
+
+class Shell:
+    events = Events()
+    def transform_cell(self, raw):
+        return raw
+"""
+
 
 def scenario_names() -> list[str]:
     """Every folder under fixtures/notebooks/ that says what its audit must find."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import STAND_IN_SHELL
+
 from auditor.emit.checksums import directory_checksum
 from auditor.emit.data import DataRules, draft_data
 from auditor.record.hooks import HooksTracer
@@ -20,17 +22,7 @@ import glob, os, runpy, sys, urllib.request
 kernel_side, log, work = sys.argv[1:4]
 os.chdir(work)
 
-class Events:
-    def __init__(self):
-        self.handlers = {}
-    def register(self, name, fn):
-        self.handlers.setdefault(name, []).append(fn)
-
-class Shell:
-    events = Events()
-    def transform_cell(self, raw):
-        return raw
-
+''' + STAND_IN_SHELL + r'''
 shell = Shell()
 runpy.run_path(kernel_side, run_name="_flo_backpack_kernel")["attach"](
     shell, {"log": log, "marks": False})

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import STAND_IN_SHELL
+
 KERNEL_SIDE = Path(__file__).resolve().parent.parent / "kernels" / "flo_kernel.py"
 
 SCRIPT = r'''
@@ -15,15 +17,7 @@ import functools, http.client, http.server, os, runpy, socket, sys, threading, u
 
 kernel_side, log, served = sys.argv[1:4]
 
-class Events:
-    def __init__(self):
-        self.handlers = {}
-    def register(self, name, fn):
-        self.handlers.setdefault(name, []).append(fn)
-
-class Shell:
-    events = Events()
-
+''' + STAND_IN_SHELL + r'''
 handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=served)
 handler.log_message = lambda *a: None
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
