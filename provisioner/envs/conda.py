@@ -27,12 +27,11 @@ from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
 from .interpreters import Interpreter, probe
 from .uv import (
     _cause,
-    _explain,
     canonicalize_name_text,
     checked_listing,
+    install_pins,
     requirement_line,
     uv_runner,
-    write_constraints,
 )
 
 # Looked up on PATH in this order; $MAMBA_EXE / $CONDA_EXE (set by the tools' shell hooks,
@@ -146,24 +145,12 @@ def run_tool(argv: list[str]) -> None:
 
 
 def _install_pip_pins(python: Path, target: Path, lines: dict[str, str]) -> dict[str, str]:
-    """The spec's pip pins into the conda env with uv, then a check; returns `uv pip list`."""
+    """The spec's pip pins into the conda env with uv (dependencies the solve did not bring
+    filled in around them), then a check; returns `uv pip list`."""
     uv_run = uv_runner(target.parent)
-
-    if lines:
-        try:
-            uv_run(["pip", "install", "--python", str(python), "--no-deps", *lines],
-                   "installing the pip pins into the conda environment")
-        except CommandError as exc:
-            raise EnvBuildError(_explain(exc, lines)) from None
-        constraints = write_constraints(target, lines)
-        try:
-            # Dependencies of the pip pins the solve did not bring; no pin moves.
-            uv_run(["pip", "install", "--python", str(python), "-c", str(constraints), *lines],
-                   "adding the dependencies of the pip pins")
-        except CommandError as exc:
-            raise EnvBuildError(f"cannot complete the pip pins of the conda environment "
-                                f"without changing a pin: {_cause(exc)}; relax the "
-                                "conflicting pin in the spec") from None
+    install_pins(lambda args, what: uv_run(["pip", "install", "--python", str(python), *args],
+                                           what),
+                 target, lines, what_for=" to the conda environment")
     return checked_listing(uv_run, python, "conda ")
 
 

@@ -17,7 +17,7 @@ from auditor.errors import CommandError
 from auditor.process import run
 
 from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
-from .uv import _cause, _explain, requirement_line, skip_note, write_constraints
+from .uv import _cause, install_pins, requirement_lines
 
 
 @register
@@ -33,27 +33,11 @@ class PipBuilder(EnvBuilder):
                        what=what).stdout
 
         notes: list[str] = []
-        lines: dict[str, str] = {}
-        for pin in request.pins:
-            line = requirement_line(pin)
-            if line is None:
-                notes.append(skip_note(pin))
-                continue
-            lines[line] = pin.name
+        lines = requirement_lines(request.pins, notes)
         run([request.interpreter.executable, "-m", "venv", target], timeout=600,
             what="creating the venv")
-        if lines:
-            try:
-                pip(["install", "--quiet", "--no-deps", *lines], "installing the pinned packages")
-            except CommandError as exc:
-                raise EnvBuildError(_explain(exc, lines)) from None
-        constraints = write_constraints(target, lines)
-        try:
-            pip(["install", "--quiet", "-c", str(constraints), *lines, *request.bootstrap],
-                f"adding {', '.join(request.bootstrap)}")
-        except CommandError as exc:
-            raise EnvBuildError(f"cannot add {', '.join(request.bootstrap)} without changing "
-                                f"a pinned version: {_cause(exc)}") from None
+        install_pins(lambda args, what: pip(["install", "--quiet", *args], what), target,
+                     lines, request.bootstrap)
         try:
             pip(["check"], "checking the environment")
         except CommandError as exc:

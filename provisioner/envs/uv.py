@@ -116,12 +116,50 @@ def uv_runner(cwd: Path) -> UvRun:
     return uv_run
 
 
-def write_constraints(target: Path, lines: Iterable[str]) -> Path:
-    """The exact pins among requirement `lines` as a constraints file inside `target`."""
+def requirement_lines(pins: Iterable[Pin], notes: list[str]) -> dict[str, str]:
+    """{pip requirement line: how the spec names it, for errors} of `pins`; what pip does
+    not need (a conda runtime package, ndcctools) is skipped with a line in `notes`."""
+    lines: dict[str, str] = {}
+    for pin in pins:
+        line = requirement_line(pin)
+        if line is None:
+            notes.append(skip_note(pin))
+            continue
+        pypi_name = re.split(r"[=@ ]", line)[0]
+        if pin.source == "conda":
+            lines[line] = f"conda pin {pin.name!r}" + (
+                f" (as PyPI {pypi_name!r})" if pypi_name != pin.name else "")
+        else:
+            lines[line] = pin.name
+    return lines
+
+
+Install = Callable[[list[str], str], object]  # (pip install arguments, what it is doing)
+
+
+def install_pins(install: Install, target: Path, lines: dict[str, str],
+                 also: Iterable[str] = (), what_for: str = "") -> None:
+    """The pins with --no-deps, then again as requirements constrained to their own versions,
+    with `also` (the bootstrap packages): dependencies a spec left out are filled in, and no
+    pinned version moves. `install` runs `pip install ARGS` (uv's or pip's)."""
+    also = list(also)
+    if lines:
+        try:
+            install(["--no-deps", *lines], "installing the pinned packages")
+        except CommandError as exc:
+            raise EnvBuildError(_explain(exc, lines)) from None
+    if not (lines or also):
+        return
     constraints = target / "flo-constraints.txt"
     constraints.write_text("".join(f"{line}\n" for line in lines if "==" in line or " @ "
                                    in line), encoding="utf-8")
-    return constraints
+    adding = ", ".join(also) or "the dependencies of the pins"
+    try:
+        install(["-c", str(constraints), *lines, *also], f"adding {adding}")
+    except CommandError as exc:
+        raise EnvBuildError(f"cannot add {adding}{what_for} without changing a pinned "
+                            f"version: {_cause(exc)}; relax the conflicting pin in the "
+                            "spec") from None
 
 
 def checked_listing(uv_run: UvRun, python: Path, kind: str = "") -> dict[str, str]:
@@ -144,38 +182,13 @@ class UvBuilder(EnvBuilder):
         python = target / "bin" / "python"
         uv_run = uv_runner(target.parent)
         notes: list[str] = []
-        lines: dict[str, str] = {}  # requirement line -> pin label, for error messages
-        for pin in request.pins:
-            line = requirement_line(pin)
-            if line is None:
-                notes.append(skip_note(pin))
-                continue
-            pypi_name = re.split(r"[=@ ]", line)[0]
-            if pin.source == "conda":
-                lines[line] = f"conda pin {pin.name!r}" + (
-                    f" (as PyPI {pypi_name!r})" if pypi_name != pin.name else "")
-            else:
-                lines[line] = pin.name
-
+        lines = requirement_lines(request.pins, notes)
         uv_run(["venv", "--relocatable", "--python", request.interpreter.executable,
                 "--no-config", "--quiet", str(target)], "creating the venv")
-        if lines:
-            try:
-                uv_run(["pip", "install", "--python", str(python), "--no-deps", *lines],
-                       "installing the pinned packages")
-            except CommandError as exc:
-                raise EnvBuildError(_explain(exc, lines)) from None
-        constraints = write_constraints(target, lines)
-        try:
-            # The pins again as requirements: a spec that is not closed under its dependencies
-            # gets them filled in; a closed one gets nothing new. Pins stay as pinned.
-            uv_run(["pip", "install", "--python", str(python), "-c", str(constraints), *lines,
-                    *request.bootstrap], f"adding {', '.join(request.bootstrap)}")
-        except CommandError as exc:
-            raise EnvBuildError(
-                f"cannot add {', '.join(request.bootstrap)} for the {'+'.join(request.roles)} "
-                f"environment without changing a pinned version: {_cause(exc)}; relax the "
-                "conflicting pin in the spec") from None
+        install_pins(lambda args, what: uv_run(["pip", "install", "--python", str(python),
+                                               *args], what),
+                     target, lines, request.bootstrap,
+                     f" for the {'+'.join(request.roles)} environment")
         return BuildOutcome(checked_listing(uv_run, python), notes)
 
 
