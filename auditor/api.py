@@ -318,7 +318,8 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
 
     options = options or AuditOptions()
     workflow = load_workflow(path)
-    dest = check_destination(options.output or default_output(workflow.path), options.force)
+    dest = check_destination(options.output or default_output(workflow.path), options.force,
+                             keep=[workflow.path.parent])
     tracer, tracer_warnings = choose_tracer(options.backend)
     record_dir = Path(tempfile.mkdtemp(prefix=f"flo-audit-{workflow.stem}-"))
     try:
@@ -347,13 +348,24 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
             derived.sides.keep_measurements(record_dir)  # audit/written.json, for derive
         copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
                    if f.is_file() and f.name != "summary.json"]
-        written = write_backpack(dest, texts=derived.texts, copies=copies, force=options.force)
+        written = write_backpack(dest, texts=derived.texts, copies=copies, force=options.force,
+                                 keep=needed_paths(derived, workflow.path.parent))
     except KeyboardInterrupt:
         raise Interrupted("interrupted: every process flo-audit started was stopped and "
                           "nothing was written") from None
     finally:
         shutil.rmtree(record_dir, ignore_errors=True)
     return AuditResult(written, derived)
+
+
+def needed_paths(derived: Derived, notebook_dir: Path) -> list[Path]:
+    """What a backpack must never replace: the notebook's folder, its helper modules and the
+    local inputs the run read (`check_destination`'s `keep`)."""
+    folder = Path(notebook_dir)
+    paths = [folder, *(folder / p for p in derived.resolution.workflow)]
+    if derived.data is not None:
+        paths += [Path(e.source) for e in derived.data.inputs if e.source_type == "fs"]
+    return paths
 
 
 def derive_backpack(audit_dir: str | Path, output: str | Path | None = None,
@@ -367,7 +379,8 @@ def derive_backpack(audit_dir: str | Path, output: str | Path | None = None,
     derived = derive(record_dir, notebook.parent)
     if output is None:
         return derived, None
-    dest = check_destination(output, force)
+    keep = needed_paths(derived, notebook.parent) if notebook.is_file() else []
+    dest = check_destination(output, force, keep)
     backpack_workflow = record_dir.parent / "workflow"
     if notebook.is_file():
         copies, copy_warnings = workflow_copies(notebook, derived.resolution.workflow)
@@ -390,7 +403,9 @@ def derive_backpack(audit_dir: str | Path, output: str | Path | None = None,
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, target)
                 moved.append((target, relative))
-            return derived, write_backpack(dest, texts=derived.texts, copies=moved, force=force)
+            return derived, write_backpack(dest, texts=derived.texts, copies=moved, force=force,
+                                           keep=keep)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return derived, write_backpack(dest, texts=derived.texts, copies=copies, force=force)
+    return derived, write_backpack(dest, texts=derived.texts, copies=copies, force=force,
+                                   keep=keep)

@@ -41,24 +41,69 @@ class BackpackError(FloError):
 # ---------------------------------------------------------------- writing
 
 
-def check_destination(dest: str | Path, force: bool) -> Path:
-    """Refuse an existing, non-empty destination unless `force` (checked before the run too)."""
+#: The top-level entries of a backpack (DESIGN.md); --force replaces only folders made of these.
+LAYOUT = ("workflow", "software", "data", "compute", "audit")
+
+
+def is_backpack(folder: Path) -> bool:
+    """Whether `folder` is recognisably a backpack: an audit record, or both spec files a
+    backpack cannot do without."""
+    return (folder / "audit" / "session.json").is_file() or (
+        (folder / ENVIRONMENT).is_file() and (folder / COMPUTE).is_file())
+
+
+def check_destination(dest: str | Path, force: bool, keep: Iterable[str | Path] = ()) -> Path:
+    """Refuse a destination whose replacement could lose a user's file (checked before the run,
+    and again just before the rename, with the inputs the run read in `keep`).
+
+    Never: `/`, `$HOME`, the current folder or one of its ancestors, a folder that holds any
+    path of `keep` (the workflow's folder, its inputs), a symlink or a file. An existing,
+    non-empty folder only with `force`, and only when it is a backpack holding nothing but the
+    backpack layout."""
     dest = Path(dest).expanduser().absolute()
+    real = Path(os.path.realpath(dest))
+    if real == Path(real.anchor) or real == Path(os.path.realpath(Path.home())):
+        raise UsageError(f"refusing to write a backpack to {dest}: it is "
+                         f"{'the root folder' if real == Path(real.anchor) else 'your home'}; "
+                         "choose a new folder with -o")
+    cwd = Path(os.path.realpath(Path.cwd()))
+    if cwd == real or cwd.is_relative_to(real):
+        raise UsageError(f"refusing to write a backpack to {dest}: it is the current folder or "
+                         "one above it, and replacing it would remove your files; choose a new "
+                         "folder with -o")
+    for path in keep:
+        held = Path(os.path.realpath(path))
+        if held == real or held.is_relative_to(real):
+            raise UsageError(f"refusing to write a backpack to {dest}: it holds {path}, which "
+                             "the notebook needs; choose a new folder with -o")
     if dest.exists() or dest.is_symlink():
         if not dest.is_dir() or dest.is_symlink():
             raise UsageError(f"{dest} exists and is not a folder; choose another output with -o")
-        if not force and any(dest.iterdir()):
+        entries = sorted(p.name for p in dest.iterdir())
+        if entries and not force:
             raise UsageError(f"{dest} already exists; pass --force to replace it, "
                              "or choose another output folder with -o")
+        if entries and not is_backpack(dest):
+            raise UsageError(f"{dest} is not a backpack (no audit/session.json, no "
+                             f"{ENVIRONMENT} and {COMPUTE}); --force replaces only a backpack; "
+                             "choose a new folder with -o")
+        foreign = [name for name in entries if name not in LAYOUT]
+        if foreign:
+            raise UsageError(f"{dest} is a backpack but also holds {', '.join(foreign[:3])}"
+                             f"{' ...' if len(foreign) > 3 else ''}, which --force would remove; "
+                             "move it out or choose a new folder with -o")
     return dest
 
 
 def write_backpack(dest: str | Path, *, texts: Mapping[str, str],
-                   copies: Iterable[tuple[str | Path, str]], force: bool = False) -> Path:
+                   copies: Iterable[tuple[str | Path, str]], force: bool = False,
+                   keep: Iterable[str | Path] = ()) -> Path:
     """Write a backpack at `dest`: `texts` maps relative path -> content, `copies` (source,
-    relative path) pairs. All or nothing: an existing `dest` is replaced (only with `force`)
-    after the new folder is complete, and a failure leaves no temporary folder behind."""
-    dest = check_destination(dest, force)
+    relative path) pairs. All or nothing: an existing `dest` is replaced (only with `force`,
+    only a backpack, never one holding a path of `keep`: see `check_destination`) after the new
+    folder is complete, and a failure leaves no temporary folder behind."""
+    keep = list(keep)
+    dest = check_destination(dest, force, keep)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
@@ -71,7 +116,7 @@ def write_backpack(dest: str | Path, *, texts: Mapping[str, str],
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700
-        _move_into_place(staging, dest, force)
+        _move_into_place(staging, dest, force, keep)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -91,11 +136,11 @@ def _umask() -> int:
     return mask
 
 
-def _move_into_place(staging: Path, dest: Path, force: bool) -> None:
+def _move_into_place(staging: Path, dest: Path, force: bool, keep: list[str | Path]) -> None:
     if not dest.exists():
         os.rename(staging, dest)
         return
-    check_destination(dest, force)  # it may have appeared during the run
+    check_destination(dest, force, keep)  # it may have appeared or changed during the run
     old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
     os.rmdir(old)
     os.rename(dest, old)
