@@ -17,13 +17,14 @@ from auditor.errors import FloError
 from auditor.specs import EnvSpec, parse_data, parse_environment, parse_requirements
 
 from . import data as data_step
-from .data import FetchReport, VerifyReport, default_run_dir
+from .data import FetchReport, VerifyReport, default_run_dir, default_scratch_dir
 from .data.fetch import Progress as DataProgress
 from .envs import EnvCache, EnvRequest, canonical_spec, find_interpreter, get_builder
 from .envs.base import BuiltEnv
 from .envs.cache import CachedEnv
 from .envs.conda import choose_builder, find_conda_tool, requested_interpreter
 from .envs.interpreters import Interpreter
+from .folders import SCRATCH, writing_into
 
 ENV_FILES = {"manager": "software/environment.yml", "worker": "software/worker-environment.yml"}
 
@@ -213,6 +214,10 @@ def fetch_data(backpack: str | Path, run_dir: str | Path | None = None,
     if not checked.valid:
         raise InvalidBackpack(checked)
     run = Path(run_dir) if run_dir is not None else default_run_dir(checked.root, scratch_dir)
+    if run_dir is None:  # under the scratch folder: a read-only one is named as such
+        scratch = Path(scratch_dir or default_scratch_dir()).expanduser().absolute()
+        with writing_into(scratch, SCRATCH):
+            run.mkdir(parents=True, exist_ok=True)
     return data_step.fetch(checked.root, run, profile, progress=progress, jobs=jobs)
 
 

@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                            "longer uses (and, with --older-than, any unused for that long)")
     env.add_argument("--older-than", type=float, metavar="DAYS",
                      help="with --clean: also remove any environment unused for DAYS days")
-    env.add_argument("--cache-dir", help="environment cache (default: $FLO_CACHE_DIR or "
+    env.add_argument("--cache-dir", help="environment cache (default: $FLO_CACHE_DIR, else "
+                                         "$XDG_CACHE_HOME/flo-backpack/envs, else "
                                          "~/.cache/flo-backpack/envs)")
     env.add_argument("--python", help="interpreter to build on (must match python= if pinned)")
     env.add_argument("--builder", default="auto", choices=("auto", "uv", "pip", "conda"),

@@ -8,7 +8,6 @@ the run started is stopped before `run_backpack` returns or raises.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import tempfile
@@ -25,8 +24,9 @@ from auditor.errors import FloError, Interrupted
 
 from . import api, data, runner
 from .engines import EngineSpec, get_engine
-from .envs import EnvCache
+from .envs import EnvCache, default_cache_dir
 from .envs.base import BuiltEnv, EnvRequest
+from .folders import SCRATCH, writing_into
 
 #: Phases of the closing summary, in order (the Floability paper's Table III rows).
 PHASES = ("validation", "data", "manager environment", "worker environment", "engine start",
@@ -105,9 +105,10 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
     """
     started = time.monotonic()
     scratch = (options.scratch_dir or data.default_scratch_dir()).expanduser().absolute()
-    scratch.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"run-{time.strftime('%Y%m%d-%H%M%S')}-",
-                                    dir=scratch))
+    with writing_into(scratch, SCRATCH):  # a read-only scratch: one line naming it
+        scratch.mkdir(parents=True, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"run-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                        dir=scratch))
     report = RunReport(Path(options.backpack).expanduser().absolute(), run_dir)
     cluster = None
     try:
@@ -249,10 +250,8 @@ def _environments(report: RunReport, checked: api.ValidationResult, options: Run
     report.phases.setdefault("worker environment", 0.0)
 
 
-def _default_cache(options: RunOptions) -> Path | None:
-    if os.environ.get("FLO_CACHE_DIR") or options.scratch_dir is None:
-        return None
-    return Path(options.scratch_dir).expanduser().absolute() / "envs"
+def _default_cache(options: RunOptions) -> Path:
+    return default_cache_dir(options.scratch_dir)  # the rule lives in envs/cache.py
 
 
 def _loaded(root: Path) -> Backpack | None:

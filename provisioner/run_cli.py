@@ -34,7 +34,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="workers to start (default: min-workers)")
     p.add_argument("--scratch-dir", help="where run folders live (default $FLO_SCRATCH_DIR or "
                    "TMPDIR/flo-run; environments go under it too unless --cache-dir)")
-    p.add_argument("--cache-dir", help="environment cache")
+    p.add_argument("--cache-dir", help="environment cache (default: $FLO_CACHE_DIR, else "
+                   "SCRATCH/envs when --scratch-dir is given, else "
+                   "$XDG_CACHE_HOME/flo-backpack/envs, else ~/.cache/flo-backpack/envs)")
     p.add_argument("--keep", action="store_true", help="leave the run folder in place")
     p.add_argument("--host", default="127.0.0.1", help="interface the scheduler, workers and "
                    "JupyterLab listen on (default loopback)")

@@ -27,6 +27,7 @@ from auditor.emit.data import MAX_CLIMB, DataEntry, climb
 from auditor.emit.data_entry import beside
 from auditor.errors import FloError
 
+from ..folders import RUN_DIR, writing_into
 from .download import Cancel, Cancelled
 from .extract import already_extracted, extract
 from .results import DataError, EntryResult, FetchReport, Mismatch, VerifyReport
@@ -198,7 +199,8 @@ def fetch(backpack: Path, run_dir: Path, profile: str | None = None, *,
     if chosen is None:
         return report
     planned = _plan(chosen, root, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with writing_into(run_dir, RUN_DIR):
+        run_dir.mkdir(parents=True, exist_ok=True)
     cancel = Cancel()  # set: stalled downloads are hung up, not waited for
     results: dict[str, EntryResult] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="flo-fetch")

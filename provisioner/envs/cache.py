@@ -1,6 +1,6 @@
 """The environment cache: one folder per request key, built all-or-nothing, one builder per key.
 
-Layout under the cache root (`--cache-dir`, $FLO_CACHE_DIR, or ~/.cache/flo-backpack/envs):
+Layout under the cache root (`default_cache_dir` says which folder that is):
 
     <key>/                  a finished environment; <key>/flo-env.json is its stamp
     <key>/flo-last-used     touched on every reuse (the stamp itself is never rewritten)
@@ -16,6 +16,11 @@ Conda prefixes are not relocatable (the prefix is written into their files), so 
 `relocatable = False` builds straight into `<key>/` under the lock and the stamp is written
 last; a failed or interrupted build removes the folder, and one killed outright leaves a folder
 without a stamp, which the next build of that key removes before starting.
+
+A stamp says an environment was finished, not that it is still whole: before reuse its
+interpreter is asked (`health.damage`), and a damaged one is moved aside under the lock and
+rebuilt, with a note saying so. A read-only cache still serves the environments it holds (the
+last-used mark is best effort); building in one is a `NotWritable` error naming the folder.
 """
 
 from __future__ import annotations
@@ -31,16 +36,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..folders import CACHE, writing_into
 from .base import BuildOutcome, BuiltEnv, EnvRequest
+from .health import damage
 
 STAMP = "flo-env.json"
 LAST_USED = "flo-last-used"
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(scratch_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache root when --cache-dir is not given: $FLO_CACHE_DIR, else SCRATCH/envs when
+    a scratch folder was named (`flo-run BP --scratch-dir`), else $XDG_CACHE_HOME/flo-backpack/
+    envs, else ~/.cache/flo-backpack/envs. The one place this rule lives."""
     if env := os.environ.get("FLO_CACHE_DIR"):
         return Path(env).expanduser()
-    return Path.home() / ".cache" / "flo-backpack" / "envs"
+    if scratch_dir is not None:
+        return Path(scratch_dir).expanduser().absolute() / "envs"
+    # The XDG base-directory spec: a relative (or empty) value is invalid and ignored.
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "flo-backpack" / "envs"
 
 
 @dataclass
@@ -82,10 +97,13 @@ class EnvCache:
 
     @contextmanager
     def lock(self, key: str) -> Iterator[float]:
-        """Hold the build lock of `key`; yields the seconds spent waiting for it."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Hold the build lock of `key`; yields the seconds spent waiting for it. The first
+        write into the cache, so a read-only one is a `NotWritable` error here."""
         started = time.monotonic()
-        with open(self.root / f".{key}.lock", "a+") as handle:
+        with writing_into(self.root, CACHE):
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / f".{key}.lock", "a+")
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, even on a crash
             try:
                 yield time.monotonic() - started
@@ -93,21 +111,32 @@ class EnvCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def ensure(self, request: EnvRequest, build: Callable[[Path], BuildOutcome],
-               backpack: str = "", relocatable: bool = True) -> BuiltEnv:
-        """The environment for `request`: reused when its stamp is there, else built under the
-        key's lock by `build(temporary_folder)` and renamed into place, or, when not
-        `relocatable`, by `build(final_folder)` with the stamp written last."""
+               backpack: str = "", relocatable: bool = True,
+               check: Callable[[Path, tuple[str, ...]], str | None] = damage) -> BuiltEnv:
+        """The environment for `request`: reused when its stamp is there and `check(folder,
+        bootstrap)` finds nothing wrong, else built under the key's lock by
+        `build(temporary_folder)` and renamed into place, or, when not `relocatable`, by
+        `build(final_folder)` with the stamp written last."""
         started = time.monotonic()
         key = request.key
         final = self.path_for(key)
+        damaged: tuple[dict, str] | None = None  # the stamp of a damaged folder, and what is
         if (stamp := self.stamp(key)) is not None:
-            return self._reused(request, stamp, started, 0.0)
+            if (problem := check(final, request.bootstrap)) is None:
+                return self._reused(request, stamp, started, 0.0)
+            damaged = (stamp, problem)
         with self.lock(key) as waited:
-            if (stamp := self.stamp(key)) is not None:  # another process built it meanwhile
+            stamp = self.stamp(key)
+            # A stamp we have not judged was written meanwhile by another process's build.
+            if stamp is not None and (damaged is None or stamp != damaged[0]):
                 return self._reused(request, stamp, started, waited)
             for stale in self.root.glob(f".{key}.tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            if final.exists():  # a folder without a stamp is not ours to trust
+            if damaged is not None:  # its stamp goes first (one rename), then the rest
+                aside = self.root / f".{key}.tmp-damaged-{os.getpid()}"
+                os.rename(final, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            elif final.exists():  # a folder without a stamp is not ours to trust
                 shutil.rmtree(final)
             if relocatable:
                 work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=self.root))
@@ -137,13 +166,20 @@ class EnvCache:
             finally:
                 if work is not None and work.exists():
                     shutil.rmtree(work, ignore_errors=True)
+        notes = list(outcome.notes)
+        if damaged is not None:  # said on this run only: the stamp keeps the builder's notes
+            notes.insert(0, f"the cached environment {final} was damaged ({damaged[1]}): "
+                            "rebuilt")
         return BuiltEnv(request.roles, final, key, python, False, time.monotonic() - started,
-                        waited, outcome.installed, outcome.notes, request.builder)
+                        waited, outcome.installed, notes, request.builder)
 
     def _reused(self, request: EnvRequest, stamp: dict, started: float,
                 waited: float) -> BuiltEnv:
         final = self.path_for(request.key)
-        (final / LAST_USED).touch()
+        try:
+            (final / LAST_USED).touch()
+        except OSError:  # a read-only cache still serves what it holds
+            pass
         return BuiltEnv(request.roles, final, request.key, stamp.get("python", ""), True,
                         time.monotonic() - started, waited, stamp.get("installed", {}),
                         stamp.get("notes", []), stamp.get("builder", request.builder))
