@@ -10,15 +10,22 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
+from auditor.crash import EXIT_CODE as INTERNAL_ERROR
+from auditor.crash import internal_error
 from auditor.errors import FloError, UsageError
 
 from . import api
 
-COMMANDS = ("validate", "env", "fetch", "verify")
+if TYPE_CHECKING:
+    from .preflight import Preflight
+
+COMMANDS = ("validate", "check", "env", "fetch", "verify")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +37,24 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--strict", action="store_true",
                           help="also parse the notebook (nbformat) or compile the script")
     validate.add_argument("--json", action="store_true", help="print a JSON result")
+
+    check = sub.add_parser("check", help="preflight: every check that can fail before "
+                           "anything is built, fetched or started (disk, cores, memory, batch "
+                           "commands, scheduler port, interpreters, pins for this platform)")
+    check.add_argument("backpack")
+    check.add_argument("--engine", default="auto",
+                       choices=("auto", "dask-local", "slurm", "notebook"),
+                       help="the engine the run would use (as flo-run BP --engine)")
+    check.add_argument("--workers", type=int, help="workers the run would start")
+    check.add_argument("--scratch-dir", help="where the run folder would go")
+    check.add_argument("--cache-dir", help="environment cache")
+    check.add_argument("--host", default="127.0.0.1", help="the scheduler's interface")
+    check.add_argument("--scheduler-port", type=int, default=0,
+                       help="the scheduler's port (default: any free one)")
+    check.add_argument("--python", help="interpreter to build environments on")
+    check.add_argument("--builder", default="auto", choices=("auto", "uv", "pip", "conda"))
+    check.add_argument("--profile", help="data.yml profile")
+    check.add_argument("--json", action="store_true", help="print a JSON result")
 
     env = sub.add_parser("env", help="build (or list, or prune) the cached environments")
     env.add_argument("backpack")
@@ -78,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(args_list)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "check":
+            return _check(args)
         if args.command in ("fetch", "verify"):
             return _data(args)
         return _env(args)
@@ -87,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloError as exc:
         console.print(f"flo-run: {exc}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
+    except Exception as exc:  # not raised on purpose: one line here, the traceback in a log
+        console.print(internal_error("flo-run", exc, args_list), markup=False, highlight=False,
+                      soft_wrap=True)
+        return INTERNAL_ERROR
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -105,6 +136,38 @@ def _validate(args: argparse.Namespace) -> int:
     else:
         out.print(f"[red]invalid[/red] {result.root}: {len(result.problems)} problem(s)")
     return result.exit_code
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .preflight import check_backpack
+
+    report = check_backpack(
+        args.backpack, engine=args.engine, workers=args.workers,
+        scratch_dir=Path(args.scratch_dir) if args.scratch_dir else None,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None, host=args.host,
+        port=args.scheduler_port, python=args.python, builder=args.builder,
+        profile=args.profile)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _render_preflight(report)
+    return report.exit_code
+
+
+def _render_preflight(report: Preflight) -> None:
+    from .preflight import FAILED, PASSED, WARNING
+
+    style = {PASSED: "green", WARNING: "yellow", FAILED: "red"}
+    table = Table(title="preflight")
+    for column in ("check", "", "reason"):
+        table.add_column(column, overflow="fold")
+    for check in report.checks:
+        table.add_row(check.name, f"[{style[check.status]}]{check.status}[/]", check.reason)
+    out = Console(highlight=False)
+    out.print(table)
+    out.print(f"[red]{len(report.failed)} check(s) failed[/red]: nothing would be built or "
+              "started" if report.failed else "[green]ready[/green]",
+              f"({report.seconds:.2f} s)")
 
 
 def _env(args: argparse.Namespace) -> int:
