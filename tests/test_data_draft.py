@@ -234,7 +234,23 @@ def test_a_file_probed_for_update_then_recreated_is_produced(tmp_path: Path) -> 
     read_first = draft([Access(1, h5, "r", t=1, cell=0), Access(1, h5, "w", t=2, cell=0)],
                        tmp_path)
     assert [e.name for e in read_first.inputs] == ["out"]
-    assert any("read, then written by the run" in w for w in read_first.warnings)
+    assert any("read in cell 0, then written by the run in cell 0" in w
+               for w in read_first.warnings), read_first.warnings
+
+
+def test_an_input_a_later_cell_overwrote_names_both_cells(tmp_path: Path) -> None:
+    """A folder globbed in cell 1 and rewritten by cell 3 (an audit in a folder an earlier run
+    left dirty): each file's warning names both cells and says to audit in a clean folder."""
+    parts = [make(tmp_path / "series" / f"part-{i}.txt", b"%d" % i) for i in range(2)]
+    events = [Access(1, str(tmp_path / "series"), "d", t=1, cell=1)]
+    events += [Access(1, p, "r", t=2, cell=1) for p in parts]
+    events += [Access(1, p, "w", t=3, cell=3) for p in parts]
+    result = draft(events, tmp_path)
+    assert [e.name for e in result.inputs] == ["series"]
+    for path in parts:
+        warning = next((w for w in result.warnings if w.startswith(path)), "")
+        assert "read in cell 1" in warning and "in cell 3" in warning, result.warnings
+        assert "clean copy of the notebook's folder" in warning, warning
 
 
 def test_no_input_still_renders_an_empty_list(tmp_path: Path) -> None:

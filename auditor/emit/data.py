@@ -187,9 +187,7 @@ class DataCollector:
             else:
                 candidates[path] = read
                 if write is not None:  # read, then appended to or rewritten by the run
-                    draft.warnings.append(f"{path}: read, then written by the run; data.yml "
-                                          "records its content after the run, not what was "
-                                          "read")
+                    draft.warnings.append(_overwritten(path, read, write))
         names: set[str] = set()
         self._stores(draft, candidates, role_of, names, progress)
         self._folders(draft, candidates, role_of, names, progress)
@@ -366,6 +364,17 @@ def _all_read(folder: str, candidates: Mapping[str, Use]) -> list[str]:
                 continue
             found.append(path)
     return found
+
+
+def _overwritten(path: str, read: Use, write: Use) -> str:
+    """The warning for an input the run read and later wrote (often an audit run in a folder
+    an earlier run left dirty): data.yml holds what the next run will not read."""
+    def where(use: Use) -> str:
+        return f"cell {use.cell}" if use.cell is not None else "outside any cell"
+
+    return (f"{path}: read in {where(read)}, then written by the run in {where(write)}; "
+            "data.yml records its content after the run, not what was read; if an earlier "
+            "run left it there, audit again in a clean copy of the notebook's folder")
 
 
 def _modified_since(path: str, started: float | None) -> bool:
