@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from . import __version__
+from .crash import EXIT_CODE as INTERNAL_ERROR
+from .crash import internal_error
 from .errors import FloError, Interrupted, UsageError
 
 BACKENDS = ("auto", "strace", "ptrace", "hooks")
@@ -193,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         error: FloError = Interrupted("interrupted; nothing was written")
     except FloError as exc:
         error = exc
+    except Exception as exc:  # not raised on purpose: one line here, the traceback in a log
+        err.print(internal_error("flo-audit", exc, argv), markup=False, highlight=False,
+                  soft_wrap=True)
+        return INTERNAL_ERROR
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

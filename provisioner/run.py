@@ -20,7 +20,8 @@ from pathlib import Path
 
 from auditor.backpack import Backpack, load_backpack
 from auditor.emit.compute import ComputeSpec
-from auditor.errors import FloError, Interrupted
+from auditor.errors import FloError, Interrupted, UsageError
+from auditor.specs import EnvSpec
 
 from . import api, data, runner
 from .engines import EngineSpec, get_engine
@@ -65,6 +66,7 @@ class RunReport:
     run_dir: Path
     phases: dict[str, float] = field(default_factory=dict)
     envs: dict[str, BuiltEnv] = field(default_factory=dict)  # role -> env
+    skipped: dict[str, str] = field(default_factory=dict)  # role -> why its env was not built
     status: str = "not started"
     output: Path | None = None
     failed_cell: dict | None = None
@@ -93,6 +95,7 @@ class RunReport:
                 "envs": {role: {"path": str(e.path), "from_cache": e.from_cache,
                                 "seconds": round(e.seconds, 3), "builder": e.builder}
                          for role, e in self.envs.items()},
+                "skipped_envs": self.skipped,
                 "cluster": self.cluster, "notes": self.notes, "url": self.url}
 
 
@@ -111,24 +114,27 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
                                         dir=scratch))
     report = RunReport(Path(options.backpack).expanduser().absolute(), run_dir)
     cluster = None
+    keep = options.keep
     try:
-        checked = _phase(report, "validation", lambda: api.validate(report.backpack))
-        if not checked.valid:
-            raise api.InvalidBackpack(checked)
+        # Everything that can say no, before data, environments or engine: the workflow is
+        # checked as it will be executed (strict), and the engine is chosen, because it
+        # decides which environments are built.
+        checked, loaded = _phase(report, "validation", lambda: _validate(report, options))
+        compute = loaded.compute if loaded is not None else ComputeSpec()
+        engine = choose_engine(options.engine, loaded.summary if loaded is not None else None)
         report.workdir = _notebook_dir(report, options)
         _copy_workflow(report.backpack / "workflow", report.notebook_dir)
         _phase(report, "data", lambda: _fetch_data(report, options))
-        _environments(report, checked, options, say)
-        loaded = _loaded(report.backpack)
-        compute = loaded.compute if loaded is not None else ComputeSpec()
-        engine = choose_engine(options.engine, loaded.summary if loaded is not None else None)
+        _environments(report, checked, options, say, engine)
         if loaded is not None and (secrets := flagged_secrets(loaded.summary)):
             say(secrets)
             report.notes.append(secrets)
         workers = options.workers if options.workers is not None else max(compute.min_workers, 1)
+        manager_python = report.envs["manager"].python_path
         spec = EngineSpec(run_dir=run_dir, workdir=report.notebook_dir,
-                          worker_python=report.envs["worker"].python_path,
-                          manager_python=report.envs["manager"].python_path, workers=workers,
+                          worker_python=(report.envs.get("worker") or report.envs["manager"]
+                                         ).python_path,
+                          manager_python=manager_python, workers=workers,
                           max_workers=max(compute.max_workers, workers), threads=compute.cores,
                           memory_mb=compute.memory, disk_mb=compute.disk,
                           host=options.host)
@@ -142,6 +148,9 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
             _execute(report, options, checked.workflow, cluster, say)
         else:
             _interactive(report, cluster, on_lab, checked.workflow)
+    except runner.KernelStartFailed:
+        keep = True  # the error names the kernel log, which lives in the run folder
+        raise
     except KeyboardInterrupt as exc:
         report.status = "interrupted"
         raise Interrupted(_interrupted(exc, cluster is not None, options.execute)) from None
@@ -153,8 +162,8 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
                 report.notes.append(f"{len(survivors)} process(es) could not be stopped: "
                                     + ", ".join(str(p.pid) for p in survivors))
         report.phases["total"] = time.monotonic() - started
-        report.kept = options.keep
-        if not options.keep:
+        report.kept = keep
+        if not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     if report.status not in ("complete", "stopped"):
         error = NotebookFailed(f"the notebook did not complete: {report.message}; the executed "
@@ -221,12 +230,46 @@ def _fetch_data(report: RunReport, options: RunOptions) -> None:
     data.fetch(report.backpack, report.run_dir, options.profile)
 
 
+def _validate(report: RunReport, options: RunOptions
+              ) -> tuple[api.ValidationResult, Backpack | None]:
+    """The backpack, checked strictly (the workflow parsed as it will run), and loaded."""
+    checked = api.validate(report.backpack, strict=True)
+    if not checked.valid:
+        raise api.InvalidBackpack(checked)
+    if not options.execute and checked.workflow is not None:
+        _check_opens_in_lab(checked.workflow, checked.specs["manager"])
+    return checked, _loaded(report.backpack)
+
+
+#: What opens a `.py` workflow as a notebook in JupyterLab (its paired-notebook contents manager).
+JUPYTEXT = "jupytext"
+
+
+def _check_opens_in_lab(workflow: Path, manager: EnvSpec) -> None:
+    """Interactive mode shows a notebook: a script only when the manager environment has
+    jupytext to pair it with one (flo-run does not add it: the spec is the audit's)."""
+    if workflow.suffix != ".py" or JUPYTEXT in manager.pins:
+        return
+    raise UsageError(f"interactive mode needs a notebook: {workflow.name} is a script and "
+                     f"software/environment.yml has no {JUPYTEXT} to open it as one; run it "
+                     f"headless with --execute, or add {JUPYTEXT} to the manager environment")
+
+
 def _environments(report: RunReport, checked: api.ValidationResult, options: RunOptions,
-                  say: Callable[[str], None]) -> None:
-    """Manager and worker environments (shared when their specs are equal), each timed. The
-    interactive manager also gets JupyterLab (the `lab` role), which pins cannot move."""
+                  say: Callable[[str], None], engine: str) -> None:
+    """The environments `engine` uses, each timed: the manager's, and the workers' (shared
+    when their specs are equal) unless the engine starts no workers of ours. The interactive
+    manager also gets JupyterLab (the `lab` role), which pins cannot move."""
     cache = EnvCache(options.cache_dir or _default_cache(options))
-    for request in api.plan_environments(checked, options.python, options.builder):
+    roles = ("manager", "worker") if get_engine(engine).uses_worker_environment else ("manager",)
+    if roles == ("manager",):
+        report.phases["worker environment"] = 0.0
+        report.skipped["worker"] = f"engine {engine} starts no workers"
+        if api.own_worker_spec(checked):
+            report.notes.append(f"worker environment ({api.ENV_FILES['worker']}) not built: "
+                                f"engine {engine} starts no workers (the notebook's own run "
+                                "in the manager environment)")
+    for request in api.plan_environments(checked, options.python, options.builder, roles):
         if not options.execute and "manager" in request.roles:
             requests = [EnvRequest(request.spec, request.interpreter, ("manager", "lab"),
                                    request.builder)]
@@ -307,7 +350,10 @@ def _interactive(report: RunReport, cluster, on_lab, workflow: Path) -> None:
     def launch(argv, log_name, cwd=None):  # the lab's kernels connect to the cluster too
         return cluster.launch(argv, log_name, cwd=cwd, env=cluster.environment())
 
-    notebook = (report.notebook_dir / workflow.name).relative_to(report.run_dir)
+    opened = report.notebook_dir / workflow.name
+    if opened.suffix == ".py":  # jupytext is in the environment (_check_opens_in_lab)
+        opened = runner.paired_notebook(opened)
+    notebook = opened.relative_to(report.run_dir)
     lab = runner.start_lab(manager, report.run_dir, launch, host=cluster.spec.host,
                            log_tail=lambda: cluster.log_tail("jupyterlab.log"),
                            notebook=notebook.as_posix())

@@ -233,6 +233,8 @@ class Engine:
     name = ""
     cluster_class: type[Cluster] = Cluster  # an engine may add its own teardown
     checks_versions = True  # manager and worker environments must agree on Dask
+    #: Workers of this engine run in the worker environment; False: flo-run does not build it.
+    uses_worker_environment = True
 
     def start(self, spec: EngineSpec) -> Cluster:
         if spec.manager_python is not None and self.checks_versions:
