@@ -7,6 +7,7 @@ runs first in every command: an invalid backpack stops before any interpreter or
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,9 @@ def _check_workflow(root: Path, result: ValidationResult) -> Path | None:
         result.problems.append(Problem("workflow/", "", "missing; expected a folder with the "
                                        "notebook (.ipynb) or script (.py)"))
         return None
+    audited = _audited_workflow(root)
+    if audited is not None and (folder / audited).is_file():
+        return folder / audited  # a script beside its helper modules: the audit names it
     notebooks = sorted(p for p in folder.glob("*.ipynb") if p.is_file())
     scripts = sorted(p for p in folder.glob("*.py") if p.is_file())
     # Helper modules sit beside the notebook, so .py files only count when there is no notebook.
@@ -131,6 +135,17 @@ def _check_workflow(root: Path, result: ValidationResult) -> Path | None:
     result.problems.append(Problem("workflow/", "", f"expected exactly one notebook (.ipynb) "
                                    f"or, without one, exactly one .py script; found {found}"))
     return None
+
+
+def _audited_workflow(root: Path) -> str | None:
+    """The file name of the workflow the audit ran (audit/summary.json "notebook"), if any;
+    a damaged summary is reported by auditor.backpack, not here."""
+    try:
+        summary = json.loads((root / "audit" / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    named = summary.get("notebook") if isinstance(summary, dict) else None
+    return Path(str(named)).name if named else None
 
 
 def _check_optional_files(root: Path, result: ValidationResult) -> None:
@@ -170,21 +185,36 @@ def _check_optional_files(root: Path, result: ValidationResult) -> None:
 
 
 def _check_notebook(root: Path, workflow: Path, result: ValidationResult) -> None:
+    """The workflow as flo-run will execute it: read by the audit's loader (a notebook must
+    be valid nbformat; a script UTF-8 text), and a script must compile."""
+    from auditor.workflow import load_workflow
+
     relative = str(workflow.relative_to(root))
-    if workflow.suffix == ".py":
-        try:
-            compile(workflow.read_text(encoding="utf-8"), str(workflow), "exec")
-        except SyntaxError as exc:
-            result.problems.append(Problem(relative, f"line {exc.lineno}",
-                                           f"valid Python ({exc.msg})"))
-        return
-    import nbformat
     try:
-        notebook = nbformat.read(workflow, as_version=4)
-        nbformat.validate(notebook)
-    except (ValueError, OSError, nbformat.ValidationError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        result.problems.append(Problem(relative, "", f"a valid Jupyter notebook ({message})"))
+        load_workflow(workflow)
+    except FloError as exc:
+        message = _relative(str(exc), root).removeprefix(f"{relative} is ")
+        result.problems.append(Problem(relative, "", message))
+        return
+    if workflow.suffix != ".py":
+        return
+    try:
+        compile(workflow.read_text(encoding="utf-8"), str(workflow), "exec")
+    except SyntaxError as exc:
+        problem = Problem(relative, f"line {exc.lineno}", f"valid Python ({exc.msg})")
+        ours, theirs = f"{sys.version_info[0]}.{sys.version_info[1]}", _minor(result)
+        if theirs is None or theirs == ours:
+            result.problems.append(problem)
+        else:  # the kernel's Python may accept what ours does not (or the other way round)
+            result.warnings.append(f"{problem} under Python {ours}; the manager environment "
+                                   f"has Python {theirs}")
+
+
+def _minor(result: ValidationResult) -> str | None:
+    spec = result.specs.get("manager")
+    if spec is None or not spec.python:
+        return None
+    return ".".join(spec.python.split(".")[:2])
 
 
 def _relative(text: str, root: Path) -> str:
@@ -253,17 +283,17 @@ class EnvReport:
 
 
 def plan_environments(checked: ValidationResult, python: str | None = None,
-                      builder: str = "auto") -> list[EnvRequest]:
-    """One request per distinct (spec, interpreter): identical manager and worker specs share.
-    `builder` "auto" picks conda or uv per spec (`choose_builder`); a conda env brings its own
-    python, so it needs no interpreter on the machine."""
+                      builder: str = "auto", roles: tuple[str, ...] = ("manager", "worker"),
+                      ) -> list[EnvRequest]:
+    """One request per distinct (spec, interpreter) of `roles`: identical manager and worker
+    specs share. `builder` "auto" picks conda or uv per spec (`choose_builder`); a conda env
+    brings its own python, so it needs no interpreter on the machine."""
     found: dict[str | None, Interpreter] = {}
     requests: list[EnvRequest] = []
     groups: dict[str, tuple[EnvSpec, list[str]]] = {}
-    for role in ("manager", "worker"):
+    for role in roles:
         spec = checked.specs[role]
-        canon = json.dumps([canonical_spec(spec), spec.channels], sort_keys=True)
-        groups.setdefault(canon, (spec, []))[1].append(role)
+        groups.setdefault(_spec_key(spec), (spec, []))[1].append(role)
     for spec, roles in groups.values():
         name = choose_builder(builder, spec)
         if name == "conda":
@@ -274,6 +304,16 @@ def plan_environments(checked: ValidationResult, python: str | None = None,
             interp = found[spec.python]
         requests.append(EnvRequest(spec, interp, tuple(roles), name))
     return requests
+
+
+def _spec_key(spec: EnvSpec) -> str:
+    return json.dumps([canonical_spec(spec), spec.channels], sort_keys=True)
+
+
+def own_worker_spec(checked: ValidationResult) -> bool:
+    """Whether the workers' spec differs from the manager's (so would be an environment of
+    its own)."""
+    return _spec_key(checked.specs["worker"]) != _spec_key(checked.specs["manager"])
 
 
 def build_environments(backpack: str | Path, cache_dir: str | Path | None = None,

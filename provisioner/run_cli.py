@@ -61,6 +61,9 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError("--workers must be at least 1")
     if args.output and not args.execute:
         raise UsageError("-o goes with --execute")
+    if args.output and Path(args.output).suffix.lower() == ".py":
+        raise UsageError(f"-o {args.output}: the executed workflow is written as a notebook; "
+                         "give a .ipynb path")
     options = RunOptions(
         backpack=Path(args.backpack), execute=args.execute,
         output=Path(args.output) if args.output else None,
@@ -113,6 +116,8 @@ def render(report: RunReport, as_json: bool) -> None:
             shared = role == "worker" and env is report.envs.get("manager")
             source = "same as manager" if shared else (
                 f"{'cache' if env.from_cache else 'built'} ({env.builder})")
+        elif role in report.skipped:
+            source = f"skipped: {report.skipped[role]}"
         table.add_row(phase, f"{report.phases[phase]:.2f}", source)
     table.add_row("total", f"{report.total:.2f}", "", style="bold")
     out.print(table)

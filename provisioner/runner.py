@@ -2,8 +2,12 @@
 
 Headless: a kernelspec written for this run in a temporary JUPYTER_PATH-style folder names the
 manager environment's python (`-m ipykernel_launcher`), so the kernel is that environment's
-whatever flo-run itself runs in. Parameters are injected papermill-style. The executed notebook
-is written whatever happens to the cells; `Execution.status` says how it ended.
+whatever flo-run itself runs in. The workflow is read by the audit's own loader
+(`auditor.workflow.load_workflow`): a `.py` script runs as the notebook the audit ran (one cell
+per `# %%`, else one cell; `__file__` set as under the audit), so cell numbers agree. Parameters
+are injected papermill-style. Once the kernel is up, the executed notebook is written whatever
+happens to the cells; `Execution.status` says how it ended. A kernel that cannot start is a
+`KernelStartFailed` naming the environment and the kernel log, and nothing is written.
 
 SIGINT and SIGTERM during execution: nbclient installs its own event-loop handlers for both, which
 only start a kernel shutdown and let the cell wait go on (flo-run kept running for minutes). Our
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import atexit
 import json
 import os
 import secrets
@@ -34,9 +39,11 @@ from pathlib import Path
 import nbformat
 
 from auditor.errors import FloError
+from auditor.process import parent_death
 from auditor.record.interpreter import activated
+from auditor.workflow import load_workflow
 
-from .engines.base import free_port, wait_for
+from .engines.base import env_prefix, free_port, wait_for
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -44,6 +51,20 @@ INJECTED_TAG = "injected-parameters"
 
 class RunnerError(FloError):
     """The kernel or JupyterLab could not be started."""
+
+
+class KernelStartFailed(RunnerError):
+    """The manager environment's kernel did not start (or never answered); no notebook was
+    written. `environment` is the env folder, `log` the kernel's stdout and stderr."""
+
+    exit_code = 1  # not bad input: the environment is broken
+
+    def __init__(self, environment: Path, log: Path | None, cause: str) -> None:
+        where = f"; its log is {log}" if log is not None else ""
+        super().__init__(f"the kernel of the manager environment {environment} could not start "
+                         f"({cause}){where}; check that its python can import ipykernel, or "
+                         "remove that folder so that the next run rebuilds it")
+        self.environment, self.log, self.cause = environment, log, cause
 
 
 class ExecutionStopped(KeyboardInterrupt):
@@ -130,19 +151,22 @@ def kernel_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
+def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
             env: Mapping[str, str] | None = None, parameters: Mapping[str, object] | None = None,
             timeout: float | None = None, kernel_log: Path | None = None,
             on_cell: Callable[[int, int], None] | None = None) -> Execution:
-    """Execute `notebook` in a kernel of `python`'s environment with cwd `cwd`; write the
-    executed notebook to `output` even when a cell fails or the kernel dies. The kernel's own
-    stdout and stderr go to `kernel_log` when given."""
+    """Execute `workflow` (a notebook, or a `.py` script read as the audit reads it) in a
+    kernel of `python`'s environment with cwd `cwd`; once the kernel is up, write the executed
+    notebook to `output` even when a cell fails or the kernel dies. The kernel's own stdout and
+    stderr go to `kernel_log` when given. Raises `KernelStartFailed` (nothing written) when the
+    kernel does not start, `UsageError` when the workflow cannot be read."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     started = time.monotonic()
-    nb = nbformat.read(notebook, as_version=4)
+    loaded = load_workflow(workflow)
+    nb = loaded.notebook
     inject_parameters(nb, parameters or {})
     failed: dict = {}
 
@@ -155,6 +179,8 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
         if on_cell is not None:
             on_cell(cell_index, len(nb.cells))
 
+    # As under the audit: a script's cells see `__file__` (its copy in the run folder).
+    user_file = Path(workflow).absolute() if loaded.kind == "py" else None
     with tempfile.TemporaryDirectory(prefix="flo-run-kernelspec-") as specs:
         name = write_kernelspec(Path(specs), python, {})
         # The async manager (and so an async client): a blocking client waits for kernel
@@ -165,6 +191,7 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
         client = _stoppable_client()(nb, km=km, timeout=timeout, kernel_name=name,
                                 resources={"metadata": {"path": str(cwd)}},
                                 on_cell_error=cell_error, on_cell_start=cell_start)
+        client.flo_user_file = user_file
         status, message = "complete", ""
         if kernel_log:
             kernel_log.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +200,9 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
         handlers = _handlers()
         written = None
         try:
-            client.execute(env=activated(kernel_environment(env or {}), python), **streams)
+            # The kernel dies with flo-run, even on SIGKILL (auditor.process.parent_death).
+            client.execute(env=activated(kernel_environment(env or {}), python),
+                           preexec_fn=parent_death(signal.SIGKILL), **streams)
         except asyncio.CancelledError:  # our stop, before nbclient could turn it into an error
             if client.flo_stopped_by is None:
                 raise
@@ -183,21 +212,45 @@ def execute(notebook: Path, output: Path, *, python: Path, cwd: Path,
         except CellTimeoutError:
             status, message = "timeout", f"a cell ran longer than {timeout:g} s"
         except DeadKernelError as exc:
+            if not client.flo_kernel_ready:
+                raise _start_failed(python, kernel_log, exc) from None
             status, message = "kernel-died", f"the kernel died: {_first_line(exc)}"
+        except Exception as exc:  # start-up: RuntimeError (no kernel_info), OSError (no exec)
+            if client.flo_kernel_ready:
+                raise
+            raise _start_failed(python, kernel_log, exc) from None
         finally:
             _restore(handlers)
             _shutdown(km)
+            # nbclient leaves its atexit cleanup registered when the kernel did not start.
+            atexit.unregister(client._cleanup_kernel)
             if log is not None:
                 log.close()
-            output.parent.mkdir(parents=True, exist_ok=True)
-            nbformat.write(nb, output)
-            written = output
+            if client.flo_kernel_ready:
+                output.parent.mkdir(parents=True, exist_ok=True)
+                nbformat.write(nb, output)
+                written = output
     if client.flo_stopped_by is not None:
         raise ExecutionStopped(client.flo_stopped_by, written)
     if status == "failed" and failed:
         message = (f"cell {failed['index']} raised {failed['ename']}: "
                    f"{failed['evalue']}").rstrip(": ")
     return Execution(output, status, time.monotonic() - started, failed or None, message)
+
+
+def _start_failed(python: Path, kernel_log: Path | None, exc: BaseException
+                  ) -> KernelStartFailed:
+    """The one-line error for a kernel that never answered: the cause, preferring the last
+    line the kernel itself wrote (`No module named ipykernel_launcher`) to nbclient's."""
+    cause = _first_line(exc)
+    if kernel_log is not None and kernel_log.is_file():
+        with open(kernel_log, "rb") as text:
+            text.seek(max(0, kernel_log.stat().st_size - 4096))
+            lines = [ln.strip() for ln in text.read().decode(errors="replace").splitlines()
+                     if ln.strip()]
+        if lines:
+            cause = f"{cause}: {lines[-1]}"
+    return KernelStartFailed(env_prefix(python), kernel_log, cause)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -209,6 +262,8 @@ def _stoppable_client() -> type:
 
     class StoppableClient(NotebookClient):
         flo_stopped_by: int | None = None
+        flo_kernel_ready = False  # it answered kernel_info: from here on a notebook is written
+        flo_user_file: Path | None = None
 
         async def async_start_new_kernel(self, **kwargs: object) -> None:
             # Called right after nbclient's async_setup_kernel added its handlers: replace them.
@@ -220,6 +275,15 @@ def _stoppable_client() -> type:
                 except (RuntimeError, ValueError):  # not the main thread: nbclient added none
                     break
             await super().async_start_new_kernel(**kwargs)
+
+        async def async_start_new_kernel_client(self) -> object:
+            kc = await super().async_start_new_kernel_client()
+            self.flo_kernel_ready = True
+            if self.flo_user_file is not None:
+                code = f"get_ipython().user_ns['__file__'] = {str(self.flo_user_file)!r}"
+                await self.async_wait_for_reply(
+                    kc.execute(code, silent=True, store_history=False))
+            return kc
 
         def _flo_stop(self, signum: int, task: asyncio.Task, ignored: set[int]) -> None:
             if signum in ignored:  # e.g. SIGINT of a background job of a non-interactive shell
@@ -272,6 +336,19 @@ class Lab:
 
     def status_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/status?token={self.token}"
+
+
+def paired_notebook(script: Path) -> Path:
+    """A notebook beside `script` (both in the run folder), paired with it as jupytext pairs
+    files: the audit's cells, `jupytext.formats` naming both, and the script's mtime, so that
+    jupytext reads the cells from the script and saves to both."""
+    notebook = load_workflow(script).notebook
+    notebook.metadata["jupytext"] = {"formats": "ipynb,py:percent"}
+    target = script.with_suffix(".ipynb")
+    nbformat.write(notebook, target)
+    stamp = script.stat().st_mtime
+    os.utime(target, (stamp, stamp))  # not newer than the script: jupytext refuses that
+    return target
 
 
 def start_lab(python: Path, root: Path, launch: Callable[..., subprocess.Popen[bytes]],

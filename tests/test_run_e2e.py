@@ -114,15 +114,81 @@ def test_audited_backpack_runs_and_second_run_reuses_envs(audit_runs, places) ->
     code = [(a, b) for a, b in pairs if a.cell_type == "code"]
     assert code and all(stream_text(a) == stream_text(b) for a, b in code), \
         "deterministic cells must print what they printed under flo-audit"
-    assert first["envs"]["manager"]["path"] == first["envs"]["worker"]["path"]
+    # the audit saw no worker: engine notebook, and no worker environment of ours
+    assert set(first["envs"]) == {"manager"}, first["envs"]
+    assert first["skipped_envs"] == {"worker": "engine notebook starts no workers"}
 
     second = result_of(flo_run([str(audited.out), "--execute", "-o", str(out), "--json"],
                                places))
     assert second["status"] == "complete"
-    assert second["envs"]["manager"]["from_cache"] and second["envs"]["worker"]["from_cache"]
+    assert second["envs"]["manager"]["from_cache"]
     assert second["envs"]["manager"]["path"] == first["envs"]["manager"]["path"]
     assert leftovers(places["cache"], places["scratch"]) == []
     assert not any(places["scratch"].glob("run-*")), "run folders are removed without --keep"
+
+
+#: A plain script (no `# %%`: one cell) using what fixtures/notebooks/py_workflow uses, so both
+#: backpacks pin the same packages and share one environment.
+PLAIN_SCRIPT = """import yaml
+from more_itertools import chunked
+
+batches = list(chunked(range(7), 3))
+print(yaml.safe_dump({'batches': batches}), end='')
+print(__file__)
+"""
+
+
+def audit_script(source: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "auditor", str(source), "-o", str(out)],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+@needs_py311
+def test_percent_format_script_runs_as_the_audit_ran_it(audit_runs, places) -> None:
+    """A `.py` workflow (`# %%` cells, one markdown) audited by flo-audit, then executed by
+    flo-run: an executed notebook whose cells are the audit's, printing what they printed."""
+    audited = audit_runs("py_workflow")
+    assert audited.returncode == 0, audited.describe()
+    assert (audited.out / "workflow" / "py_workflow.py").is_file()
+    out = places["base"] / "py_workflow-run.ipynb"
+    result = result_of(flo_run([str(audited.out), "--execute", "-o", str(out), "--json"],
+                               places))
+    assert result["status"] == "complete", result
+    executed = nbformat.read(out, as_version=4)
+    reference = nbformat.read(audited.path("audit/executed.ipynb"), as_version=4)
+    assert [(c.cell_type, c.source) for c in executed.cells] == \
+        [(c.cell_type, c.source) for c in reference.cells], "the same cells, numbered alike"
+    assert [c.cell_type for c in executed.cells] == ["markdown", "code", "code"]
+    assert stream_text(executed.cells[2]) == "batches:\n- - 0\n  - 1\n  - 2\n- - 3\n  - 4\n" \
+        "  - 5\n- - 6\n\n"
+    assert stream_text(executed.cells[2]) == stream_text(reference.cells[2])
+    assert leftovers(places["cache"], places["scratch"]) == []
+
+
+@needs_py311
+def test_plain_script_runs_as_one_cell_into_the_default_output(places) -> None:
+    """A `.py` workflow without `# %%` markers is one cell, under flo-audit and flo-run alike;
+    without -o the executed notebook is ./NAME-executed.ipynb; `__file__` is set as under the
+    audit (to the script's copy in the run folder)."""
+    source = places["base"] / "plain-src" / "plain.py"
+    source.parent.mkdir()
+    source.write_text(PLAIN_SCRIPT)
+    bp = places["base"] / "plain-bp"
+    audited = audit_script(source, bp)
+    assert audited.returncode == 0, audited.stdout[-2000:] + audited.stderr[-2000:]
+    cwd = places["base"] / "plain-cwd"
+    cwd.mkdir()
+    result = result_of(flo_run([str(bp), "--execute", "--json"], places, cwd=cwd))
+    assert result["status"] == "complete", result
+    assert result["output"] == str(cwd / "plain-executed.ipynb")
+    executed = nbformat.read(cwd / "plain-executed.ipynb", as_version=4)
+    assert [c.cell_type for c in executed.cells] == ["code"]
+    assert executed.cells[0].source == PLAIN_SCRIPT.rstrip("\n")
+    *dumped, file = stream_text(executed.cells[0]).splitlines()
+    assert dumped == ["batches:", "- - 0", "  - 1", "  - 2", "- - 3", "  - 4", "  - 5", "- - 6"]
+    assert Path(file).name == "plain.py" and Path(file) != source
+    assert file.startswith(str(places["scratch"])), "the copy in the run folder"
+    assert leftovers(places["cache"], places["scratch"]) == []
 
 
 @needs_py311

@@ -27,6 +27,7 @@ class NotebookWorkers(Engine):
     name = "notebook"
     cluster_class = OwnWorkers
     checks_versions = False  # the worker environment is not used: the kernel starts workers
+    uses_worker_environment = False
 
     def _start(self, spec: EngineSpec, cluster: Cluster) -> None:
         cluster.notes.append("engine notebook: no scheduler provisioned; the audit saw the "
