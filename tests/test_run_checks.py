@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -141,3 +143,45 @@ def test_engine_notebook_builds_only_the_manager_environment(tmp_path: Path) -> 
     assert table.returncode == 0, table.stderr[-3000:]
     assert "skipped: engine notebook starts no workers" in table.stdout, table.stdout
     assert len(built_envs(tmp_path)) == 1
+
+
+@needs_py311
+def test_interactive_script_opens_as_a_paired_notebook_with_jupytext(tmp_path: Path) -> None:
+    """With jupytext in the manager spec, JupyterLab opens a paired notebook of the script:
+    the audit's cells (markdown and code), served as a notebook."""
+    bp = backpack(tmp_path / "paired", "paired.py",
+                  "# %% [markdown]\n# Title\n\n# %%\nx = 1\n\n# %%\nprint(x + 1)\n")
+    (bp / "software" / "environment.yml").write_text(
+        "name: t\ndependencies:\n  - python=3.11.7\n  - pip\n  - pip:\n"
+        "      - jupytext==1.16.4\n")
+    argv = [*FLO_RUN, str(bp), "--cache-dir", str(tmp_path / "cache"), "--scratch-dir",
+            str(tmp_path / "scratch")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    try:
+        url = None
+        for line in proc.stdout:  # flo-run prints the URL line, then waits for Ctrl-C
+            if line.startswith("JupyterLab: "):
+                url = line.split(" ", 1)[1].strip()
+                break
+        assert url is not None, f"flo-run exited {proc.wait()}: {proc.stderr.read()[-3000:]}"
+        base, token = url.split("/lab/tree/paired.ipynb?token=")
+        with urllib.request.urlopen(f"{base}/api/contents/paired.ipynb?token={token}",
+                                    timeout=30) as answer:
+            model = json.loads(answer.read())
+        assert model["type"] == "notebook"
+        cells = [(c["cell_type"], c["source"]) for c in model["content"]["cells"]]
+        assert cells == [("markdown", "Title"), ("code", "x = 1"), ("code", "print(x + 1)")]
+        # jupytext serves the script itself as that notebook: the pair is live
+        with urllib.request.urlopen(f"{base}/api/contents/paired.py?type=notebook&"
+                                    f"token={token}", timeout=30) as answer:
+            script = json.loads(answer.read())
+        assert [(c["cell_type"], c["source"]) for c in script["content"]["cells"]] == cells
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 130, proc.stderr.read()[-3000:]
