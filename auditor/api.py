@@ -20,6 +20,8 @@ from typing import Any
 
 from .backpack import DATA, SUMMARY, check_destination, workflow_copies, write_backpack
 from .emit.apt import RunObserver
+from .emit.cell_watch import CellWatch
+from .emit.cells import CELLS, CellFacts, build_cells, executed_facts, render_cells_yml
 from .emit.compute import ComputeSpec
 from .emit.data import DataDraft
 from .emit.data_report import data_summary
@@ -28,6 +30,7 @@ from .emit.data_stage import bundle_inputs, collector_for_record
 from .emit.data_yml import render_data_yml
 from .emit.environment import (
     OWN_DISTRIBUTIONS,
+    USED,
     EnvironmentSpec,
     draft_environment,
     render_environment_yml,
@@ -40,6 +43,8 @@ from .events import Event, assign_cells
 from .roles import PROCESS_KINDS, Roles, RoleTracker
 from .workflow import load_workflow
 
+# Outputs derive writes into audit/: never copied from an older record over the new ones.
+_DERIVED_IN_AUDIT = ("summary.json", "cells.yml")
 # Files that are never a cell's "files": the system, pseudo filesystems, scratch space.
 _SYSTEM = (*SYSTEM_PREFIXES, "/var/", "/tmp/")
 
@@ -211,7 +216,9 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
                           pool_roots(session))
     observer = _Observer(tracker)
     run_observer = RunObserver(session.get("kernel_pid"))
-    stream = run_observer.watch(observer.watch(assign_cells(events, cell_of_seq)))
+    cell_watch = CellWatch()
+    stream = cell_watch.watch(run_observer.watch(observer.watch(assign_cells(events,
+                                                                             cell_of_seq))))
 
     env = Environment.from_kernel_record(session["kernel"])
     index = index_environment(env, exclude_names=OWN_DISTRIBUTIONS)
@@ -228,8 +235,9 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
                              roles=roles)
     from .record.sampler import read_samples
 
+    samples = read_samples(record_dir)
     sides = derive_sides(session=session, roles=roles, resolution=resolution, index=index,
-                         observer=run_observer, samples=read_samples(record_dir),
+                         observer=run_observer, samples=samples,
                          manager_spec=spec, python=env.version, notebook_stem=stem,
                          record_dir=record_dir)
     compute = sides.compute
@@ -258,6 +266,13 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
         **sides.texts(name, date),
         SUMMARY: json.dumps(summary, indent=2, default=_jsonable) + "\n",
     }
+    cells = build_cells(CellFacts(
+        sources=cell_sources, executed=executed_facts(record_dir / "executed.ipynb"),
+        watch=cell_watch, session=session, roles=roles, used=resolution.used.values(),
+        manager_used={pin.key for pin in spec.pins if pin.reason == USED}, draft=draft,
+        paths=data.cell_uses(), url_cells=data.url_cells, samples=samples,
+        cwd=str(session.get("cwd") or notebook_dir)))
+    texts[CELLS] = render_cells_yml(cells)
     derived = Derived(session, roles, resolution, spec, compute, summary, texts, warnings, sides)
     derived.data = draft
     return derived
@@ -347,7 +362,7 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
         if derived.sides is not None:
             derived.sides.keep_measurements(record_dir)  # audit/written.json, for derive
         copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
-                   if f.is_file() and f.name != "summary.json"]
+                   if f.is_file() and f.name not in _DERIVED_IN_AUDIT]
         written = write_backpack(dest, texts=derived.texts, copies=copies, force=options.force,
                                  keep=needed_paths(derived, workflow.path.parent))
     except KeyboardInterrupt:
@@ -392,7 +407,7 @@ def derive_backpack(audit_dir: str | Path, output: str | Path | None = None,
         raise RecordFormatError(f"the notebook {notebook} is gone and {record_dir} is not inside "
                                 "a backpack; cannot fill workflow/")
     copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
-               if f.is_file() and f.name != "summary.json"]
+               if f.is_file() and f.name not in _DERIVED_IN_AUDIT]
     if os.path.realpath(dest) == os.path.realpath(record_dir.parent):
         # Replacing the backpack we read from: copy the record out of it first.
         staging = Path(tempfile.mkdtemp(prefix="flo-derive-"))

@@ -107,10 +107,21 @@ class CellMark:
     kind = "cell"
 
 
-Event = Access | Exec | Spawn | Exit | Connect | Import | CellMark
+@dataclass(slots=True)
+class Bind:
+    """The names of the user namespace a cell bound or rebound (the kernel side's `names`)."""
+
+    pid: int
+    names: list[str]
+    t: float = 0.0
+    cell: int | None = None
+    kind = "bind"
+
+
+Event = Access | Exec | Spawn | Exit | Connect | Import | CellMark | Bind
 
 EVENT_TYPES: dict[str, type] = {
-    cls.kind: cls for cls in (Access, Exec, Spawn, Exit, Connect, Import, CellMark)
+    cls.kind: cls for cls in (Access, Exec, Spawn, Exit, Connect, Import, CellMark, Bind)
 }
 
 

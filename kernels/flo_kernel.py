@@ -19,11 +19,19 @@ import runpy
 import sys
 import threading
 import time
+from itertools import compress
+from operator import ne
 
 # Keep in sync with auditor/events.py (MARK_PREFIX, mark_path).
 MARK_PREFIX = "/.flo-backpack-mark/"
 
 _BUFFERED_LINES = 512
+# Names of the user namespace a `names` record never lists (besides those starting with "_"):
+# IPython's own, bound at start-up and rebound by it, never by the notebook.
+_SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
+# An identity key that, unlike id(), raises no audit event: the base class's hash is derived
+# from the address alone (one C call per name, no hook call), whatever the type overrides.
+_identity = object.__hash__
 # JSON string literal, \u-escaping non-ASCII and lone surrogates (undecodable path bytes).
 _json_string = json.encoder.encode_basestring_ascii
 
@@ -80,6 +88,8 @@ class _KernelSide:
         self.raw_cell = None
         self.modules_before = set()
         self.last_popen = None
+        # The user namespace at the last cell end: its names in order, and their identities.
+        self.ns_names, self.ns_ids = self.namespace()
         self.handlers = {
             "open": self.on_open,
             "subprocess.Popen": self.on_popen,
@@ -167,6 +177,10 @@ class _KernelSide:
             self.write_imports(result)
         except Exception:
             pass
+        try:
+            self.write_names()
+        except Exception:
+            pass
         self.write("cell", {"phase": "end"})
         self.flush()
         if self.marks:
@@ -187,6 +201,38 @@ class _KernelSide:
             path = module_file(sys.modules.get(name))
             if path:
                 self.write("import", {"module": name, "path": path, "static": False})
+
+    def namespace(self):
+        """The user namespace's names in order and their identities ([], [] without one)."""
+        user_ns = getattr(self.shell, "user_ns", None)
+        if not isinstance(user_ns, dict):
+            return [], []
+        names = list(user_ns)
+        ids = list(map(_identity, user_ns.values()))
+        if len(ids) != len(names):  # changed in between by another thread: once more
+            names = list(user_ns)
+            ids = list(map(_identity, [user_ns.get(n) for n in names]))
+        return names, ids
+
+    def write_names(self):
+        """The `names` record: the names the cell bound or rebound to another object.
+
+        Identities only (no comparison of values, no pickling). A dict keeps insertion order
+        and a rebinding keeps its place, so when the old names are a prefix of the new ones
+        the changed ones come from one C-level pass; otherwise (a name was deleted) by name.
+        """
+        names, ids = self.namespace()
+        old_names, old_ids = self.ns_names, self.ns_ids
+        count = len(old_names)
+        if names[:count] == old_names:
+            bound = list(compress(names, map(ne, ids, old_ids))) + names[count:]
+        else:  # zip(strict=) needs 3.10; the lists are of equal length by construction
+            before = dict(zip(old_names, old_ids)).get  # noqa: B905
+            bound = [name for name, ident in zip(names, ids)  # noqa: B905
+                     if before(name) != ident]
+        self.ns_names, self.ns_ids = names, ids
+        bound = [name for name in bound if name[:1] != "_" and name not in _SHELL_NAMES]
+        self.write("names", {"bound": bound})
 
     # -- audit hook handlers (one per wanted event) --------------------------------------
 

@@ -43,7 +43,8 @@ ARCHIVE_SUFFIXES = {".tar.gz": "untar", ".tgz": "untar", ".tar.bz2": "untar",
 class _PathState:
     """The first read and first write of one path by each process."""
 
-    __slots__ = ("reads", "writes", "secret", "plain_read", "plain_reads")
+    __slots__ = ("reads", "writes", "secret", "plain_read", "plain_reads", "read_in",
+                 "written_in")
 
     def __init__(self, secret: bool) -> None:
         self.reads: dict[int, Use] = {}
@@ -51,6 +52,8 @@ class _PathState:
         self.secret = secret
         self.plain_read = False  # opened read-only at least once (not only O_RDWR)
         self.plain_reads: dict[int, Use] = {}  # the first read-only open by each process
+        self.read_in: set[int] = set()  # the cells that read it (any process; audit/cells.yml)
+        self.written_in: set[int] = set()
 
 
 class DataCollector:
@@ -67,6 +70,14 @@ class DataCollector:
         self.listed: dict[str, dict[int, Use] | None] = {}  # None: not a data folder
         self.urls: dict[str, dict[int, Use]] = {}
         self.connects: dict[str, str | None] = {}  # "ip:port" -> host name looked up
+        self.url_cells: dict[str, set[int]] = {}  # normalized URL -> the cells that asked
+
+    def cell_uses(self) -> dict[str, tuple[set[int], set[int]]]:
+        """Each data path (not system, environment or tool state) -> (cells that read it,
+        cells that wrote it): the per-cell data facts of audit/cells.yml."""
+        return {path: (state.read_in, state.written_in) for path, state in self.paths.items()
+                if state is not None and not state.secret
+                and (state.read_in or state.written_in)}
 
     def note(self, event: Event) -> None:
         """Watch one event (any kind; only Access and Connect matter)."""
@@ -87,8 +98,12 @@ class DataCollector:
         use = Use(event.t, event.pid, event.cell, self._as_named(event))
         if event.mode == "w":
             state.writes.setdefault(event.pid, use)
+            if event.cell is not None:
+                state.written_in.add(event.cell)
         else:
             state.reads.setdefault(event.pid, use)
+            if event.cell is not None:
+                state.read_in.add(event.cell)
             if event.mode == "r":
                 state.plain_read = True
                 state.plain_reads.setdefault(event.pid, use)
@@ -125,6 +140,8 @@ class DataCollector:
             if url:
                 self.urls.setdefault(url, {}).setdefault(
                     event.pid, Use(event.t, event.pid, event.cell, event.url))
+                if event.cell is not None:
+                    self.url_cells.setdefault(url, set()).add(event.cell)
         elif event.host or event.address not in self.connects:
             self.connects[event.address] = event.host or self.connects.get(event.address)
 

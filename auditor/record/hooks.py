@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..events import Access, CellMark, Connect, Event, Exec, Import, Spawn
+from ..events import Access, Bind, CellMark, Connect, Event, Exec, Import, Spawn
 from .base import Tracer, register
 
 HOOK_LOG = "hooks.jsonl"
@@ -40,17 +40,18 @@ class HooksTracer(Tracer):
 
 
 def hook_events(record_dir: Path) -> Iterator[Event]:
-    """The Import events, URLs and named connects of hooks.jsonl, in time order.
+    """The Import events, URLs, named connects and namespace bindings of hooks.jsonl, in
+    time order.
 
-    Syscall traces cannot show which module a cell named, which URL it opened or which host
-    name an address was looked up as; the strace and ptrace backends merge these into their
-    own streams by time.
+    Syscall traces cannot show which module a cell named, which URL it opened, which host
+    name an address was looked up as, or which names a cell bound; the strace and ptrace
+    backends merge these into their own streams by time.
     """
     selected = ([event for event in _convert(entry)
-                 if isinstance(event, Import)
+                 if isinstance(event, (Import, Bind))
                  or (isinstance(event, Connect) and (event.url or event.host))]
                 for entry in read_hook_log(record_dir)
-                if entry.get("ev") in ("import", "url", "connect"))
+                if entry.get("ev") in ("import", "url", "connect", "names"))
     return _in_time_order(selected)
 
 
@@ -102,6 +103,8 @@ def _convert(entry: dict[str, Any]) -> list[Event]:
             return [CellMark(pid, int(entry["seq"]), entry["phase"], t=t)]
         if kind == "fork":
             return [Spawn(pid, int(entry["child"]), t=t)]
+        if kind == "names":
+            return [Bind(pid, [str(name) for name in entry["bound"]], t=t)]
     except (KeyError, TypeError, ValueError):
         return []  # a malformed record: skip it rather than lose the whole log
     return []

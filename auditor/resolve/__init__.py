@@ -35,6 +35,8 @@ class Use:
     cells: set[int | None] = field(default_factory=set)
     pids: set[int] = field(default_factory=set)
     first_path: str = ""
+    #: (cell, pid) pairs: which process used it in which cell (a cell's manager vs workers).
+    at: set[tuple[int | None, int]] = field(default_factory=set)
 
 
 @dataclass
@@ -148,6 +150,7 @@ def resolve(events: Iterable[Event], index: EnvIndex, notebook_dir: str,
                 use = used[dist.key] = Use(dist, first_path=key[0])
             use.cells.add(event.cell)
             use.pids.add(event.pid)
+            use.at.add((event.cell, event.pid))
         elif what == _STDLIB:
             stdlib_cells.add(event.cell)
         elif what == _WORKFLOW:

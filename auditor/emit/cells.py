@@ -1,0 +1,364 @@
+"""The per-cell report and the cell graph: `audit/cells.yml`.
+
+For every code cell, in notebook order: what it used (distributions per side, first use
+marked), the data it read and wrote (named as data.yml names them), the programs it ran, how
+long it took and how much memory the kernel held; and which earlier cells it depends on
+(DESIGN.md rule 9): cell j depends on cell i when j reads a file whose last writer before j
+was i, or j reads a name (cell_source.free_names) whose last binder before j was i (the kernel
+side's `names` records). Cells at the same depth of that graph do not depend on each other:
+each such group could run concurrently.
+
+`build_cells` is pure (facts in, a `CellsReport` out); `render_cells_yml` and
+`load_cells_yml` are the file's one writer and one reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from packaging.utils import canonicalize_name
+
+from ..errors import RecordFormatError
+from ..roles import MANAGER, TOOL, WORKER
+from .cell_source import free_names
+from .cell_watch import CellWatch
+from .compute import MB
+from .data_entry import DataDraft, climb
+
+CELLS = "audit/cells.yml"
+CELLS_SCHEMA = 1
+OK, ERROR, NOT_RUN = "ok", "error", "not run"
+
+
+@dataclass
+class Predecessor:
+    """An earlier cell this one depends on, and why ("name df", "file out/x.csv")."""
+
+    cell: int
+    reasons: list[str]
+
+
+@dataclass
+class CellReport:
+    """One code cell's facts."""
+
+    cell: int
+    execution_count: int | None
+    first_line: str
+    status: str
+    seconds: float | None = None
+    peak_rss_mb: float | None = None
+    manager: list[str] = field(default_factory=list)  # name==version
+    worker: list[str] = field(default_factory=list)
+    first_used: list[str] = field(default_factory=list)  # of those, used by no earlier cell
+    read: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)
+    depends_on: list[Predecessor] = field(default_factory=list)
+    group: int | None = None  # depth in the graph; None when the cell did not run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cell": self.cell, "execution_count": self.execution_count,
+            "first_line": self.first_line, "status": self.status,
+            "seconds": self.seconds, "peak_rss_mb": self.peak_rss_mb,
+            "code_dependencies": {"manager": self.manager, "worker": self.worker,
+                                  "first_used": self.first_used},
+            "data_dependencies": {"read": self.read, "written": self.written,
+                                  "urls": self.urls},
+            "tools": self.tools,
+            "depends_on": [{"cell": p.cell, "reasons": p.reasons} for p in self.depends_on],
+            "group": self.group,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CellReport:
+        code = data.get("code_dependencies") or {}
+        files = data.get("data_dependencies") or {}
+        return cls(
+            cell=int(data["cell"]), execution_count=data.get("execution_count"),
+            first_line=str(data.get("first_line") or ""), status=str(data["status"]),
+            seconds=data.get("seconds"), peak_rss_mb=data.get("peak_rss_mb"),
+            manager=list(code.get("manager") or ()), worker=list(code.get("worker") or ()),
+            first_used=list(code.get("first_used") or ()),
+            read=list(files.get("read") or ()), written=list(files.get("written") or ()),
+            urls=list(files.get("urls") or ()), tools=list(data.get("tools") or ()),
+            depends_on=[Predecessor(int(p["cell"]), [str(r) for r in p.get("reasons") or ()])
+                        for p in data.get("depends_on") or ()],
+            group=data.get("group"))
+
+
+@dataclass
+class CellsReport:
+    """audit/cells.yml as data."""
+
+    notebook: str
+    cells: list[CellReport]
+    #: Cells grouped by depth in the graph: no cell of a group depends on another of it.
+    groups: list[list[int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": CELLS_SCHEMA, "notebook": self.notebook,
+                "cells": [c.to_dict() for c in self.cells],
+                "concurrent_groups": self.groups}
+
+    def cell(self, index: int) -> CellReport | None:
+        """The report of notebook cell `index`, or None when it is no code cell."""
+        return next((c for c in self.cells if c.cell == index), None)
+
+
+@dataclass
+class CellFacts:
+    """What derive knows per cell, gathered from the stages that ran before this one."""
+
+    sources: Mapping[int, str]  # code cell index -> source
+    executed: Mapping[int, tuple[int | None, bool]]  # index -> (execution_count, raised)
+    watch: CellWatch
+    session: Mapping[str, Any]
+    roles: Any  # auditor.roles.Roles
+    used: Iterable[Any]  # auditor.resolve.Use, with `at` (cell, pid) pairs
+    manager_used: set[str]  # canonical names the manager spec pins as used
+    draft: DataDraft
+    #: data path -> (cells that read it, cells that wrote it) (DataCollector.cell_uses)
+    paths: Mapping[str, tuple[set[int], set[int]]]
+    url_cells: Mapping[str, set[int]]  # normalized URL -> cells that asked for it
+    samples: list[dict]
+    cwd: str
+
+
+def build_cells(facts: CellFacts) -> CellsReport:
+    """The per-cell report and the graph from one derive's facts."""
+    session, watch = facts.session, facts.watch
+    failed = (session.get("failed_cell") or {}).get("index")
+    sent = {int(c["index"]) for c in session.get("cells") or () if "index" in c}
+    reports: dict[int, CellReport] = {}
+    for index in sorted(facts.sources):
+        count, raised = facts.executed.get(index, (None, False))
+        start, end = watch.marks.get(index, (None, None))
+        ran = start is not None or index in sent
+        if index == failed or raised or (start is not None and end is None):
+            status = ERROR
+        else:
+            status = OK if ran else NOT_RUN
+        reports[index] = CellReport(
+            cell=index, execution_count=count, first_line=_first_line(facts.sources[index]),
+            status=status,
+            seconds=round(end - start, 3) if start is not None and end is not None else None)
+    _memory(reports, watch, facts.samples, session.get("kernel_pid"))
+    _code(reports, facts)
+    files = _files(reports, facts)
+    _tools(reports, facts)
+    _graph(reports, facts, files)
+    groups: dict[int, list[int]] = {}
+    for report in reports.values():
+        if report.group is not None:
+            groups.setdefault(report.group, []).append(report.cell)
+    notebook = os.path.basename(str(session.get("notebook") or ""))
+    return CellsReport(notebook, list(reports.values()),
+                       [sorted(groups[g]) for g in sorted(groups)])
+
+
+def _first_line(source: str) -> str:
+    return next((line.strip() for line in source.splitlines() if line.strip()), "")
+
+
+def _memory(reports: dict[int, CellReport], watch: CellWatch, samples: list[dict],
+            kernel_pid: int | None) -> None:
+    """Peak kernel RSS over the sampling ticks inside the cell; a cell shorter than a tick
+    gets the first tick after it, when that comes before the next cell starts."""
+    ticks = sorted((float(s["t"]), int(s.get("rss") or 0)) for s in samples
+                   if kernel_pid is not None and s.get("pid") == kernel_pid and "t" in s)
+    if not ticks:
+        return
+    starts = sorted(span[0] for span in watch.marks.values() if span[0] is not None)
+    for index, (start, end) in watch.marks.items():
+        report = reports.get(index)
+        if report is None or start is None:
+            continue
+        stop = end if end is not None else float("inf")
+        inside = [rss for t, rss in ticks if start <= t <= stop]
+        if not inside and end is not None:
+            following = next((t for t in starts if t > start), float("inf"))
+            after = next((rss for t, rss in ticks if end < t < following), None)
+            inside = [after] if after is not None else []
+        if inside:
+            report.peak_rss_mb = round(max(inside) / MB, 1)
+
+
+def _code(reports: dict[int, CellReport], facts: CellFacts) -> None:
+    sides: dict[int, dict[str, set[str]]] = {}
+    for use in facts.used:
+        label = f"{use.dist.name}=={use.dist.version}"
+        key = canonicalize_name(use.dist.name)
+        for cell, pid in use.at:
+            if cell is None or cell not in reports:
+                continue
+            side = facts.roles.side(pid)
+            if side == MANAGER and key not in facts.manager_used:
+                continue  # the spec leaves it out (flo-backpack's own, say)
+            if side in (MANAGER, WORKER):
+                sides.setdefault(cell, {}).setdefault(side, set()).add(label)
+    seen: set[str] = set()
+    for index, report in reports.items():
+        by_side = sides.get(index, {})
+        report.manager = sorted(by_side.get(MANAGER, ()), key=str.lower)
+        report.worker = sorted(by_side.get(WORKER, ()), key=str.lower)
+        labels = set(report.manager) | set(report.worker)
+        report.first_used = sorted(labels - seen, key=str.lower)
+        seen |= labels
+
+
+def _files(reports: dict[int, CellReport], facts: CellFacts) -> dict[str, str]:
+    """Fill read/written/urls; returns data path -> its name, for the graph's reasons."""
+    draft, cwd = facts.draft, facts.cwd
+    exact: dict[str, str] = {}
+    folders: list[tuple[str, str]] = []
+    urls: dict[str, str] = {}
+    for entry in draft.inputs:
+        if entry.source_type == "fs":
+            for source in {entry.source, os.path.realpath(entry.source)}:
+                exact[source] = entry.target_location
+                if entry.files is not None:
+                    folders.append((source.rstrip("/") + "/", entry.target_location))
+        else:
+            urls[entry.source] = entry.source
+    produced = set(draft.outputs) | set(draft.intermediates)
+
+    def name(path: str) -> str | None:
+        if path in exact:
+            return exact[path]
+        for folder, target in folders:
+            if path.startswith(folder):
+                return target
+        if path in produced:
+            relative = os.path.relpath(path, cwd)
+            return relative if climb(relative) <= 2 else path
+        return None
+
+    names: dict[str, str] = {}
+    read: dict[int, set[str]] = {}
+    written: dict[int, set[str]] = {}
+    for path, (read_in, written_in) in facts.paths.items():
+        named = name(path)
+        if named is None:
+            continue
+        names[path] = named
+        for cell in read_in:
+            read.setdefault(cell, set()).add(named)
+        for cell in written_in:
+            written.setdefault(cell, set()).add(named)
+    from .data_rules import strip_credentials
+
+    asked: dict[int, set[str]] = {}
+    for url, cells in facts.url_cells.items():
+        source = strip_credentials(url)[0]
+        if source in urls:
+            for cell in cells:
+                asked.setdefault(cell, set()).add(source)
+    for index, report in reports.items():
+        report.read = sorted(read.get(index, ()))
+        report.written = sorted(written.get(index, ()))
+        report.urls = sorted(asked.get(index, ()))
+    return names
+
+
+def _tools(reports: dict[int, CellReport], facts: CellFacts) -> None:
+    roles = facts.roles
+    for index, pids in facts.watch.execs.items():
+        report = reports.get(index)
+        if report is not None:
+            report.tools = sorted({roles.binary[pid] for pid in pids
+                                   if roles.of(pid) == TOOL and pid in roles.binary})
+
+
+def _graph(reports: dict[int, CellReport], facts: CellFacts, names: dict[str, str]) -> None:
+    """Edges to the last writer / binder before each cell, in execution order; depths."""
+    order = [c for c in dict.fromkeys(facts.watch.order) if c in reports]
+    position = {cell: n for n, cell in enumerate(order)}
+    writers: dict[str, list[int]] = {}  # data path -> writing cells, in execution order
+    readers: dict[int, set[str]] = {}
+    for path, (read_in, written_in) in facts.paths.items():
+        if path not in names:
+            continue
+        writers[path] = sorted((c for c in written_in if c in position), key=position.get)
+        for cell in read_in:
+            readers.setdefault(cell, set()).add(path)
+    for cell in order:
+        reasons: dict[int, list[str]] = {}
+        here = position[cell]
+        wanted = set(free_names(facts.sources.get(cell, "")))
+        for name in sorted(wanted):
+            binder = next((c for c in reversed(order[:here])
+                           if name in facts.watch.bound.get(c, ())), None)
+            if binder is not None:
+                reasons.setdefault(binder, []).append(f"name {name}")
+        for path in sorted(readers.get(cell, ()), key=names.get):
+            earlier = [c for c in writers.get(path, ()) if position[c] < here]
+            if earlier:
+                reasons.setdefault(earlier[-1], []).append(f"file {names[path]}")
+        report = reports[cell]
+        report.depends_on = [Predecessor(c, sorted(set(r), key=r.index))
+                             for c, r in sorted(reasons.items())]
+        report.group = 1 + max((reports[p.cell].group or 0 for p in report.depends_on),
+                               default=-1)
+
+
+def executed_facts(executed: Path) -> dict[int, tuple[int | None, bool]]:
+    """Code cell index -> (execution_count, whether it has an error output), from
+    audit/executed.ipynb ({} when it is missing or unreadable)."""
+    try:
+        cells = json.loads(executed.read_text(encoding="utf-8")).get("cells") or []
+    except (OSError, ValueError, AttributeError):
+        return {}
+    facts = {}
+    for index, cell in enumerate(cells):
+        if isinstance(cell, dict) and cell.get("cell_type") == "code":
+            count = cell.get("execution_count")
+            raised = any(isinstance(o, dict) and o.get("output_type") == "error"
+                         for o in cell.get("outputs") or ())
+            facts[index] = (count if isinstance(count, int) else None, raised)
+    return facts
+
+
+def render_cells_yml(report: CellsReport) -> str:
+    """audit/cells.yml: a comment saying what it is, then the report (format in README)."""
+    header = (f"# Per-cell report of {report.notebook} (flo-audit; re-derive with "
+              "`flo-audit derive`).\n# cell: notebook cell index (0-based, markdown cells "
+              "counted); depends_on: earlier cells\n# whose file or name this cell uses; "
+              "concurrent_groups: cells that could run at once.\n")
+    return header + yaml.safe_dump(report.to_dict(), sort_keys=False, width=100,
+                                   default_flow_style=None, allow_unicode=True)
+
+
+def load_cells_yml(path: str | Path) -> CellsReport:
+    """Read audit/cells.yml; RecordFormatError naming the file when it is not one."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordFormatError(f"{path} is missing: re-derive it with "
+                                f"`flo-audit derive {path.parent.parent} -o OUT`") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise RecordFormatError(f"{path} is not readable YAML ({reason}); re-derive it with "
+                                "`flo-audit derive`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise RecordFormatError(f"{path}: expected a mapping with a 'cells' list "
+                                "(README: audit/cells.yml); re-derive it with `flo-audit derive`")
+    if data.get("schema") != CELLS_SCHEMA:
+        raise RecordFormatError(f"{path}: schema {data.get('schema')!r}, this flo-audit reads "
+                                f"schema {CELLS_SCHEMA}; re-derive it with `flo-audit derive`")
+    try:
+        cells = [CellReport.from_dict(c) for c in data["cells"]]
+        groups = [[int(c) for c in group] for group in data.get("concurrent_groups") or ()]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RecordFormatError(f"{path}: a cell entry is malformed ({exc!r}); re-derive it "
+                                "with `flo-audit derive`") from None
+    return CellsReport(str(data.get("notebook") or ""), cells, groups)

@@ -1,0 +1,166 @@
+"""The per-cell report and the cell graph (issue 12): audit/cells.yml.
+
+The kernel side's `names` record runs in plain interpreters with a stand-in shell (the
+protocol edge); the report itself comes from real audits of fixtures/notebooks/cell_graph
+(strace and hooks-only) and cell_fails, and from `flo-audit derive` on the saved record.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import STAND_IN_SHELL, AuditRun, Scenario, flo_audit_argv
+from test_kernel_side import KERNEL_SIDE, _interpreters
+
+from auditor.emit.cell_source import free_names
+from auditor.emit.cells import load_cells_yml
+
+# argv: kernel side path, log path. Three cells around a namespace the script edits itself.
+NAMES_SCRIPT = STAND_IN_SHELL + r'''
+import runpy, sys
+shell = Shell()
+kept, other = object(), object()
+shell.user_ns = {"In": [], "Out": {}, "get_ipython": print, "exit": None, "_": None,
+                 "kept": kept, "gone": 1}
+runpy.run_path(sys.argv[1], run_name="_flo_backpack_kernel")["attach"](
+    shell, {"log": sys.argv[2], "marks": False})
+pre, post = shell.events.handlers["pre_run_cell"][0], shell.events.handlers["post_run_cell"][0]
+ns = shell.user_ns
+
+pre(None)                       # cell 0: two new names, one hidden, IPython's In rebound
+ns["a"], ns["df"], ns["_hidden"], ns["In"] = [1], [2], 3, [4]
+post(None)
+pre(None)                       # cell 1: a rebound, df kept, a name deleted, one added
+ns["a"] = [5]
+del ns["gone"]
+ns["b"] = kept
+post(None)
+pre(None)                       # cell 2: nothing bound; a rebound to the same object is not
+ns["a"] = ns["a"]
+post(None)
+'''
+
+
+@pytest.mark.parametrize("python", _interpreters(), ids=lambda p: Path(p).parent.parent.name)
+def test_names_record_lists_what_each_cell_bound(python: str, tmp_path: Path) -> None:
+    log = tmp_path / "hooks.jsonl"
+    done = subprocess.run([python, "-c", NAMES_SCRIPT, str(KERNEL_SIDE), str(log)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    names = [(r["seq"], r["bound"]) for r in records if r["ev"] == "names"]
+    assert names == [(0, ["a", "df"]), (1, ["a", "b"]), (2, [])]
+    # Written inside the cell, before its end mark: derive attributes it to that cell.
+    order = [(r["ev"], r["seq"]) for r in records if r["ev"] in ("names", "cell")]
+    assert order[:3] == [("cell", 0), ("names", 0), ("cell", 0)]
+
+
+@pytest.mark.parametrize(("source", "free"), [
+    ("x = x + 1\nfor v in vs:\n    print(v)", ["print", "vs", "x"]),
+    ("values = [v * 10 for v in values]", ["values"]),
+    ("total += step", ["step", "total"]),
+    ("%time total = sum(rows)", ["get_ipython", "rows", "sum"]),
+    ("%%time\ny = df.a\n", ["df", "get_ipython"]),
+    ("!wc -l {path} $other", ["get_ipython", "other", "path"]),
+    ("files = !ls {folder}", ["folder", "get_ipython"]),
+    ("%matplotlib inline\nplt.plot(xs)", ["get_ipython", "plt", "xs"]),
+    ("def f(a):\n    return a + helper + later\nlater = 1", ["helper"]),
+    ("class Model(Base):\n    size = default_size", ["Base", "default_size"]),
+    ("import numpy as np\nfrom os import path\nnp.mean(path)", []),
+    ("try:\n    pass\nexcept KeyError as err:\n    print(err)", ["KeyError", "print"]),
+    ("if (n := len(items)) > 2:\n    print(n)", ["items", "len", "print"]),
+    ("def broken(:\n    pass", []),
+])
+def test_free_names_of_a_cell(source: str, free: list[str]) -> None:
+    assert free_names(source) == free
+
+
+@pytest.fixture(scope="module")
+def graph_run(audit_runs: Callable[..., AuditRun]) -> AuditRun:
+    return audit_runs("cell_graph")
+
+
+def _cells(run: AuditRun) -> dict[int, dict]:
+    path = run.path("audit/cells.yml")
+    assert path.is_file(), f"no audit/cells.yml\n{run.describe()}"
+    report = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert report["schema"] == 1 and report["notebook"] == "cell_graph.ipynb"
+    return {c["cell"]: c for c in report["cells"]}
+
+
+def _graph(cells: dict[int, dict]) -> dict[int, dict[int, list[str]]]:
+    return {i: {p["cell"]: p["reasons"] for p in c["depends_on"]} for i, c in cells.items()}
+
+
+@pytest.mark.slow
+def test_cells_yml_reports_each_cell(graph_run: AuditRun) -> None:
+    assert graph_run.returncode == 0, graph_run.describe()
+    expect = Scenario("cell_graph").expect["cells"]
+    cells = _cells(graph_run)
+    assert list(cells) == list(range(1, 10)), "code cells in notebook order, 0-based"
+    for index, cell in cells.items():
+        assert cell["status"] == "ok" and cell["execution_count"] == index
+        assert cell["seconds"] is not None and cell["seconds"] >= 0
+    assert cells[5]["first_line"] == "!wc -l table.csv"
+    for index, wanted in expect["read"].items():
+        assert cells[index]["data_dependencies"]["read"] == wanted, cells[index]
+    for index, wanted in expect["written"].items():
+        assert cells[index]["data_dependencies"]["written"] == wanted, cells[index]
+    for side in ("manager", "worker"):
+        for index, wanted in expect[side].items():
+            names = {pin.split("==")[0] for pin in cells[index]["code_dependencies"][side]}
+            assert set(wanted) <= names, (side, cells[index])
+    # termcolor ran in the forked worker only; numpy's first use is cell 1, not cell 4.
+    assert not any(p.startswith("termcolor==") for c in cells.values()
+                   for p in c["code_dependencies"]["manager"])
+    assert any(p.startswith("numpy==") for p in cells[1]["code_dependencies"]["first_used"])
+    assert not any(p.startswith("numpy==") for c in cells.values() if c["cell"] != 1
+                   for p in c["code_dependencies"]["first_used"])
+    for index, wanted in expect["tools"].items():
+        assert [Path(t).name for t in cells[index]["tools"]] == wanted, cells[index]
+    assert any(c["peak_rss_mb"] for c in cells.values()), "no cell has the kernel's RSS"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["strace", "hooks"])
+def test_cell_graph_edges_and_concurrent_groups(backend: str,
+                                                audit_runs: Callable[..., AuditRun]) -> None:
+    """The rebound `values` links 4 to 3 (not 2); 5 is linked by a file only, 6 by a name
+    only; 6 and 7 are independent branches, so they share a group."""
+    run = audit_runs("cell_graph", backend)
+    assert run.returncode == 0, run.describe()
+    expect = Scenario("cell_graph").expect["cells"]
+    cells = _cells(run)
+    assert _graph(cells) == expect["depends_on"]
+    report = yaml.safe_load(run.path("audit/cells.yml").read_text(encoding="utf-8"))
+    assert report["concurrent_groups"] == expect["concurrent_groups"]
+
+
+@pytest.mark.slow
+def test_derive_rewrites_the_same_cells_yml(graph_run: AuditRun, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    done = subprocess.run([*flo_audit_argv(), "derive", str(graph_run.out), "-o", str(again)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    before = (graph_run.out / "audit" / "cells.yml").read_text(encoding="utf-8")
+    assert (again / "audit" / "cells.yml").read_text(encoding="utf-8") == before
+    assert load_cells_yml(again / "audit" / "cells.yml").groups[0] == [1, 2, 9]
+
+
+@pytest.mark.slow
+def test_failed_cell_and_the_cells_after_it(audit_runs: Callable[..., AuditRun]) -> None:
+    run = audit_runs("cell_fails")
+    cells = _cells_of(run)
+    assert [(c["cell"], c["status"]) for c in cells] == [(1, "ok"), (2, "error"),
+                                                         (3, "not run")]
+    assert cells[2]["group"] is None and cells[2]["code_dependencies"]["manager"] == []
+
+
+def _cells_of(run: AuditRun) -> list[dict]:
+    text = run.path("audit/cells.yml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)["cells"]
