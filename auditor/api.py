@@ -173,7 +173,7 @@ class _Observer:
         for event in events:
             seen.add(event.pid)
             kind = event.kind
-            if on_data is not None and (kind == "access" or kind == "connect"):
+            if on_data is not None and kind in ("access", "connect", "accept"):
                 on_data(event)
             if kind == "access":
                 if event.cell is not None and event.mode != "d":  # type: ignore[union-attr]

@@ -80,7 +80,22 @@ class Connect:
     cell: int | None = None
     url: str | None = None
     host: str | None = None  # the name looked up before a socket connect to an address
+    #: A UDP socket's connect: it only sets the default peer and sends nothing (how Dask and
+    #: others find the local IP: connect to 8.8.8.8:80, then getsockname). Never an input.
+    datagram: bool = False
     kind = "connect"
+
+
+@dataclass(slots=True)
+class Accept:
+    """Process `pid` accepted a connection on its listening `address` ("ip:port"): the run
+    itself served that port (a loopback HTTP server, a Dask scheduler)."""
+
+    pid: int
+    address: str
+    t: float = 0.0
+    cell: int | None = None
+    kind = "accept"
 
 
 @dataclass(slots=True)
@@ -118,10 +133,10 @@ class Bind:
     kind = "bind"
 
 
-Event = Access | Exec | Spawn | Exit | Connect | Import | CellMark | Bind
+Event = Access | Exec | Spawn | Exit | Connect | Accept | Import | CellMark | Bind
 
 EVENT_TYPES: dict[str, type] = {
-    cls.kind: cls for cls in (Access, Exec, Spawn, Exit, Connect, Import, CellMark, Bind)
+    cls.kind: cls for cls in (Access, Exec, Spawn, Exit, Connect, Accept, Import, CellMark, Bind)
 }
 
 

@@ -47,6 +47,8 @@ def network_handlers(write):
         name = names.get(str(port))
         if name:
             fields["host"] = name
+        if getattr(sock, "type", 0) & socket.SOCK_DGRAM:
+            fields["udp"] = True  # sets the peer only; sends nothing (a local-IP probe)
         write("connect", fields)
 
     def on_url(args):

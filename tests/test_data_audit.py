@@ -113,11 +113,12 @@ def test_cells_and_roles(data_run: DataRun) -> None:
     assert entries["worker_input.txt"]["read_by"] == "worker"
 
 
-def test_url_entry(data_run: DataRun) -> None:
-    entry = data_run.entries["remote.csv"]
-    assert entry["source_type"] == "http"
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/remote\.csv", entry["source"]), entry
-    assert "checksum" not in entry  # no --checksum-remote
+def test_url_the_run_served_is_reported_not_fetched(data_run: DataRun) -> None:
+    """The notebook's own loopback server: its URL exists only while the notebook runs."""
+    assert "remote.csv" not in data_run.entries
+    served = [u["url"] for u in data_run.summary["data"]["served_urls"]]
+    assert [u.rsplit("/", 1)[-1] for u in served] == data_run.expect["served_urls"], served
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/remote\.csv", served[0]), served
 
 
 def test_intermediates_outputs_and_secret_are_not_inputs(data_run: DataRun) -> None:
@@ -174,7 +175,8 @@ def test_rederive_from_the_record_gives_the_same_draft(data_run: DataRun,
     again = {e["target_location"]: e for e in data["inputs"]}
     assert {t: e.get("checksum") for t, e in again.items()} == {
         t: e.get("checksum") for t, e in data_run.entries.items()}
-    assert {e["source_type"] for e in again.values()} == {"fs", "http"}
+    assert {e["source_type"] for e in again.values()} == {"fs"}  # the served URL stays out
+    assert data["served_urls"] == data_run.summary["data"]["served_urls"]
     assert [s["path"] for s in data["secrets"]] == [str(data_run.home / ".aws/credentials")]
 
 

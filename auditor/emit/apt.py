@@ -38,7 +38,8 @@ class RunObserver:
         self.libraries: dict[str, dict[int, bool]] = {}
         self.executed: dict[str, set[int]] = {}
         self.baseline: set[str] = set()  # libraries the kernel mapped before the first cell
-        self.connects: dict[str, set[int]] = {}
+        self.connects: dict[str, set[int]] = {}  # TCP connects: "ip:port" -> pids
+        self.served: set[str] = set()  # "ip:port" a process of the run accepted on
         self.writes: dict[str, set[int]] = {}  # path -> pids that opened it for writing
 
     def watch(self, events: Iterable[Event]) -> Iterator[Event]:
@@ -59,7 +60,11 @@ class RunObserver:
             elif kind == "exec":
                 executed.setdefault(event.path, set()).add(event.pid)  # type: ignore[union-attr]
             elif kind == "connect":
-                connects.setdefault(event.address, set()).add(event.pid)  # type: ignore[union-attr]
+                if not event.datagram and not event.url:  # type: ignore[union-attr]
+                    connects.setdefault(event.address, set()).add(  # type: ignore[union-attr]
+                        event.pid)
+            elif kind == "accept":
+                self.served.add(event.address)  # type: ignore[union-attr]
             yield event
 
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..events import Access, Connect, Event
+from ..events import Accept, Access, Connect, Event
 from .data_entry import (
     MANAGER,
     MAX_CLIMB,
@@ -70,6 +70,7 @@ class DataCollector:
         self.listed: dict[str, dict[int, Use] | None] = {}  # None: not a data folder
         self.urls: dict[str, dict[int, Use]] = {}
         self.connects: dict[str, str | None] = {}  # "ip:port" -> host name looked up
+        self.served: set[tuple[str, str]] = set()  # (ip, port) a process of the run accepted on
         self.url_cells: dict[str, set[int]] = {}  # normalized URL -> the cells that asked
 
     def cell_uses(self) -> dict[str, tuple[set[int], set[int]]]:
@@ -80,9 +81,13 @@ class DataCollector:
                 and (state.read_in or state.written_in)}
 
     def note(self, event: Event) -> None:
-        """Watch one event (any kind; only Access and Connect matter)."""
+        """Watch one event (any kind; only Access, Connect and Accept matter)."""
         if isinstance(event, Connect):
             self._connect(event)
+            return
+        if isinstance(event, Accept):
+            ip, _, port = event.address.rpartition(":")
+            self.served.add((ip.strip("[]"), port))
             return
         if not isinstance(event, Access):
             return
@@ -135,6 +140,8 @@ class DataCollector:
             uses.setdefault(event.pid, Use(event.t, event.pid, event.cell, self._as_named(event)))
 
     def _connect(self, event: Connect) -> None:
+        if event.datagram:
+            return  # a UDP connect sends nothing (a local-IP probe): no remote input
         if event.url:
             url = normalize_url(event.url)
             if url:
@@ -222,7 +229,8 @@ class DataCollector:
         firsts = {url: _first(uses, role_of) for url, uses in self.urls.items()}
         draft_remote(draft, firsts, self.connects, self.outcomes, role_of, names, progress,
                      checksum_remote, lambda use, base: self._saved_copy(use, base, saved,
-                                                                         written_after))
+                                                                         written_after),
+                     served=self.served)
         for group in (draft.outputs, draft.intermediates, draft.secrets, draft.remote,
                       draft.unread_urls):
             group.sort()

@@ -76,6 +76,8 @@ class DataDraft:
     secrets: list[str] = field(default_factory=list)
     remote: list[str] = field(default_factory=list)  # connections without a URL
     unread_urls: list[tuple[str, str]] = field(default_factory=list)  # (url, why not read)
+    #: URLs a process of the run served itself (it accepted on that port): never fetched.
+    served_urls: list[str] = field(default_factory=list)
     scratch: int = 0  # files the run wrote under the temp dir (or made and removed): not listed
     warnings: list[str] = field(default_factory=list)
 

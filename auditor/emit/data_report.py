@@ -2,7 +2,8 @@
 
 Secrets (files, and credentials removed from URLs) and absolute-path inputs carry the note
 that tells the user what to do; outputs, intermediates and URLs requested but not read are
-listed (never as inputs); scratch files are only counted.
+listed (never as inputs); scratch files are only counted. A URL the run served itself is
+listed as "served by the run: not fetched"; a UDP connect (a local-IP probe) is not reported.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from .data import DataDraft
 from .data_rules import ABSOLUTE_NOTE, SECRET_NOTE, SIGNED_URL_NOTE, UNREAD_URL_NOTE
 from .data_yml import human_size
 
+SERVED_URL_NOTE = ("served by the run: not fetched (a process of the run accepted connections on "
+                   "its port; the files it served are inputs)")
+
 
 def data_summary(draft: DataDraft) -> dict[str, Any]:
     """The "data" object of summary.json."""
@@ -34,6 +38,7 @@ def data_summary(draft: DataDraft) -> dict[str, Any]:
                          "note": SIGNED_URL_NOTE} for e in draft.signed_urls],
         "unread_urls": [{"url": url, "why": why, "note": UNREAD_URL_NOTE}
                         for url, why in draft.unread_urls],
+        "served_urls": [{"url": url, "note": SERVED_URL_NOTE} for url in draft.served_urls],
         "remote_connections": list(draft.remote),
         "warnings": list(draft.warnings),
     }
@@ -70,6 +75,8 @@ def render_data(summary: Mapping[str, Any], console: Console) -> None:
     for item in data.get("unread_urls") or ():
         console.print(Text("url ", style="yellow bold")
                       + Text(f"{item['url']}: {item['why']}; {item['note']}"))
+    for item in data.get("served_urls") or ():
+        console.print(Text("url ", style="yellow bold") + Text(f"{item['url']}: {item['note']}"))
     for item in data.get("absolute_inputs") or ():
         console.print(Text("input ", style="yellow bold")
                       + Text(f"{item['path']}: {item['note']}"))

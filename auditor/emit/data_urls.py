@@ -7,13 +7,16 @@ redirects, so the redirect's target is not listed beside it. A URL that answered
 never answered (no connection), was not read, and is not listed.
 
 `draft_remote` turns the URLs the run requested into data.yml entries (and lists the
-connections no URL explains) for `DataCollector.draft`.
+connections no URL explains) for `DataCollector.draft`. A URL on a port that a process of the
+run accepted connections on (a loopback HTTP server the notebook started) was served by the
+run: it exists only while the notebook runs, so it is reported, never fetched; the files that
+server read are inputs like any others.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -106,11 +109,13 @@ def draft_remote(draft: DataDraft, firsts: Mapping[str, Use | None],
                  connects: Mapping[str, str | None], outcomes: UrlOutcomes,
                  role_of: Callable[[int], str], names: set[str], progress: Progress | None,
                  checksum_remote: bool,
-                 saved_copy: SavedCopy | None = None) -> None:
+                 saved_copy: SavedCopy | None = None,
+                 served: Collection[tuple[str, str]] = ()) -> None:
     """Add the URLs the run read to `draft` as inputs (unread ones, and connections to hosts
     no URL names, to its report lists). `firsts`: URL -> its first use that counts, or None;
     `connects`: "ip:port" -> the host name looked up for it; `saved_copy(use, name)`: where
-    the notebook saved the download and how to unpack it, if it did."""
+    the notebook saved the download and how to unpack it, if it did; `served`: the
+    (ip, port) pairs a process of the run accepted connections on."""
     reached: set[tuple[str, str]] = set()
     asked = {url for url, use in firsts.items() if use}
     listed: dict[str, DataEntry] = {}
@@ -118,7 +123,11 @@ def draft_remote(draft: DataDraft, firsts: Mapping[str, Use | None],
         parts = urlsplit(url)
         if use is None or parts.scheme not in ("http", "https"):
             continue
-        reached.add(((parts.hostname or "").lower(), str(parts.port or PORTS[parts.scheme])))
+        port = str(parts.port or PORTS[parts.scheme])
+        reached.add(((parts.hostname or "").lower(), port))
+        if _served_by_run(parts.hostname or "", port, served):
+            draft.served_urls.append(strip_credentials(url)[0])
+            continue
         if not outcomes.read(url):
             draft.unread_urls.append((strip_credentials(url)[0], outcomes.why_not(url)))
             continue
@@ -151,6 +160,15 @@ def draft_remote(draft: DataDraft, firsts: Mapping[str, Use | None],
     for address, host in connects.items():
         ip, _, port = address.rpartition(":")
         ip = ip.strip("[]")
-        if is_local(ip) or (ip, port) in reached or ((host or "").lower(), port) in reached:
+        if (is_local(ip) or (ip, port) in reached or ((host or "").lower(), port) in reached
+                or (ip, port) in served):
             continue
         draft.remote.append(f"{host}:{port} ({ip})" if host else address)
+
+
+def _served_by_run(host: str, port: str, served: Collection[tuple[str, str]]) -> bool:
+    """Whether a process of the run accepted connections on `host`:`port` (a loopback name
+    matches any local address the run served on that port)."""
+    host = host.lower().strip("[]")
+    return any(port == served_port and (ip == host or (is_local(host) and is_local(ip)))
+               for ip, served_port in served)

@@ -96,7 +96,8 @@ def _convert(entry: dict[str, Any]) -> list[Event]:
         if kind == "exec":
             return [Exec(pid, entry.get("path") or "", list(entry.get("argv") or []), t=t)]
         if kind == "connect":
-            return [Connect(pid, entry["address"], t=t, host=entry.get("host"))]
+            return [Connect(pid, entry["address"], t=t, host=entry.get("host"),
+                            datagram=bool(entry.get("udp")))]
         if kind == "url":
             return [Connect(pid, entry["url"], t=t, url=entry["url"])]
         if kind == "cell":

@@ -32,8 +32,11 @@ SYSCALLS = (
     "fork", "vfork", "clone", "clone3",
     "chdir", "fchdir",
     "rename", "renameat", "renameat2",
-    "connect",
+    "connect", "accept", "accept4",
 )
+#: `-y` plus sockets' protocol and addresses: a connect on a `UDP:` socket sends nothing, and
+#: an accept's result names the local port the run served (`TCP:[ip:port->peer]`).
+DECODE_FDS = "--decode-fds=path,socket"
 # PATH_MAX: a path argument is never cut short.
 STRING_LIMIT = 4096
 
@@ -59,7 +62,7 @@ class StraceTracer(Tracer):
         return _probe()
 
     def wrap(self, argv: list[str], record_dir: Path, stem: str = "trace") -> list[str]:
-        return [which("strace") or "strace", "-f", "--seccomp-bpf", "-ttt", "-q", "-y",
+        return [which("strace") or "strace", "-f", "--seccomp-bpf", "-ttt", "-q", DECODE_FDS,
                 "-s", str(STRING_LIMIT), "-e", "trace=" + ",".join(SYSCALLS),
                 "-o", str(Path(record_dir) / f"{stem}.strace"), "--", *argv]
 

@@ -13,7 +13,18 @@ import re
 import signal
 from collections.abc import Iterable, Iterator
 
-from ..events import MARK_PREFIX, Access, CellMark, Connect, Event, Exec, Exit, Spawn, parse_mark
+from ..events import (
+    MARK_PREFIX,
+    Accept,
+    Access,
+    CellMark,
+    Connect,
+    Event,
+    Exec,
+    Exit,
+    Spawn,
+    parse_mark,
+)
 
 # A C string as strace prints it ("..." after the quote when cut at -s), and an fd argument:
 # AT_FDCWD or a number, with the -y decoration `<path>` (strace escapes `<`, `>` inside it).
@@ -36,8 +47,12 @@ _CHDIR = re.compile(rf"chdir\({_STR}\) += 0$")
 _FCHDIR = re.compile(r"fchdir\(\d+<([^>]*)>\) += 0$")
 _RENAME = re.compile(rf"rename\({_STR}, {_STR}\) += 0$")
 _RENAMEAT = re.compile(rf"renameat2?\({_FD}, {_STR}, {_FD}, {_STR}(?:, {_FLAGS})?\) += 0$")
-_CONNECT = re.compile(r"connect\(\d+(?:<[^>]*>)?, \{sa_family=(AF_INET6?), (.*)\}, \d+\)"
+# A socket's decoration (--decode-fds=socket): `<UDP:[inode]>`, `<TCP:[ip:port->ip:port]>`.
+_SOCKET = r"<((?:->|[^>])*)>"
+_CONNECT = re.compile(rf"connect\(\d+(?:{_SOCKET})?, \{{sa_family=(AF_INET6?), (.*)\}}, \d+\)"
                       r" += (?:0|-1 EINPROGRESS)")
+# The accepted socket names the local (served) address first: `= 6<TCP:[127.0.0.1:8000->...`.
+_ACCEPTED = re.compile(r"\) += \d+<TCPv?6?:\[(.+):(\d+)->")
 _PORT = re.compile(r"sin6?_port=htons\((\d+)\)")
 _HOST = re.compile(r'(?:inet_addr\("([^"]*)"\)|inet_pton\(AF_INET6, "([^"]*)")')
 _RESUMED = re.compile(r"<\.\.\. [\w?]+ resumed>(.*)$")
@@ -105,7 +120,7 @@ class StraceParser:
             "clone": self._spawn, "clone3": self._spawn, "fork": self._spawn,
             "vfork": self._spawn, "chdir": self._chdir, "fchdir": self._fchdir,
             "rename": self._rename, "renameat": self._renameat, "renameat2": self._renameat,
-            "connect": self._connect,
+            "connect": self._connect, "accept": self._accept, "accept4": self._accept,
         }
 
     def parse(self, lines: Iterable[str]) -> Iterator[Event]:
@@ -393,14 +408,23 @@ class StraceParser:
         match = _CONNECT.match(rest)
         if match is None:
             return None  # AF_UNIX / AF_NETLINK / a refused or failed connect: not a use
-        family, address = match.groups()
+        socket, family, address = match.groups()
         port = _PORT.search(address)
         host = _HOST.search(address)
         if port is None or host is None:
             return self._unparsed(pid, ts, rest)
+        datagram = (socket or "").startswith("UDP")
         if family == "AF_INET6":
-            return Connect(pid, f"[{host.group(2)}]:{port.group(1)}", float(ts))
-        return Connect(pid, f"{host.group(1)}:{port.group(1)}", float(ts))
+            return Connect(pid, f"[{host.group(2)}]:{port.group(1)}", float(ts),
+                           datagram=datagram)
+        return Connect(pid, f"{host.group(1)}:{port.group(1)}", float(ts), datagram=datagram)
+
+    def _accept(self, pid: int, ts: str, rest: str) -> Event | None:
+        match = _ACCEPTED.search(rest)
+        if match is None:
+            return None  # EAGAIN on a non-blocking listener, a Unix socket: not served here
+        ip, port = match.groups()
+        return Accept(pid, f"{ip}:{port}", float(ts))
 
     def _unparsed(self, pid: int, ts: str, rest: str) -> None:
         if not (rest.endswith(" = ?") or " = ? <" in rest):  # ended inside it: no result
