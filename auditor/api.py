@@ -232,7 +232,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
 
     stem = Path(notebook).stem
     spec = draft_environment(resolution, index, python=env.version, notebook_stem=stem,
-                             roles=roles)
+                             roles=roles, cell_sources=cell_sources)
     from .record.sampler import read_samples
 
     samples = read_samples(record_dir)

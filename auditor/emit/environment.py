@@ -8,8 +8,9 @@ under `Requires-Dist`, so `--no-deps` installs work. `draft_environment` returns
 
 from __future__ import annotations
 
+import ast
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,16 @@ USED = "used"
 MACHINERY = "kernel machinery"
 # Written by the `python=` line and the bare `pip` dependency; never pinned twice.
 _CONDA_IMPLICIT = {"python", "pip"}
+# What IPython loads to format a traceback (ultratb: stack_data and what it needs; Pygments to
+# colour it), by distribution -> top-level module. In the kernel these are IPython's machinery:
+# they count as used in a cell only when its source imports them by name. Dropping the rest
+# loses no pin: IPython requires them (so ipykernel's closure pins them), and a library that
+# uses them (rich, icecream) requires them too, so they stay pinned as "required by" it.
+TRACEBACK_MACHINERY = {"stack-data": "stack_data", "asttokens": "asttokens",
+                       "executing": "executing", "pure-eval": "pure_eval",
+                       "pygments": "pygments"}
+_IMPORT_LINE = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*)",
+                          re.MULTILINE)
 
 
 @dataclass
@@ -125,12 +136,16 @@ def _direct_url(dist: Any) -> str:
 
 def draft_environment(resolution: Any, index: Any, *, python: str, notebook_stem: str,
                       roles: Roles | None = None,
-                      exclude: Iterable[str] = OWN_DISTRIBUTIONS) -> EnvironmentSpec:
+                      exclude: Iterable[str] = OWN_DISTRIBUTIONS,
+                      cell_sources: Mapping[int, str] | None = None) -> EnvironmentSpec:
     """Pins for the manager environment from what the run used (DESIGN.md rules 6 and 7).
 
     `resolution` is an `auditor.resolve.Resolution`, `index` its `EnvIndex`; `roles` tells
-    manager from worker processes (without it, every process counts as the manager).
+    manager from worker processes (without it, every process counts as the manager);
+    `cell_sources` (cell index -> source) says which cells import IPython's traceback
+    machinery by name (`TRACEBACK_MACHINERY`).
     """
+    named = {cell: top_level_imports(source) for cell, source in (cell_sources or {}).items()}
     excluded = {canonicalize_name(n) for n in exclude}
     warnings: list[str] = []
     reasons: dict[str, str] = {}
@@ -143,6 +158,9 @@ def draft_environment(resolution: Any, index: Any, *, python: str, notebook_stem
         if ckey in excluded:
             continue
         in_cells = {c for c in use.cells if c is not None}
+        if ckey in TRACEBACK_MACHINERY and _kernel_only(use.pids, roles):
+            module = TRACEBACK_MACHINERY[ckey]
+            in_cells = {c for c in in_cells if module in named.get(c, ())}
         # The --workers pool is flo-audit's, not the notebook's: it counts for the workers'
         # file only (an idle pool must not add Dask to the manager's pins).
         pid_roles = ({roles.of(pid) for pid in use.pids if not roles.from_pool(pid)}
@@ -177,6 +195,32 @@ def draft_environment(resolution: Any, index: Any, *, python: str, notebook_stem
                             "it will not install elsewhere; publish it or vendor it")
     pins.sort(key=lambda p: p.key)
     return EnvironmentSpec(env_name(notebook_stem), python, pins, warnings)
+
+
+def _kernel_only(pids: Iterable[int], roles: Roles | None) -> bool:
+    """Whether only the kernel process (or its threads) used a distribution."""
+    if roles is None:
+        return True
+    return all(pid == roles.kernel_pid or pid in roles.threads for pid in pids)
+
+
+def top_level_imports(source: str) -> set[str]:
+    """The top-level modules a cell's import statements name (`import a.b, c` -> {a, c};
+    `from d.e import f` -> {d}); IPython magics and shell lines are skipped, and a source
+    that is not Python once they are is read line by line."""
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except (SyntaxError, ValueError):
+        return {name.strip().split(".")[0] for match in _IMPORT_LINE.finditer(source)
+                for name in match.group(1).split(",")}
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
 
 
 def _installed(index: Any, dist: Any) -> Any:

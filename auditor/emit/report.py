@@ -6,8 +6,10 @@ workflow/unknown files it used (`flo-audit diff` compares these between audits).
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -102,9 +104,28 @@ def render_summary(summary: Mapping[str, Any], backpack: str | None,
     for warning in warnings:
         console.print(Text("warning: ", style="yellow bold") + Text(warning))
     if not summary.get("complete"):
-        console.print(Text(_incomplete_line(summary), style="red bold"))
+        _say_incomplete(_incomplete_line(summary), console)
     if backpack:
         console.print(Text("backpack: ", style="green bold") + Text(backpack))
+
+
+def _say_incomplete(line: str, console: Console) -> None:
+    """The INCOMPLETE line in the summary, and on stderr as well (a script that keeps only
+    stderr, or a user who sent the summary to a file, still sees it), once when both streams
+    are the same terminal or file."""
+    console.print(Text(line, style="red bold"))
+    if not _same_stream(console.file, sys.stderr):
+        Console(stderr=True, highlight=False).print(Text(line, style="red bold"),
+                                                   soft_wrap=True)
+
+
+def _same_stream(one: IO[str], other: IO[str]) -> bool:
+    if one is other:
+        return True
+    try:
+        return os.path.samestat(os.fstat(one.fileno()), os.fstat(other.fileno()))
+    except (AttributeError, OSError, ValueError):  # a StringIO: not a file descriptor
+        return False
 
 
 def _incomplete_line(summary: Mapping[str, Any]) -> str:
