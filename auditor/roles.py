@@ -15,6 +15,10 @@ started itself (`--workers`: the Dask workers and scheduler, each traced on its 
 given as `roots` with their role; their descendants are theirs. A tool is on the side of the
 process that ran it (`Roles.side`): a `gzip` a task ran is a worker tool.
 
+A worker started after the last cell's end mark ran no cell's tasks: it is churn of the
+run's end (a pool refilling itself while it is stopped), kept in `late` and left out of
+`worker_roots`, so it counts neither as a worker that ran tasks nor in compute.yml.
+
 `RoleTracker.watch` observes the event stream as it passes to the resolver, so roles cost
 no second pass over a long trace.
 """
@@ -26,7 +30,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .events import Event, Exec, Exit, Spawn
+from .events import CellMark, Event, Exec, Exit, Spawn
 
 MANAGER = "manager"
 WORKER = "worker"
@@ -46,7 +50,7 @@ HELPER_MARKERS = ("multiprocessing.resource_tracker", "multiprocessing.semaphore
 WORKER_MARKERS = ("--multiprocessing-fork", "multiprocessing.spawn",
                   "loky.backend.popen_loky_posix", "distributed.cli.dask_worker",
                   "dask-worker", "dask worker", "ipyparallel.engine", "ipengine")
-PROCESS_KINDS = frozenset({"spawn", "exec", "exit"})
+PROCESS_KINDS = frozenset({"spawn", "exec", "exit", "cell"})
 
 _PYTHON_NAME = re.compile(r"^(python|pypy)(\d+(\.\d+)*)?[a-z]?(-dbg)?$")
 
@@ -89,6 +93,8 @@ class Roles:
     binary: dict[int, str] = field(default_factory=dict)
     roots: dict[int, str] = field(default_factory=dict)
     exit_t: dict[int, float] = field(default_factory=dict)
+    #: Task-running processes started after the last cell had ended (see the module doc).
+    late: set[int] = field(default_factory=set)
 
     def of(self, pid: int) -> str:
         """Role of `pid`; a pid never seen in a Spawn is taken to be the manager's."""
@@ -128,9 +134,10 @@ class Roles:
                       if pid not in self.threads and self.side(pid) == side)
 
     def worker_roots(self) -> list[int]:
-        """Task-running processes whose parent is not one: one per pool worker."""
+        """Task-running processes whose parent is not one: one per pool worker (those
+        started after the last cell left out)."""
         return sorted(pid for pid, role in self.role.items()
-                      if role == WORKER and pid not in self.threads
+                      if role == WORKER and pid not in self.threads and pid not in self.late
                       and self.role.get(self.parent.get(pid, -1)) != WORKER)
 
     def to_json(self) -> dict:
@@ -157,6 +164,8 @@ class RoleTracker:
         self._exits: dict[int, int] = {}
         self._exit_t: dict[int, float] = {}
         self._seen: set[int] = set()
+        self._spawn_t: dict[int, float] = {}
+        self._last_mark: CellMark | None = None
 
     def watch(self, events: Iterable[Event]) -> Iterator[Event]:
         """Pass `events` through unchanged, noting the process-tree ones."""
@@ -181,6 +190,8 @@ class RoleTracker:
         elif isinstance(event, Exit):
             self._exits[event.pid] = event.status
             self._exit_t[event.pid] = event.t
+        elif isinstance(event, CellMark):
+            self._last_mark = event
 
     def feed(self, events: Iterable[Event]) -> None:
         for _ in self.watch(events):
@@ -189,6 +200,7 @@ class RoleTracker:
     def _spawn(self, event: Spawn) -> None:
         self._parent[event.child] = event.pid
         self._seen.add(event.child)
+        self._spawn_t[event.child] = event.t
         if event.thread:
             self._threads.add(event.child)
 
@@ -202,7 +214,17 @@ class RoleTracker:
             result.role[pid] = TRACER if pid in excluded else self._role(pid, result)
         for pid, event in self._last_exec.items():
             result.binary[pid] = event.path
+        result.late = self._late(result)
         return result
+
+    def _late(self, result: Roles) -> set[int]:
+        """Task runners started after the last cell's end mark (none if a cell never ended)."""
+        mark = self._last_mark
+        if mark is None or mark.phase != "end":
+            return set()
+        return {pid for pid, role in result.role.items()
+                if role == WORKER and pid not in self._threads and pid not in self.roots
+                and self._spawn_t.get(pid, 0.0) > mark.t}
 
     def _outside_kernel_tree(self) -> set[int]:
         """The tracer and the kernel's ancestors: processes that are not the notebook's."""

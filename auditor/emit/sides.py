@@ -8,6 +8,12 @@ and Debian packages; for the workers, also which crashed and whether a `--worker
 A worker crashed when a task-running process ended during the run (before teardown began)
 with a status other than 0 or SIGTERM (pools end their workers with SIGTERM); the backpack
 is then marked incomplete ("worker-died"), because the tasks it ran may not have finished.
+
+Workers that ran tasks are the task runners alive while cells ran (`Roles.worker_roots`);
+those started after the last cell (a pool refilling itself at the end) are only counted
+apart. With no worker process, a notebook that used Dask ran its tasks in threads of the
+kernel (`Client(processes=False)`); the --workers hint is given only when it connected to an
+address no process of the run served (a scheduler it did not start).
 """
 
 from __future__ import annotations
@@ -21,11 +27,15 @@ from typing import Any
 from ..roles import MANAGER, SIDES, TOOL, WORKER, Roles
 from .apt import AptSpec, RunObserver, draft_apt, render_apt_txt
 from .compute import MB, ComputeSpec, draft_compute, measure_compute, render_compute_yml
+from .data_rules import is_local
 from .disk import measure_disk, save_written, worker_written, written_sizes
 from .environment import USED, EnvironmentSpec, render_environment_yml
 from .workers import draft_worker_environment
 
 WORKER_DIED = "worker-died"
+#: Debian packages named on a summary line; more are counted and left to software/apt.txt.
+APT_SHOWN = 4
+APT_FILE = "software/apt.txt"
 _NORMAL_EXITS = (0, -signal.SIGTERM)
 
 
@@ -93,9 +103,14 @@ def derive_sides(*, session: dict, roles: Roles, resolution: Any, index: Any,
             "tools": sorted({roles.binary[p] for p in pids
                              if roles.of(p) == TOOL and p in roles.binary}),
             "apt": apt.by_side(side)}
+    dask = any(use.dist.name.lower() == "distributed"
+               and any(roles.side(pid) == MANAGER for pid in use.pids)
+               for use in resolution.used.values())
     report[WORKER].update(workers_seen=len(roots), crashed=crashed,
                           started_by=_started_by(roots, session),
-                          note=_worker_note(roots, session, roles, observer, worker_spec))
+                          started_after_cells=len(roles.late),
+                          note=_worker_note(roots, session, roles, observer, worker_spec,
+                                            dask=dask))
     return SideOutputs(worker_spec, compute, apt, report, crashed,
                        sizes if new and record_dir is not None else None)
 
@@ -168,7 +183,7 @@ def _started_by(roots: list[int], session: dict) -> str | None:
 
 
 def _worker_note(roots: list[int], session: dict, roles: Roles, observer: RunObserver,
-                 worker_spec: EnvironmentSpec | None) -> str:
+                 worker_spec: EnvironmentSpec | None, *, dask: bool = False) -> str:
     pool = session.get("pool") or {}
     address = str(pool.get("address") or "")
     if address:
@@ -180,11 +195,42 @@ def _worker_note(roots: list[int], session: dict, roles: Roles, observer: RunObs
                     f"scheduler ({address}); worker-environment.yml lists only the worker "
                     "runtime")
         return f"the notebook used the --workers pool at {address}"
-    if worker_spec is None:
+    if worker_spec is None or not roots:
+        unserved = _unserved_connects(roles, observer) if dask else []
+        if unserved:
+            return (f"no worker ran: the notebook connected to {', '.join(unserved[:3])}, "
+                    "which no process of the run served; if that is a Dask scheduler, audit "
+                    "with --workers N (flo-audit starts the scheduler and N traced workers)")
+        if dask:
+            return ("no worker process ran: the work ran in threads of the kernel (an "
+                    "in-process Dask client), so the manager environment serves the workers; "
+                    "worker-environment.yml is not written")
         return ("no worker ran: the notebook started no worker processes, so "
-                "worker-environment.yml is not written (the manager's environment serves); "
-                "use --workers N for a notebook that connects to an existing Dask cluster")
-    return f"{len(roots)} worker processes ran tasks"
+                "worker-environment.yml is not written (the manager's environment serves)")
+    late = (f" ({len(roles.late)} more started after the last cell, not counted)"
+            if roles.late else "")
+    return f"{len(roots)} worker processes ran tasks{late}"
+
+
+def _unserved_connects(roles: Roles, observer: RunObserver) -> list[str]:
+    """TCP addresses the manager side connected to that no process of the run served."""
+    served_ports = {address.rpartition(":")[2] for address in observer.served}
+    found = []
+    for address, pids in sorted(observer.connects.items()):
+        ip, _, port = address.rpartition(":")
+        if address in observer.served or (is_local(ip.strip("[]")) and port in served_ports):
+            continue
+        if any(roles.side(pid) == MANAGER for pid in pids):
+            found.append(address)
+    return found
+
+
+def _apt_names(names: list[str]) -> str:
+    """All names when few; else a count, the first few, and the file that lists them all."""
+    if len(names) <= APT_SHOWN:
+        return ", ".join(names)
+    return (f"{len(names)} packages ({', '.join(names[:APT_SHOWN])}, ...; all in "
+            f"{APT_FILE})")
 
 
 def role_lines(summary: dict) -> list[str]:
@@ -199,7 +245,7 @@ def role_lines(summary: dict) -> list[str]:
         memory = f", peak memory {peak:.0f} MB" if peak is not None else ""
         lines.append(f"{side}: {part.get('processes', 0)} processes, "
                      f"{len(part.get('packages') or ())} packages used{memory}"
-                     + (f"; apt: {', '.join(part['apt'])}" if part.get("apt") else ""))
+                     + (f"; apt: {_apt_names(part['apt'])}" if part.get("apt") else ""))
     worker = report.get(WORKER) or {}
     for crash in worker.get("crashed") or ():
         lines.append(f"worker {crash.get('name') or crash['pid']} {crash['how']} during the run")

@@ -4,10 +4,13 @@ The kernel runs in its own session under a tracer, and the notebook may start mo
 processes (Dask workers, multiprocessing pools, daemons that leave the tree). So processes
 are remembered while they run (a watcher thread snapshots the descendants of the roots), and
 the kernel's environment carries a token that every descendant inherits, so stragglers that
-were reparented to init are still found at the end. Teardown sends SIGTERM (and SIGCONT, for
-tracees left stopped) to every one of them and to their process groups, waits a bounded
-time, then SIGKILLs the rest. Killing strace alone would leave its tracees running, which is
-why tracees are signalled themselves rather than through the tracer.
+were reparented to init are still found at the end. Teardown first freezes them: SIGSTOP to
+each, parents before children (by start time), so no pool can see its worker die and start
+another (a Dask nanny restarts a worker it did not stop; multiprocessing.Pool refills itself),
+then SIGKILL. The tracer is spared: it records the kills and exits once its tracees are gone.
+Then SIGTERM (and SIGCONT, for tracees left stopped) to whatever is left and to their process
+groups, a bounded wait, and SIGKILL for the rest. Killing strace alone would leave its tracees
+running, which is why tracees are signalled themselves rather than through the tracer.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Collection, Iterable
 
 import psutil
 
@@ -24,6 +28,10 @@ log = logging.getLogger("flo.record")
 
 #: Environment variable set in the kernel's environment; its value identifies one recording.
 TOKEN_VARIABLE = "FLO_BACKPACK_RECORDING"
+#: How long the freeze waits for every process to be stopped before killing them.
+FREEZE_WAIT_S = 1.0
+_STOPPED = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE,
+                      psutil.STATUS_DEAD})
 
 
 class ProcessTree:
@@ -100,11 +108,19 @@ class ProcessTree:
                 continue
         return found
 
-    def stop_all(self, grace: float = 3.0, rounds: int = 3) -> list[psutil.Process]:
-        """Terminate everything, then kill what is left; returns survivors (normally none)."""
+    def stop_all(self, grace: float = 3.0, rounds: int = 3,
+                 spare: Collection[int] = ()) -> list[psutil.Process]:
+        """Freeze and kill everything but `spare` (the tracer), then terminate, then kill what
+        is left, the tracer included; returns survivors (normally none)."""
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=2)
+        frozen = [proc for proc in self.living() if proc.pid not in spare]
+        if frozen:
+            _freeze(frozen)
+            for proc in frozen:
+                _send(proc, signal.SIGKILL)
+            psutil.wait_procs(frozen, timeout=grace)
         survivors: list[psutil.Process] = []
         for _ in range(rounds):  # a dying process may still fork: look again after each round
             procs = self.living()
@@ -120,6 +136,41 @@ class ProcessTree:
         for proc in survivors:
             log.warning("process %d (%s) could not be stopped", proc.pid, _name(proc))
         return survivors
+
+
+def _freeze(procs: list[psutil.Process]) -> None:
+    """SIGSTOP each process, oldest (so parents) first, and wait (bounded) until all are
+    stopped: under a tracer the stop takes effect only once the tracer has passed it on."""
+    procs = sorted(procs, key=_started)
+    for proc in procs:
+        _send(proc, signal.SIGSTOP)
+    deadline = time.monotonic() + FREEZE_WAIT_S
+    pending = list(procs)
+    while pending and time.monotonic() < deadline:
+        pending = [proc for proc in pending if _status(proc) not in _STOPPED]
+        if pending:
+            time.sleep(0.01)
+
+
+def _send(proc: psutil.Process, signum: int) -> None:
+    try:
+        proc.send_signal(signum)
+    except psutil.Error:
+        pass
+
+
+def _started(proc: psutil.Process) -> float:
+    try:
+        return proc.create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _status(proc: psutil.Process) -> str:
+    try:
+        return proc.status()
+    except psutil.Error:
+        return psutil.STATUS_DEAD
 
 
 def _signal_all(procs: list[psutil.Process], signum: int) -> None:

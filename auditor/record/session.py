@@ -54,6 +54,28 @@ KERNEL_STDERR = "kernel.stderr"
 SCHEMA = 1
 #: How long a kernel asked to quit after the last cell gets before teardown stops it.
 EXIT_WAIT_S = 2.0
+#: How long the notebook's own pools get to close before the kernel is asked to quit.
+CLOSE_WAIT_S = 15.0
+#: Run silently (no cell marks) after the last cell, while the kernel has child processes:
+#: the exit handlers the pool libraries register themselves, called before the kernel quits.
+#: ipykernel's shutdown SIGTERMs the kernel's children first, and a Dask nanny restarts a
+#: worker it did not stop itself, again and again, until teardown. Stdlib only; every step
+#: optional (a module not loaded, a private name renamed: skipped).
+CLOSE_POOLS = """\
+def _flo_close_pools():
+    import sys
+    for module, name in (("distributed.client", "_close_global_client"),
+                         ("distributed.deploy.spec", "close_clusters"),
+                         ("multiprocessing.util", "_exit_function")):
+        handler = getattr(sys.modules.get(module), name, None)
+        if handler is not None:
+            try:
+                handler()
+            except Exception:
+                pass
+_flo_close_pools()
+del _flo_close_pools
+"""
 
 COMPLETE, FAILED, TIMEOUT, KERNEL_DIED = "complete", "failed", "timeout", "kernel-died"
 WORKER_DIED = "worker-died"  # a --workers worker ended during a cell
@@ -290,6 +312,8 @@ class _Run:
                 run_sync(self.km.shutdown_kernel)(now=False)
                 return
             kernel = psutil.Process(pid)
+            if self.status != TIMEOUT and kernel.children():
+                self._close_pools()
             run_sync(self.km.request_shutdown)()
             # Every cell's records are flushed at its end, so only the exit's own files are
             # at stake: a kernel that does not quit promptly (now and then one sits out the
@@ -297,6 +321,23 @@ class _Run:
             kernel.wait(timeout=min(self.km.shutdown_wait_time, EXIT_WAIT_S))
         except Exception as exc:  # psutil.TimeoutExpired too: teardown kills what is left
             log.debug("graceful kernel shutdown failed: %s", exc)
+
+    def _close_pools(self) -> None:
+        """Let the notebook's pools close the way they would at exit (`CLOSE_POOLS`), bounded
+        by `CLOSE_WAIT_S`; whatever is left then is frozen and killed by teardown."""
+        kc = self.client.kc
+        if kc is None:
+            return
+        msg_id = kc.execute(CLOSE_POOLS, silent=True, store_history=False)
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                reply = run_sync(kc.get_shell_msg)(timeout=left)
+            except Exception:  # queue.Empty: the pools did not close in time
+                break
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                return
+        log.debug("the notebook's pools did not close within %s s", CLOSE_WAIT_S)
 
     def teardown(self) -> None:
         """Kill what is still running, close channels and files; safe to call after errors."""
@@ -308,7 +349,8 @@ class _Run:
                     self.client.kc.stop_channels()
             except Exception as exc:
                 log.debug("stopping kernel channels failed: %s", exc)
-            survivors = self.tree.stop_all()
+            tracer = {self.launched_pid} if self.km.flo_wrapped and self.launched_pid else set()
+            survivors = self.tree.stop_all(spare=tracer)
             launched = getattr(self.km.provisioner, "process", None)
             if launched is not None:
                 launched.poll()  # reap it: it is our child
