@@ -33,6 +33,9 @@ subcommands (give the word first, instead of PATH):
   flo-audit diff A B                    what changed between two audits (backpacks, audit
                                         folders, or single environment.yml / data.yml files)
   flo-audit diff BACKPACK --here        will this backpack run with this interpreter?
+  flo-audit cells BACKPACK [--format F] [--cell N]
+                                        the per-cell report and the cell graph
+                                        (table, markdown, yaml, json, dot)
 A PATH that exists as a file is always audited, even if it is named like a subcommand.
 
 exit status: 0 every cell ran; 1 the notebook failed, timed out, its kernel or a worker died (the
@@ -117,6 +120,24 @@ def _diff_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("table", "markdown", "json"), default="table",
                         help="table for people, markdown for a pull-request comment, json")
     parser.add_argument("--json", action="store_true", help="same as --format json")
+    return parser
+
+
+def _cells_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="flo-audit cells",
+        description="The per-cell report of an audit (audit/cells.yml): what each cell used, "
+                    "read and wrote, how long it ran, and the cells it depends on.")
+    parser.add_argument("path", metavar="BACKPACK_OR_AUDIT_DIR",
+                        help="a backpack folder, or the audit/ folder of one")
+    parser.add_argument("--format", choices=("table", "markdown", "yaml", "json", "dot"),
+                        default="table",
+                        help="table for people, markdown, yaml or json for programs, dot "
+                             "(Graphviz) for the cell graph")
+    parser.add_argument("--role", choices=("manager", "worker"),
+                        help="show only this side's packages")
+    parser.add_argument("--cell", type=int, metavar="N",
+                        help="only notebook cell N (dot: N and the cells it depends on)")
     return parser
 
 
@@ -267,6 +288,16 @@ def _diff(argv: list[str]) -> int:
     return result.exit_code
 
 
+def _cells(argv: list[str]) -> int:
+    from .cells_view import open_cells, render
+
+    args = _cells_parser().parse_args(argv)
+    view = open_cells(args.path, cell=args.cell, role=args.role)
+    console = Console()
+    render(view, args.format, console if console.is_terminal else Console(width=100))
+    return 0
+
+
 def _render(summary: dict, backpack: str | None, as_json: bool, console: Console,
             render: Callable[..., None]) -> None:
     if as_json:
@@ -276,7 +307,8 @@ def _render(summary: dict, backpack: str | None, as_json: bool, console: Console
 
 
 #: Subcommand word -> handler.
-_SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"derive": _derive, "diff": _diff}
+_SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"derive": _derive, "diff": _diff,
+                                                       "cells": _cells}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -164,3 +164,70 @@ def test_failed_cell_and_the_cells_after_it(audit_runs: Callable[..., AuditRun])
 def _cells_of(run: AuditRun) -> list[dict]:
     text = run.path("audit/cells.yml").read_text(encoding="utf-8")
     return yaml.safe_load(text)["cells"]
+
+
+def _cells_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*flo_audit_argv(), "cells", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.slow
+def test_cells_command_formats(graph_run: AuditRun) -> None:
+    saved = yaml.safe_load((graph_run.out / "audit" / "cells.yml").read_text(encoding="utf-8"))
+    for where in (graph_run.out, graph_run.out / "audit"):
+        done = _cells_cli(str(where), "--format", "json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == saved
+    done = _cells_cli(str(graph_run.out), "--format", "yaml")
+    assert yaml.safe_load(done.stdout) == saved
+
+    table = _cells_cli(str(graph_run.out))
+    assert table.returncode == 0, table.stderr
+    assert max(len(line) for line in table.stdout.splitlines()) <= 100
+    assert "[v * 10" in table.stdout  # a cell's source is not taken for rich markup
+    assert "{1, 2, 9}  {3}  {4}  {5}  {6, 7}  {8}" in table.stdout
+
+    dot = _cells_cli(str(graph_run.out), "--format", "dot").stdout
+    assert dot.startswith("digraph cells {") and dot.rstrip().endswith("}")
+    assert 'c4 -> c5 [label="file table.csv"];' in dot
+    assert 'c3 -> c4 [label="name values"];' in dot and "c2 -> c4" not in dot
+    # --cell 8: the cell and its ancestors only (9 is an unrelated branch).
+    ancestors = _cells_cli(str(graph_run.out), "--format", "dot", "--cell", "8").stdout
+    assert "c1 [" in ancestors and "c7 -> c8" in ancestors and "c9" not in ancestors
+
+    one = json.loads(_cells_cli(str(graph_run.out), "--format", "json", "--cell", "9",
+                                "--role", "worker").stdout)
+    assert one["cell"] == 9 and "manager" not in one["code_dependencies"]
+    assert [p.split("==")[0] for p in one["code_dependencies"]["worker"]] == ["termcolor"]
+    markdown = _cells_cli(str(graph_run.out), "--format", "markdown").stdout
+    assert "| 5 | ok |" in markdown and "4 (file table.csv)" in markdown
+
+
+@pytest.mark.slow
+def test_cells_command_bad_input(graph_run: AuditRun, tmp_path: Path) -> None:
+    def fails(*args: str) -> str:
+        done = _cells_cli(*args)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("flo-audit: error: "), done.stderr
+        return lines[0]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert str(empty / "session.json") in fails(str(empty))
+
+    record = tmp_path / "audit"
+    record.mkdir()
+    (record / "session.json").write_bytes((graph_run.out / "audit" / "session.json").read_bytes())
+    cells = record / "cells.yml"
+    assert str(cells) in fails(str(record)) and "derive" in fails(str(record))  # missing
+    cells.write_text("cells: [\n  - {cell: 1\n")
+    assert str(cells) in fails(str(record))
+    cells.write_text("schema: 0\ncells: []\n")
+    line = fails(str(record))
+    assert str(cells) in line and "schema" in line
+    cells.write_text("schema: 1\ncells:\n- {first_line: x}\n")
+    assert str(cells) in fails(str(record))
+
+    line = fails(str(graph_run.out), "--cell", "0")
+    assert "--cell 0" in line and "1-9" in line

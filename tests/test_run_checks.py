@@ -185,3 +185,28 @@ def test_interactive_script_opens_as_a_paired_notebook_with_jupytext(tmp_path: P
             proc.kill()
             raise
     assert proc.returncode == 130, proc.stderr.read()[-3000:]
+
+
+def test_strict_validation_reads_scripts_as_they_will_run(tmp_path: Path) -> None:
+    from provisioner import api
+
+    bp = backpack(tmp_path / "script", "main.py", "# %%\nimport helpers\nprint(helpers.X)\n")
+    (bp / "workflow" / "helpers.py").write_text("X = 1\n")
+    ambiguous = api.validate(bp, strict=True)
+    assert not ambiguous.valid and "exactly one" in str(ambiguous.problems[0])
+    (bp / "audit").mkdir()  # the audit names the workflow among the helper modules
+    (bp / "audit" / "summary.json").write_text(json.dumps({"notebook": "/elsewhere/main.py"}))
+    checked = api.validate(bp, strict=True)
+    assert checked.valid, checked.problems
+    assert checked.workflow == bp.absolute() / "workflow" / "main.py"
+
+    (bp / "workflow" / "main.py").write_text("# %%\nprint(\n")
+    broken = api.validate(bp, strict=True)
+    if sys.version_info[:2] == (3, 11):  # the spec's Python: a syntax error is a problem
+        [problem] = broken.problems
+        assert problem.file == "workflow/main.py" and problem.key == "line 2", problem
+    else:  # another Python may parse it otherwise: only a warning
+        assert broken.valid and "line 2" in broken.warnings[-1]
+    (bp / "workflow" / "main.py").write_bytes(b"print('\xff')\n")
+    [problem] = api.validate(bp, strict=True).problems
+    assert problem.file == "workflow/main.py" and "UTF-8" in problem.expected, problem
