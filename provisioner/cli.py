@@ -139,14 +139,14 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .preflight import check_backpack
+    from .run import RunOptions, check_run
 
-    report = check_backpack(
-        args.backpack, engine=args.engine, workers=args.workers,
+    report = check_run(RunOptions(
+        backpack=Path(args.backpack), engine=args.engine, workers=args.workers,
         scratch_dir=Path(args.scratch_dir) if args.scratch_dir else None,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, host=args.host,
         port=args.scheduler_port, python=args.python, builder=args.builder,
-        profile=args.profile)
+        profile=args.profile))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

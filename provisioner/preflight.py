@@ -24,7 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from auditor.backpack import Backpack
+from auditor.data_spec import DataSpec
+from auditor.emit.compute import ComputeSpec
 from auditor.errors import CommandError, FloError
 from auditor.process import run
 
@@ -55,9 +56,10 @@ class Check:
 
 @dataclass
 class PreflightPlan:
-    """What the run is about to do, as far as the checks need it."""
+    """What the run is about to do, as far as the checks need it (`run.plan_run` makes it)."""
 
-    backpack: Backpack
+    compute: ComputeSpec
+    data_spec: DataSpec | None
     engine: str  # dask-local | slurm | notebook
     workers: int
     scratch: Path
@@ -125,7 +127,7 @@ def check_disk(plan: PreflightPlan) -> list[Check]:
     needs: dict[Path, list[tuple[str, int]]] = {}
     data = _data_bytes(plan)
     needs.setdefault(_existing(plan.scratch), []).append(("data", data))
-    disk = plan.backpack.compute.disk * MB
+    disk = plan.compute.disk * MB
     if plan.engine == "dask-local" and disk:
         needs[_existing(plan.scratch)].append((f"{plan.workers} worker(s) x disk", disk *
                                                plan.workers))
@@ -158,7 +160,7 @@ def check_disk(plan: PreflightPlan) -> list[Check]:
 
 def check_node(plan: PreflightPlan) -> list[Check]:
     """compute.yml's cores and memory per worker against what one node offers."""
-    compute = plan.backpack.compute
+    compute = plan.compute
     if plan.engine == "notebook":
         return [Check("resources", PASSED, "no workers provisioned (the notebook starts its "
                       "own)")]
@@ -261,30 +263,19 @@ def check_pins(plan: PreflightPlan) -> list[Check]:
     return checks
 
 
+def check_interpreters(plan: PreflightPlan) -> list[Check]:
+    """The interpreter each environment is built on (a plan is only made when one was found
+    for every `python=`; `run.check_run` reports the failure as this check)."""
+    return [Check("interpreter", PASSED, f"{'+'.join(r.roles)}: "
+                  + (f"conda brings Python {r.interpreter.version or '(any)'}"
+                     if r.builder == "conda" else
+                     f"Python {r.interpreter.version} at {r.interpreter.executable}"))
+            for r in plan.requests]
+
+
 #: The checks, in the order they are shown.
 CHECKS: tuple[Callable[[PreflightPlan], list[Check]], ...] = (
-    check_disk, check_node, check_batch, check_port, check_pins)
-
-
-def plan_requests(checked: object, python: str | None, builder: str,
-                  roles: Sequence[str] = ("manager", "worker")) -> tuple[list[EnvRequest],
-                                                                  list[Check]]:
-    """The environment requests of a validated backpack (`api.plan_environments`), with a
-    failed `interpreter` check instead of an error when no interpreter or builder fits."""
-    from . import api
-    from .envs.interpreters import InterpreterNotFound
-
-    try:
-        requests = [r for r in api.plan_environments(checked, python, builder)  # type: ignore
-                    if set(r.roles) & set(roles)]
-    except (InterpreterNotFound, FloError) as exc:
-        return [], [Check("interpreter", FAILED, str(exc))]
-    checks = [Check("interpreter", PASSED, f"{'+'.join(r.roles)}: "
-                    + (f"conda brings Python {r.interpreter.version or '(any)'}"
-                       if r.builder == "conda" else
-                       f"Python {r.interpreter.version} at {r.interpreter.executable}"))
-              for r in requests]
-    return requests, checks
+    check_interpreters, check_disk, check_node, check_batch, check_port, check_pins)
 
 
 # ---------------------------------------------------------------- helpers
@@ -299,7 +290,7 @@ def _existing(folder: Path) -> Path:
 
 
 def _data_bytes(plan: PreflightPlan) -> int:
-    spec = plan.backpack.data_spec
+    spec = plan.data_spec
     if spec is None:
         return 0
     return sum(e.expected_size or 0 for e in spec.profile(plan.profile).entries)
@@ -350,33 +341,4 @@ def _pin_problem(exc: CommandError, lines: dict[str, str]) -> str:
 
 def _mb(size: int) -> str:
     return f"{size / MB:.0f} MB" if size >= MB else f"{size / 1e3:.0f} kB"
-
-
-def check_backpack(backpack: str | Path, *, engine: str = "auto", workers: int | None = None,
-                   scratch_dir: Path | None = None, cache_dir: Path | None = None,
-                   host: str = "127.0.0.1", port: int = 0, python: str | None = None,
-                   builder: str = "auto", profile: str | None = None) -> Preflight:
-    """`flo-run check BP`: validate, then every preflight check of a run with these options.
-    Builds, fetches and starts nothing."""
-    from auditor.backpack import load_backpack
-
-    from . import api
-    from .data import default_scratch_dir
-    from .envs.cache import default_cache_dir
-    from .run import choose_engine
-
-    checked = api.validate(backpack, strict=True)
-    if not checked.valid:
-        raise api.InvalidBackpack(checked)
-    loaded = load_backpack(checked.root)
-    chosen = choose_engine(engine, loaded.summary)
-    count = workers if workers is not None else max(loaded.compute.min_workers, 1)
-    roles = ("manager",) if chosen == "notebook" else ("manager", "worker")
-    requests, interpreter_checks = plan_requests(checked, python, builder, roles)
-    scratch = (scratch_dir or default_scratch_dir()).expanduser().absolute()
-    cache = EnvCache(cache_dir or default_cache_dir(scratch_dir))
-    report = run_preflight(PreflightPlan(loaded, chosen, count, scratch, cache, requests, host,
-                                         port, profile))
-    report.checks[:0] = interpreter_checks
-    return report
 

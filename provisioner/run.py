@@ -23,15 +23,15 @@ from auditor.emit.compute import ComputeSpec
 from auditor.errors import FloError, Interrupted, UsageError
 from auditor.specs import EnvSpec
 
-from . import api, data, runner
+from . import api, data, preflight, runner
 from .engines import EngineSpec, get_engine
 from .envs import EnvCache, default_cache_dir
 from .envs.base import BuiltEnv, EnvRequest
 from .folders import SCRATCH, writing_into
 
 #: Phases of the closing summary, in order (the Floability paper's Table III rows).
-PHASES = ("validation", "data", "manager environment", "worker environment", "engine start",
-          "notebook execution", "teardown")
+PHASES = ("validation", "preflight", "data", "manager environment", "worker environment",
+          "engine start", "notebook execution", "teardown")
 
 
 class NotebookFailed(FloError):
@@ -56,6 +56,7 @@ class RunOptions:
     engine: str = "auto"  # see choose_engine
     builder: str = "auto"  # environment builder: auto, uv, pip, conda (see choose_builder)
     timeout: float | None = None  # per cell
+    port: int = 0  # the scheduler's port; 0 = one the OS picks
 
 
 @dataclass
@@ -120,16 +121,16 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         # checked as it will be executed (strict), and the engine is chosen, because it
         # decides which environments are built.
         checked, loaded = _phase(report, "validation", lambda: _validate(report, options))
-        compute = loaded.compute if loaded is not None else ComputeSpec()
-        engine = choose_engine(options.engine, loaded.summary if loaded is not None else None)
+        plan = plan_run(report, options, checked, loaded, scratch)
+        engine, compute, workers = plan.engine, plan.compute, plan.workers
+        _phase(report, "preflight", lambda: preflight.require(plan))
         report.workdir = _notebook_dir(report, options)
         _copy_workflow(report.backpack / "workflow", report.notebook_dir)
         _phase(report, "data", lambda: _fetch_data(report, options))
-        _environments(report, checked, options, say, engine)
+        _environments(report, plan.requests, plan.cache, say)
         if loaded is not None and (secrets := flagged_secrets(loaded.summary)):
             say(secrets)
             report.notes.append(secrets)
-        workers = options.workers if options.workers is not None else max(compute.min_workers, 1)
         manager_python = report.envs["manager"].python_path
         spec = EngineSpec(run_dir=run_dir, workdir=report.notebook_dir,
                           worker_python=(report.envs.get("worker") or report.envs["manager"]
@@ -137,7 +138,7 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
                           manager_python=manager_python, workers=workers,
                           max_workers=max(compute.max_workers, workers), threads=compute.cores,
                           memory_mb=compute.memory, disk_mb=compute.disk,
-                          host=options.host)
+                          host=options.host, port=options.port)
         say("no workers provisioned: the notebook starts its own, or uses none"
             if engine == "notebook"
             else f"starting {workers} Dask worker(s) ({engine})")
@@ -255,12 +256,14 @@ def _check_opens_in_lab(workflow: Path, manager: EnvSpec) -> None:
                      f"headless with --execute, or add {JUPYTEXT} to the manager environment")
 
 
-def _environments(report: RunReport, checked: api.ValidationResult, options: RunOptions,
-                  say: Callable[[str], None], engine: str) -> None:
-    """The environments `engine` uses, each timed: the manager's, and the workers' (shared
-    when their specs are equal) unless the engine starts no workers of ours. The interactive
-    manager also gets JupyterLab (the `lab` role), which pins cannot move."""
-    cache = EnvCache(options.cache_dir or _default_cache(options))
+def plan_run(report: RunReport, options: RunOptions, checked: api.ValidationResult,
+             loaded: Backpack | None, scratch: Path) -> preflight.PreflightPlan:
+    """What the run will use, decided once from the validated backpack: the engine (it
+    decides which environments are built), the workers, the environment requests and the
+    cache. The preflight checks this plan; the phases after it carry it out."""
+    compute = loaded.compute if loaded is not None else ComputeSpec()
+    engine = choose_engine(options.engine, loaded.summary if loaded is not None else None)
+    workers = options.workers if options.workers is not None else max(compute.min_workers, 1)
     roles = ("manager", "worker") if get_engine(engine).uses_worker_environment else ("manager",)
     if roles == ("manager",):
         report.phases["worker environment"] = 0.0
@@ -271,25 +274,53 @@ def _environments(report: RunReport, checked: api.ValidationResult, options: Run
                                 "in the manager environment)")
     for request in api.plan_environments(checked, options.python, options.builder, roles):
         if not options.execute and "manager" in request.roles:
-            requests = [EnvRequest(request.spec, request.interpreter, ("manager", "lab"),
-                                   request.builder)]
+    requests: list[EnvRequest] = []
+            # The interactive manager also gets JupyterLab (the `lab` role), which pins
+            # cannot move.
+            requests.append(EnvRequest(request.spec, request.interpreter, ("manager", "lab"),
+                                       request.builder))
             if "worker" in request.roles:
                 requests.append(EnvRequest(request.spec, request.interpreter, ("worker",),
                                            request.builder))
         else:
-            requests = [request]
-        for one in requests:
-            roles = [r for r in one.roles if r != "lab"]
-            say(f"{'+'.join(roles)} environment")
-            phase = f"{roles[0]} environment"
-            env = _phase(report, phase, lambda o=one: api.ensure_environment(
-                cache, o, str(report.backpack)))
-            for role in roles:
-                report.envs[role] = env
-            report.notes.append(f"{'+'.join(roles)} environment: "
-                                f"{'from cache, ' if env.from_cache else ''}built by "
-                                f"{env.builder}, Python {env.python}")
-            report.notes += env.notes
+            requests.append(request)
+    cache = EnvCache(options.cache_dir or _default_cache(options))
+    return preflight.PreflightPlan(
+        compute=compute, data_spec=loaded.data_spec if loaded is not None else None,
+        engine=engine, workers=workers, scratch=scratch, cache=cache, requests=requests,
+        host=options.host, port=options.port, profile=options.profile)
+
+
+def check_run(options: RunOptions) -> preflight.Preflight:
+    """`flo-run check BP`: validate and plan as `run_backpack` would, then run every preflight
+    check of that plan. Builds, fetches and starts nothing; a failed check is in the result,
+    not raised."""
+    scratch = (options.scratch_dir or data.default_scratch_dir()).expanduser().absolute()
+    report = RunReport(Path(options.backpack).expanduser().absolute(), scratch)
+    checked, loaded = _validate(report, options)
+    try:
+        plan = plan_run(report, options, checked, loaded, scratch)
+    except FloError as exc:  # no interpreter, no conda tool: a failed check, like the rest
+        return preflight.Preflight([preflight.Check("interpreter", preflight.FAILED,
+                                                    str(exc))])
+    return preflight.run_preflight(plan)
+
+
+def _environments(report: RunReport, requests: list[EnvRequest], cache: EnvCache,
+                  say: Callable[[str], None]) -> None:
+    """Build (or take from the cache) each planned environment, timed per role."""
+    for one in requests:
+        roles = [r for r in one.roles if r != "lab"]
+        say(f"{'+'.join(roles)} environment")
+        phase = f"{roles[0]} environment"
+        env = _phase(report, phase, lambda o=one: api.ensure_environment(
+            cache, o, str(report.backpack)))
+        for role in roles:
+            report.envs[role] = env
+        report.notes.append(f"{'+'.join(roles)} environment: "
+                            f"{'from cache, ' if env.from_cache else ''}built by "
+                            f"{env.builder}, Python {env.python}")
+        report.notes += env.notes
     report.phases.setdefault("worker environment", 0.0)
 
 

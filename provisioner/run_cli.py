@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the run folder in place")
     p.add_argument("--host", default="127.0.0.1", help="interface the scheduler, workers and "
                    "JupyterLab listen on (default loopback)")
+    p.add_argument("--scheduler-port", type=int, default=0, metavar="PORT",
+                   help="port the Dask scheduler listens on (default: any free one)")
     p.add_argument("--engine", default="auto", choices=("auto", "dask-local", "slurm", "notebook"),
                    help="where workers run: processes here (dask-local), SLURM jobs (slurm; "
                    "needs flo-backpack[slurm]), or none provisioned because the notebook starts "
@@ -70,8 +72,8 @@ def main(argv: Sequence[str]) -> int:
         parameters={name: parse_value(value) for name, value in args.parameter},
         workers=args.workers, scratch_dir=Path(args.scratch_dir) if args.scratch_dir else None,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, keep=args.keep,
-        host=args.host, python=args.python, profile=args.profile, timeout=args.timeout,
-        engine=args.engine, builder=args.builder)
+        host=args.host, port=args.scheduler_port, python=args.python, profile=args.profile,
+        timeout=args.timeout, engine=args.engine, builder=args.builder)
     err = Console(stderr=True, highlight=False)
     say = (lambda _: None) if args.json else (lambda text: err.print(f"[dim]{text}[/dim]"))
 

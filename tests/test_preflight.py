@@ -155,3 +155,12 @@ def test_a_scratch_folder_too_small_for_the_data(tmp_path, small_tmpfs):
     [disk] = failed(done)
     assert disk["name"] == "disk" and str(small_tmpfs) in disk["reason"]
     assert "data 3 MB" in disk["reason"] and "--scratch-dir" in disk["reason"]
+    # The same refusal stops a real run before anything is fetched, built or started.
+    run = flo_run(str(bp), "--execute", "--scratch-dir", str(small_tmpfs / "runs"),
+                  "--cache-dir", str(cache), cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flo-run: preflight: disk: "), run.stderr
+    assert not any(p.name.startswith("run-") for p in (small_tmpfs / "runs").iterdir())
+    assert not cache.exists() or not any(cache.iterdir())
+    assert not (tmp_path / "nb-executed.ipynb").exists()

@@ -60,6 +60,7 @@ class EngineSpec:
     host: str = "127.0.0.1"
     start_timeout: float = 120.0
     token: str = ""  # marks every process started, for teardown
+    port: int = 0  # the scheduler's port; 0 = one the OS picks
     env: Mapping[str, str] = field(default_factory=dict)  # extra variables for every process
     workdir: Path | None = None  # where the notebook runs (and workers start): run_dir if None
 

@@ -111,8 +111,8 @@ class DaskLocal(Engine):
         adaptive = spec.max_workers > spec.workers
         cluster.scheduler_file.unlink(missing_ok=True)
         cluster.scheduler_process = cluster.launch(
-            [spec.worker_python, "-m", SCHEDULER_MODULE, "--host", spec.host, "--port", "0",
-             "--dashboard-address", f"{spec.host}:0", "--scheduler-file",
+            [spec.worker_python, "-m", SCHEDULER_MODULE, "--host", spec.host,
+             "--port", str(spec.port), "--dashboard-address", f"{spec.host}:0", "--scheduler-file",
              cluster.scheduler_file, "--no-show"], "scheduler.log",
             env={ROUTES_VARIABLE: json.dumps(scheduler_routes(spec.worker_python))}
             if adaptive else None)

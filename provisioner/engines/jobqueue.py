@@ -167,7 +167,8 @@ def manager_config(spec: EngineSpec, cluster: SlurmCluster) -> dict:
         "job_name": cluster.job_name, "log_directory": str(logs),
         "local_directory": str(spec.run_dir / "dask-worker-space"),
         "job_extra_directives": directives, "job_directives_skip": ["#SBATCH -t "],
-        "scheduler_options": {"host": spec.host, "dashboard_address": f"{spec.host}:0"},
+        "scheduler_options": {"host": spec.host, "port": spec.port,
+                              "dashboard_address": f"{spec.host}:0"},
     }
     if not spec.memory_mb:
         options["job_directives_skip"].append("#SBATCH --mem=")
