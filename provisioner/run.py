@@ -272,9 +272,9 @@ def plan_run(report: RunReport, options: RunOptions, checked: api.ValidationResu
             report.notes.append(f"worker environment ({api.ENV_FILES['worker']}) not built: "
                                 f"engine {engine} starts no workers (the notebook's own run "
                                 "in the manager environment)")
+    requests: list[EnvRequest] = []
     for request in api.plan_environments(checked, options.python, options.builder, roles):
         if not options.execute and "manager" in request.roles:
-    requests: list[EnvRequest] = []
             # The interactive manager also gets JupyterLab (the `lab` role), which pins
             # cannot move.
             requests.append(EnvRequest(request.spec, request.interpreter, ("manager", "lab"),
