@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import stale
 from .backpack import DATA, SUMMARY, check_destination, workflow_copies, write_backpack
 from .emit.apt import RunObserver
 from .emit.cell_watch import CellWatch
@@ -336,7 +337,8 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
     dest = check_destination(options.output or default_output(workflow.path), options.force,
                              keep=[workflow.path.parent])
     tracer, tracer_warnings = choose_tracer(options.backend)
-    record_dir = Path(tempfile.mkdtemp(prefix=f"flo-audit-{workflow.stem}-"))
+    stale.sweep(None, stale.AUDIT_PREFIXES)  # what a killed flo-audit left in the temp folder
+    record_dir = stale.owned_folder(f"flo-audit-{workflow.stem}-")
     try:
         record(RecordOptions(notebook=workflow.notebook, notebook_path=workflow.path,
                              record_dir=record_dir, tracer=tracer,

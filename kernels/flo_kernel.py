@@ -43,6 +43,7 @@ def mark_path(seq, phase):
 
 def attach(shell, config):
     """Start logging into config["log"]; returns None so the bootstrap cell displays nothing."""
+    _die_with_parent()
     # The interpreter's description and the network handlers (hosts, URLs) live beside
     # this file, loaded by path like it.
     interpreter = _beside("flo_interpreter.py", "_flo_backpack_interpreter")
@@ -61,6 +62,19 @@ def attach(shell, config):
         os.register_at_fork(before=side.flush, after_in_child=side.after_fork_in_child)
     atexit.register(side.flush)
     return None
+
+
+def _die_with_parent():
+    """SIGKILL this kernel when its parent ends: under strace that is the tracer, which only
+    detaches its tracees when it dies (flo-audit SIGKILLed takes strace with it). Linux only;
+    ctypes is loaded by ipykernel already, and no audit hook is installed yet."""
+    try:
+        import ctypes
+
+        zero = ctypes.c_ulong(0)
+        ctypes.CDLL(None).prctl(1, ctypes.c_ulong(9), zero, zero, zero)  # PDEATHSIG, SIGKILL
+    except (OSError, AttributeError, ImportError):
+        pass
 
 
 def _beside(filename, run_name):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from auditor import stale
 from auditor.backpack import Backpack, load_backpack
 from auditor.emit.compute import ComputeSpec
 from auditor.errors import FloError, Interrupted, UsageError
@@ -111,8 +111,8 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
     scratch = (options.scratch_dir or data.default_scratch_dir()).expanduser().absolute()
     with writing_into(scratch, SCRATCH):  # a read-only scratch: one line naming it
         scratch.mkdir(parents=True, exist_ok=True)
-        run_dir = Path(tempfile.mkdtemp(prefix=f"run-{time.strftime('%Y%m%d-%H%M%S')}-",
-                                        dir=scratch))
+        stale.sweep(scratch, stale.RUN_PREFIXES)  # run folders of a flo-run that was killed
+        run_dir = stale.owned_folder(f"run-{time.strftime('%Y%m%d-%H%M%S')}-", scratch)
     report = RunReport(Path(options.backpack).expanduser().absolute(), run_dir)
     cluster = None
     keep = options.keep
@@ -164,7 +164,9 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
                                     + ", ".join(str(p.pid) for p in survivors))
         report.phases["total"] = time.monotonic() - started
         report.kept = keep
-        if not keep:
+        if keep:
+            stale.release(run_dir)  # kept on purpose: no later sweep removes it
+        else:
             shutil.rmtree(run_dir, ignore_errors=True)
     if report.status not in ("complete", "stopped"):
         error = NotebookFailed(f"the notebook did not complete: {report.message}; the executed "

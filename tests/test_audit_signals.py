@@ -76,3 +76,102 @@ def test_signal_mid_cell_stops_everything_and_writes_nothing(tmp_path: Path, sig
     assert _carriers(mark) == [], "kernel, tracer and the notebook's stray process are stopped"
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
                    for p in (kernel, stray))
+
+
+def _running(pids: list[int]) -> list[str]:
+    found = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(f"{pid}: {' '.join(proc.cmdline())[:160]}")
+        except psutil.Error:
+            continue
+    return found
+
+
+def _gone_within(pids: list[int], seconds: float) -> list[str]:
+    """The processes of `pids` still running after a bounded wait for their death signal."""
+    deadline = time.monotonic() + seconds
+    while (left := _running(pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.parametrize(("backend", "workers"), [
+    ("strace", 0), ("strace", 1), ("ptrace", 0), ("hooks", 0)],
+    ids=["strace", "strace-workers", "ptrace", "hooks"])
+def test_sigkill_mid_cell_leaves_nothing_running_and_the_next_start_sweeps(
+        tmp_path: Path, backend: str, workers: int) -> None:
+    """SIGKILL runs no teardown: the tracers, the kernel and the --workers scheduler and worker
+    die by their parent-death signal, and the folders left in the temporary directory are
+    removed by the next flo-audit."""
+    from auditor.record.base import get_tracer
+
+    if (reason := get_tracer(backend).unavailable()) is not None:
+        pytest.skip(reason)
+    marker = tmp_path / "started.json"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import json, os, pathlib, time\n"
+        f"part = pathlib.Path({str(marker)!r} + '.part')\n"
+        "part.write_text(json.dumps(os.getpid()))\n"
+        f"part.rename({str(marker)!r})\n"
+        "time.sleep(600)")]
+    nbformat.write(nb, tmp_path / "sleepy.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]),
+                   tmp_path / "quick.ipynb")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    foreign = temp / "flo-audit-not-ours"  # no owner file: never removed
+    foreign.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    audit = [sys.executable, "-m", "auditor", "--backend", backend]
+    pool = ["--workers", str(workers)] if workers else []
+    proc = subprocess.Popen([*audit, *pool, "sleepy.ipynb", "-o", "bp"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, f"flo-audit exited {proc.returncode}"
+            assert time.monotonic() < deadline, "the sleeping cell never started"
+            time.sleep(0.1)
+        kernel = json.loads(marker.read_text())
+        started = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert kernel in started, "the kernel runs under flo-audit"
+        assert len(started) >= (1 if backend == "hooks" else 2) + 4 * workers, \
+            "a tracer above the kernel, and above the scheduler and each worker"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _gone_within(started, 10) == [], "tracer and kernel die with flo-audit"
+    left = sorted(p.name for p in temp.iterdir() if p != foreign)
+    assert any(name.startswith("flo-audit-sleepy-") for name in left), left
+
+    done = subprocess.run([*audit, "quick.ipynb", "-o", "quick-bp"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ours = sorted(p.name for p in temp.iterdir() if p.name.startswith("flo-"))
+    assert ours == [foreign.name], "the next start removes what the killed audit left, only that"
+    strays = [f"{p.pid}: {' '.join(p.info['cmdline'])[:160]}"
+              for p in psutil.process_iter(["cmdline", "status"])
+              if p.info["status"] != psutil.STATUS_ZOMBIE
+              and str(temp) in " ".join(p.info["cmdline"] or [])]
+    assert strays == [], "no process of the killed audit runs on"
+
+
+def test_strace_passes_its_death_on_to_what_it_traces() -> None:
+    """A --workers process has no kernel side to set its own parent-death signal: its strace
+    kills it on exit (--kill-on-exit) or, older, passes on the SIGHUP it gets (-I2)."""
+    from auditor.record.strace import StraceTracer
+
+    tracer = StraceTracer()
+    for stem in ("trace", "trace-worker-1"):
+        argv = tracer.wrap(["python"], Path("/tmp"), stem=stem)
+        options = argv[:argv.index("--")]
+        if "--kill-on-exit" in options:
+            assert tracer.death_signal(stem) == signal.SIGKILL
+        elif stem == "trace":  # the kernel kills itself (kernels/flo_kernel.py)
+            assert "-I2" not in options and tracer.death_signal(stem) == signal.SIGKILL
+        else:
+            assert "-I2" in options and tracer.death_signal(stem) == signal.SIGHUP

@@ -495,3 +495,64 @@ def test_data_named_above_the_notebook_is_found_by_kernel_and_workers(places) ->
     assert stream_text(executed.cells[2]).strip() == "3"
     assert stream_text(executed.cells[3]).strip() == "[3, 3]", "workers read it too"
     assert leftovers(places["cache"], places["scratch"]) == []
+
+
+def _still_running(pids: list[int], within: float) -> list[str]:
+    """The processes of `pids` left after a bounded wait for their parent-death signal."""
+    deadline = time.monotonic() + within
+    while True:
+        left = []
+        for pid in pids:
+            try:
+                proc = psutil.Process(pid)
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{pid}: {' '.join(proc.cmdline())[:200]}")
+            except psutil.Error:
+                continue
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+@needs_py311
+def test_sigkill_mid_cell_leaves_nothing_running_and_the_next_run_sweeps(places) -> None:
+    """SIGKILL runs no teardown: kernel, scheduler, workers and the workers' own processes die
+    by their parent-death signal, and the next flo-run removes the run folder left behind."""
+    marker = places["base"] / "sigkill.json"
+    marker.unlink(missing_ok=True)
+    bp = hand_backpack(places["base"] / "sigkill", [
+        "import json, os\nfrom distributed import Client\n\nclient = Client()\n"
+        "workers = list(client.run(os.getpid).values())",
+        f"import pathlib, time\npart = pathlib.Path({str(marker)!r} + '.part')\n"
+        "part.write_text(json.dumps({'kernel': os.getpid(), 'workers': workers}))\n"
+        f"part.rename({str(marker)!r})\ntime.sleep(600)"])
+    scratch = places["base"] / "sigkill-scratch"  # this test's run folders only
+    argv = [*FLO_RUN, str(bp), "--execute", "-o", str(places["base"] / "sigkill-run.ipynb"),
+            "--cache-dir", str(places["cache"]), "--scratch-dir", str(scratch)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=places["base"])
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not marker.exists():
+            assert proc.poll() is None, f"flo-run exited {proc.returncode}: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "the sleeping cell never started"
+            time.sleep(0.2)
+        started = json.loads(marker.read_text())
+        descendants = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert started["kernel"] in descendants and set(started["workers"]) <= set(descendants)
+        assert len(descendants) >= 4, "kernel, scheduler, nanny and worker run under flo-run"
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert _still_running(descendants, 10) == [], "nothing flo-run started outlives it"
+    left = list(scratch.glob("run-*"))
+    assert len(left) == 1, "SIGKILL leaves the run folder"
+
+    quick = hand_backpack(places["base"] / "after-sigkill", ["print(1)"])
+    done = subprocess.run([*FLO_RUN, str(quick), "--execute", "-o",
+                           str(places["base"] / "after-sigkill-run.ipynb"), "--cache-dir",
+                           str(places["cache"]), "--scratch-dir", str(scratch)],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                          cwd=places["base"])
+    assert done.returncode == 0, done.stderr
+    assert list(scratch.glob("run-*")) == [], "the next run removes the killed run's folder"

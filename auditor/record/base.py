@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import shutil
+import signal
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,12 @@ class Tracer(ABC):
         `stem` names the record file; processes traced apart from the kernel (`--workers`)
         use their own stem starting with "trace-", and `events` reads them all.
         """
+
+    def death_signal(self, stem: str = "trace") -> int:
+        """The parent-death signal of the process `wrap` returns: what it gets if flo-audit
+        dies, chosen so that the traced process dies too (ptrace_run kills its tracees on
+        exit; with no tracer, the kernel itself gets it)."""
+        return signal.SIGKILL
 
     @abstractmethod
     def events(self, record_dir: Path) -> Iterator[Event]:

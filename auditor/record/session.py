@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -38,6 +37,8 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from nbformat import NotebookNode
 
 from ..errors import Interrupted, RecordError
+from ..process import parent_death
+from ..stale import owned_folder
 from .base import Tracer
 from .cleanup import TOKEN_VARIABLE, ProcessTree
 from .companions import SAMPLES_FILE, Companions
@@ -197,7 +198,7 @@ class _Run:
         self.status = COMPLETE
         self.failed: FailedCell | None = None
         self.tree = ProcessTree(uuid.uuid4().hex)
-        self.connection_dir = tempfile.mkdtemp(prefix="flo-kernel-")
+        self.connection_dir = str(owned_folder("flo-kernel-"))
         self.km = TracedKernelManager(
             tracer=options.tracer, record_dir=self.record_dir, python=options.python,
             kernel_name=self.kernel_name)
@@ -222,8 +223,10 @@ class _Run:
         self.tree.start_watching()
         env = self.companions.start(env)
         try:
+            # The tracer (or, with hooks, the kernel) dies with us, even on SIGKILL.
             self.client.start_new_kernel(cwd=str(self.cwd), env=env, stdout=self.stderr,
-                                         stderr=self.stderr)
+                                         stderr=self.stderr, preexec_fn=parent_death(
+                                             self.options.tracer.death_signal()))
             self._remember_kernel()
             self.client.start_new_kernel_client()
         except (KeyboardInterrupt, RecordError):

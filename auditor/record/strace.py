@@ -5,6 +5,15 @@ at full speed: opens (files read, written, directories listed), execs, process a
 creation, cwd changes (to make relative paths absolute), renames (a file written in place) and
 connects. No stat family: a stat is not a use, and there are far too many. exit/exit_group are
 not needed either: strace prints `+++ exited with N +++` / `+++ killed by SIG +++` anyway.
+
+When flo-audit dies, strace dies with it (its parent-death signal), and its tracees must too:
+strace only detaches them. A strace with --kill-on-exit (6.2+) kills them all. Older ones: the
+kernel sets its own parent-death signal (kernels/flo_kernel.py), and a --workers process runs
+under `-I2` so that strace, on its SIGHUP, passes the signal to it before exiting (the default
+with -o, `-I3`, blocks fatal signals until the tracees are gone). SIGHUP, because Dask handles
+SIGTERM by closing gracefully, which hangs once its tracer is gone (the seccomp filter then
+fails every recorded syscall). The kernel's strace keeps `-I3`: teardown SIGTERMs tracees
+while strace records how they end.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import functools
 import itertools
 import json
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,9 +72,17 @@ class StraceTracer(Tracer):
         return _probe()
 
     def wrap(self, argv: list[str], record_dir: Path, stem: str = "trace") -> list[str]:
-        return [which("strace") or "strace", "-f", "--seccomp-bpf", "-ttt", "-q", DECODE_FDS,
+        strace = which("strace") or "strace"
+        dying = (["--kill-on-exit"] if _kills_on_exit(strace)
+                 else [] if stem == "trace" else ["-I2"])
+        return [strace, "-f", "--seccomp-bpf", *dying, "-ttt", "-q", DECODE_FDS,
                 "-s", str(STRING_LIMIT), "-e", "trace=" + ",".join(SYSCALLS),
                 "-o", str(Path(record_dir) / f"{stem}.strace"), "--", *argv]
+
+    def death_signal(self, stem: str = "trace") -> int:
+        if stem == "trace" or _kills_on_exit(which("strace") or "strace"):
+            return signal.SIGKILL
+        return signal.SIGHUP  # under -I2: strace passes it to its tracee, then exits
 
     def events(self, record_dir: Path) -> Iterator[Event]:
         """The kernel's trace and every `trace-*.strace` (workers), merged by time."""
@@ -118,6 +136,16 @@ def _session_cwd(record_dir: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return cwd if isinstance(cwd, str) else None
+
+
+@functools.cache
+def _kills_on_exit(strace: str) -> bool:
+    """Whether this strace has --kill-on-exit (PTRACE_O_EXITKILL: tracees die with it)."""
+    try:
+        done = run([strace, "--help"], timeout=30, check=False, what="asking strace its options")
+    except CommandError:
+        return False
+    return "--kill-on-exit" in done.stdout + done.stderr
 
 
 @functools.cache

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +31,8 @@ from typing import IO, Any
 import psutil
 
 from ..errors import RecordError
+from ..process import launch
+from ..stale import owned_folder
 from .base import Tracer
 from .interpreter import require_module
 
@@ -81,7 +81,7 @@ class WorkerPool:
     def start(self) -> str:
         """Start the scheduler (waiting until it listens), then the workers; the address."""
         require_module(self.python, "distributed", "--workers (Dask workers)")
-        self.scratch = tempfile.mkdtemp(prefix="flo-workers-")
+        self.scratch = str(owned_folder("flo-workers-"))
         port = self.first_port or free_port()
         for attempt in range(PORT_ATTEMPTS):
             scheduler = self._launch("scheduler", "helper", [
@@ -113,10 +113,10 @@ class WorkerPool:
         argv = [self.python, *args]
         wrapped = self.tracer.wrap(list(argv), self.record_dir, stem=f"trace-{name}")
         stderr = open(self.record_dir / f"{name}.stderr", "wb")  # noqa: SIM115
-        log.debug("starting %s: %s", name, shlex.join(wrapped))
-        # A long-running process, so not auditor.process.run (which waits for completion).
-        popen = subprocess.Popen(wrapped, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                                 stdout=stderr, stderr=stderr, start_new_session=True)
+        log.debug("starting %s", name)
+        popen = launch(wrapped, cwd=self.cwd, env=self.env, stdout=stderr, stderr=stderr,
+                       die_with=self.tracer.death_signal(f"trace-{name}"),
+                       what=f"starting the --workers {name}")
         member = PoolProcess(name, role, popen, stderr)
         member.pid = popen.pid if wrapped == argv else _traced_child(popen, argv)
         self.processes.append(member)

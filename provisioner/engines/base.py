@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from auditor.errors import FloError
+from auditor.process import launch
 from auditor.record.cleanup import TOKEN_VARIABLE, ProcessTree
 from auditor.record.interpreter import activated
 
@@ -184,10 +186,10 @@ class Cluster:
             env = activated(env, args[0])
         log.write(f"$ {shlex.join(args)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT,
-                                cwd=cwd or self.spec.workdir or self.spec.run_dir,
-                                env=env, start_new_session=True)
+        # SIGTERM if flo-run dies: a nanny then stops its worker, a Jupyter server its kernels.
+        proc = launch(args, die_with=signal.SIGTERM, stdout=log, stderr=subprocess.STDOUT,
+                      cwd=cwd or self.spec.workdir or self.spec.run_dir, env=env,
+                      what=f"starting {log_name.removesuffix('.log')}")
         self.tree.add_root(proc.pid)
         return proc
 
