@@ -212,6 +212,7 @@ class _Run:
         self.ended = self.started
         self.launched_pid: int | None = None
         self.kernel_pid: int | None = None
+        self.closing: float | None = None  # when the notebook's pools were asked to close
         self.companions = Companions(  # the sampler, and the --workers pool
             workers=options.workers, kernel_name=self.kernel_name, python=options.python,
             tracer=options.tracer, record_dir=self.record_dir, cwd=self.cwd, roots=self.tree.roots)
@@ -316,6 +317,7 @@ class _Run:
                 return
             kernel = psutil.Process(pid)
             if self.status != TIMEOUT and kernel.children():
+                self.closing = time.time()  # what ends from here on is teardown, not a crash
                 self._close_pools()
             run_sync(self.km.request_shutdown)()
             # Every cell's records are flushed at its end, so only the exit's own files are
@@ -345,7 +347,7 @@ class _Run:
     def teardown(self) -> None:
         """Kill what is still running, close channels and files; safe to call after errors."""
         with _sigint_ignored():
-            self.ended = time.time()
+            self.ended = self.closing or time.time()
             self.companions.stop()
             try:
                 if self.client.kc is not None:
