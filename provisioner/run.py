@@ -157,6 +157,10 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         raise Interrupted(_interrupted(exc, cluster is not None, options.execute)) from None
     finally:
         if cluster is not None:
+            if lost := cluster.lost_workers():
+                report.cluster["lost_workers"] = len(lost)
+                report.notes.append(f"{len(lost)} worker(s) lost during the run ("
+                                    + "; ".join(lost) + "); Dask recomputed what they held")
             with _signals_held():
                 survivors = _phase(report, "teardown", cluster.stop)
             if survivors:

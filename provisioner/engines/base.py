@@ -60,9 +60,9 @@ class EngineSpec:
     memory_mb: int = 0  # per worker (compute.yml memory); 0 = no limit
     disk_mb: int = 0  # per worker (compute.yml disk), for batch engines; 0 = not asked
     host: str = "127.0.0.1"
+    port: int = 0  # the scheduler's port; 0 = one the OS picks
     start_timeout: float = 120.0
     token: str = ""  # marks every process started, for teardown
-    port: int = 0  # the scheduler's port; 0 = one the OS picks
     env: Mapping[str, str] = field(default_factory=dict)  # extra variables for every process
     workdir: Path | None = None  # where the notebook runs (and workers start): run_dir if None
 
@@ -106,6 +106,15 @@ def check_versions(manager: Path, worker: Path) -> dict[str, str | None]:
 
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _ended(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            pass
+    return f"exited with status {returncode}"
 
 
 def free_port(host: str) -> int:
@@ -162,6 +171,17 @@ class Cluster:
             except psutil.Error:
                 continue
         return pids
+
+    def lost_workers(self) -> list[str]:
+        """The workers that ended on their own while the run went on (killed, crashed), one
+        line each; asked before teardown, which ends the rest."""
+        return [f"worker {i} (pid {proc.pid}) {_ended(proc.returncode)}"
+                for i, proc in enumerate(self.worker_processes)
+                if i not in self.stopped_on_purpose() and proc.poll() is not None]
+
+    def stopped_on_purpose(self) -> set[int]:
+        """Indices of workers the engine itself stopped (scale-down): never lost."""
+        return set()
 
     def environment(self) -> dict[str, str]:
         """The variables that make an unmodified `Client()` in the kernel connect here."""

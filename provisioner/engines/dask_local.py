@@ -84,6 +84,9 @@ class DaskLocalCluster(Cluster):
         if proc.pid in self.tree.roots:
             self.tree.roots.remove(proc.pid)
 
+    def stopped_on_purpose(self) -> set[int]:
+        return self.retired
+
     def to_dict(self) -> dict:
         return {**super().to_dict(), "workers": len(self.running_workers()),
                 "retired_workers": len(self.retired)}
