@@ -202,6 +202,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     `checksum_remote` downloads each http(s) input once; `on_hash` follows input hashing.
     """
     from .resolve import Environment, index_environment, resolve
+    from .resolve.modules import ModuleOwners
 
     started = time.monotonic()
     record_dir = Path(record_dir)
@@ -272,7 +273,9 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
         watch=cell_watch, session=session, roles=roles, used=resolution.used.values(),
         manager_used={pin.key for pin in spec.pins if pin.reason == USED}, draft=draft,
         paths=data.cell_uses(), url_cells=data.url_cells, samples=samples,
-        cwd=str(session.get("cwd") or notebook_dir)))
+        cwd=str(session.get("cwd") or notebook_dir),
+        module_owner=ModuleOwners(index, session["kernel"].get("path") or (),
+                                  notebook_dir).owner))
     texts[CELLS] = render_cells_yml(cells)
     derived = Derived(session, roles, resolution, spec, compute, summary, texts, warnings, sides)
     derived.data = draft

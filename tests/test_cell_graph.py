@@ -102,7 +102,7 @@ def test_cells_yml_reports_each_cell(graph_run: AuditRun) -> None:
     assert graph_run.returncode == 0, graph_run.describe()
     expect = Scenario("cell_graph").expect["cells"]
     cells = _cells(graph_run)
-    assert list(cells) == list(range(1, 10)), "code cells in notebook order, 0-based"
+    assert list(cells) == list(range(1, 11)), "code cells in notebook order, 0-based"
     for index, cell in cells.items():
         assert cell["status"] == "ok" and cell["execution_count"] == index
         assert cell["seconds"] is not None and cell["seconds"] >= 0
@@ -124,6 +124,24 @@ def test_cells_yml_reports_each_cell(graph_run: AuditRun) -> None:
     for index, wanted in expect["tools"].items():
         assert [Path(t).name for t in cells[index]["tools"]] == wanted, cells[index]
     assert any(c["peak_rss_mb"] for c in cells.values()), "no cell has the kernel's RSS"
+
+
+@pytest.mark.slow
+def test_static_cross_check_of_each_cell(graph_run: AuditRun) -> None:
+    """Imports the source names against what the run used: an uncalled function's import
+    and a missing package are named but unused; IPython's own use for `!` and `%time` is
+    used but unnamed; a literal import_module("dateutil.rrule") counts as named."""
+    expect = Scenario("cell_graph").expect["cells"]
+    cells = _cells(graph_run)
+    for index, wanted in expect["named_not_used"].items():
+        assert cells[index]["static_check"]["named_not_used"] == wanted, cells[index]
+    for index, wanted in expect["used_not_named"].items():
+        assert set(wanted) <= set(cells[index]["static_check"]["used_not_named"]), cells[index]
+    ten = cells[10]
+    assert any(p.startswith("python-dateutil==") for p in ten["code_dependencies"]["manager"])
+    assert "python-dateutil" not in ten["static_check"]["used_not_named"]
+    # termcolor is named in 9 (inside the task function) and used there, by the worker.
+    assert cells[9]["static_check"] == {"named_not_used": [], "used_not_named": []}
 
 
 @pytest.mark.slow
@@ -149,7 +167,7 @@ def test_derive_rewrites_the_same_cells_yml(graph_run: AuditRun, tmp_path: Path)
     assert done.returncode == 0, done.stderr
     before = (graph_run.out / "audit" / "cells.yml").read_text(encoding="utf-8")
     assert (again / "audit" / "cells.yml").read_text(encoding="utf-8") == before
-    assert load_cells_yml(again / "audit" / "cells.yml").groups[0] == [1, 2, 9]
+    assert load_cells_yml(again / "audit" / "cells.yml").groups[0] == [1, 2, 9, 10]
 
 
 @pytest.mark.slow
@@ -185,7 +203,7 @@ def test_cells_command_formats(graph_run: AuditRun) -> None:
     assert table.returncode == 0, table.stderr
     assert max(len(line) for line in table.stdout.splitlines()) <= 100
     assert "[v * 10" in table.stdout  # a cell's source is not taken for rich markup
-    assert "{1, 2, 9}  {3}  {4}  {5}  {6, 7}  {8}" in table.stdout
+    assert "{1, 2, 9, 10}  {3}  {4}  {5}  {6, 7}  {8}" in table.stdout
 
     dot = _cells_cli(str(graph_run.out), "--format", "dot").stdout
     assert dot.startswith("digraph cells {") and dot.rstrip().endswith("}")
@@ -193,7 +211,8 @@ def test_cells_command_formats(graph_run: AuditRun) -> None:
     assert 'c3 -> c4 [label="name values"];' in dot and "c2 -> c4" not in dot
     # --cell 8: the cell and its ancestors only (9 is an unrelated branch).
     ancestors = _cells_cli(str(graph_run.out), "--format", "dot", "--cell", "8").stdout
-    assert "c1 [" in ancestors and "c7 -> c8" in ancestors and "c9" not in ancestors
+    assert "c1 [" in ancestors and "c7 -> c8" in ancestors
+    assert "c9" not in ancestors and "c10" not in ancestors
 
     one = json.loads(_cells_cli(str(graph_run.out), "--format", "json", "--cell", "9",
                                 "--role", "worker").stdout)
@@ -230,4 +249,4 @@ def test_cells_command_bad_input(graph_run: AuditRun, tmp_path: Path) -> None:
     assert str(cells) in fails(str(record))
 
     line = fails(str(graph_run.out), "--cell", "0")
-    assert "--cell 0" in line and "1-9" in line
+    assert "--cell 0" in line and "1-10" in line

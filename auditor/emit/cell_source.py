@@ -242,3 +242,30 @@ def _body_free(args: ast.arguments | None, body: list[ast.stmt] | list[ast.expr]
 def _names_in(nodes: list[ast.expr]) -> set[str]:
     return {n.id for node in nodes for n in ast.walk(node)
             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def named_modules(source: str) -> list[str]:
+    """Absolute module names the cell names: import statements anywhere in it (function
+    bodies too), `importlib.import_module("literal")` and `__import__("literal")`, and the
+    same inside `%time`-like magics. Relative imports name local code: left out."""
+    tree = parse_cell(source)
+    if tree is None:
+        return []
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.Call):
+            texts = [a.value for a in node.args
+                     if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            callee = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            if callee in ("import_module", "__import__") and texts and node.args and \
+                    isinstance(node.args[0], ast.Constant) and not texts[0].startswith("."):
+                names.append(texts[0])
+            elif callee in ("run_line_magic", "run_cell_magic") and texts \
+                    and texts[0] in CODE_MAGICS:
+                code = texts[-1] if callee == "run_cell_magic" else " ".join(texts[1:])
+                names.extend(named_modules(code))
+    return list(dict.fromkeys(names))

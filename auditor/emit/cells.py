@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from packaging.utils import canonicalize_name
 
 from ..errors import RecordFormatError
 from ..roles import MANAGER, TOOL, WORKER
-from .cell_source import free_names
+from .cell_source import free_names, named_modules
 from .cell_watch import CellWatch
 from .compute import MB
 from .data_entry import DataDraft, climb
@@ -63,6 +63,10 @@ class CellReport:
     tools: list[str] = field(default_factory=list)
     depends_on: list[Predecessor] = field(default_factory=list)
     group: int | None = None  # depth in the graph; None when the cell did not run
+    #: The source's imports against the run: distributions named but not used, used but
+    #: not named; None when the cell did not run (or the record could not tell).
+    named_not_used: list[str] | None = None
+    used_not_named: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,9 @@ class CellReport:
             "tools": self.tools,
             "depends_on": [{"cell": p.cell, "reasons": p.reasons} for p in self.depends_on],
             "group": self.group,
+            "static_check": None if self.named_not_used is None else {
+                "named_not_used": self.named_not_used,
+                "used_not_named": self.used_not_named or []},
         }
 
     @classmethod
@@ -92,7 +99,14 @@ class CellReport:
             urls=list(files.get("urls") or ()), tools=list(data.get("tools") or ()),
             depends_on=[Predecessor(int(p["cell"]), [str(r) for r in p.get("reasons") or ()])
                         for p in data.get("depends_on") or ()],
-            group=data.get("group"))
+            group=data.get("group"),
+            named_not_used=_optional_list((data.get("static_check") or {}), "named_not_used"),
+            used_not_named=_optional_list((data.get("static_check") or {}), "used_not_named"))
+
+
+def _optional_list(data: Mapping[str, Any], key: str) -> list[str] | None:
+    value = data.get(key)
+    return None if value is None else [str(v) for v in value]
 
 
 @dataclass
@@ -131,6 +145,9 @@ class CellFacts:
     url_cells: Mapping[str, set[int]]  # normalized URL -> cells that asked for it
     samples: list[dict]
     cwd: str
+    #: module name -> distribution name, None (stdlib, the notebook's own) or
+    #: resolve.modules.NOT_FOUND; None: no static cross-check.
+    module_owner: Callable[[str], str | None] | None = None
 
 
 def build_cells(facts: CellFacts) -> CellsReport:
@@ -153,6 +170,8 @@ def build_cells(facts: CellFacts) -> CellsReport:
             seconds=round(end - start, 3) if start is not None and end is not None else None)
     _memory(reports, watch, facts.samples, session.get("kernel_pid"))
     _code(reports, facts)
+    if facts.module_owner is not None:
+        _static(reports, facts.sources, facts.module_owner)
     files = _files(reports, facts)
     _tools(reports, facts)
     _graph(reports, facts, files)
@@ -213,6 +232,31 @@ def _code(reports: dict[int, CellReport], facts: CellFacts) -> None:
         labels = set(report.manager) | set(report.worker)
         report.first_used = sorted(labels - seen, key=str.lower)
         seen |= labels
+
+
+def _static(reports: dict[int, CellReport], sources: Mapping[int, str],
+            owner: Callable[[str], str | None]) -> None:
+    """What the source names against what the run used, by distribution (canonical names):
+    named but unused (a guarded or uncalled import, a missing package) and used but unnamed
+    (lazy imports, plugins, what the named packages import themselves)."""
+    from ..resolve.modules import NOT_FOUND
+
+    for index, report in reports.items():
+        if report.status == NOT_RUN:
+            continue
+        named: dict[str, str] = {}
+        for module in named_modules(sources.get(index, "")):
+            dist = owner(module)
+            if dist == NOT_FOUND:
+                named.setdefault(f"{module.split('.')[0]} ({NOT_FOUND})", "")
+            elif dist is not None:
+                named.setdefault(str(canonicalize_name(dist)), dist)
+        used = {str(canonicalize_name(pin.split("==")[0])): pin.split("==")[0]
+                for pin in (*report.manager, *report.worker)}
+        report.named_not_used = sorted((named[k] or k for k in named if k not in used),
+                                       key=str.lower)
+        report.used_not_named = sorted((used[k] for k in used if k not in named),
+                                       key=str.lower)
 
 
 def _files(reports: dict[int, CellReport], facts: CellFacts) -> dict[str, str]:
