@@ -56,9 +56,9 @@ def test_wrap_builds_the_strace_command(tmp_path):
     argv = StraceTracer().wrap(["python", "-m", "ipykernel"], tmp_path)
     assert Path(argv[0]).name == "strace"
     assert argv[1:argv.index("--")] == [
-        "-f", "--seccomp-bpf", "-ttt", "-q", "-y", "-s", "4096",
+        "-f", "--seccomp-bpf", "-ttt", "-q", "--decode-fds=path,socket", "-s", "4096",
         "-e", "trace=open,openat,openat2,creat,execve,execveat,fork,vfork,clone,clone3,"
-              "chdir,fchdir,rename,renameat,renameat2,connect",
+              "chdir,fchdir,rename,renameat,renameat2,connect,accept,accept4",
         "-o", str(tmp_path / "trace.strace")]
     assert argv[argv.index("--") + 1:] == ["python", "-m", "ipykernel"]
 
