@@ -233,17 +233,19 @@ class _KernelSide:
 
         Identities only (no comparison of values, no pickling). A dict keeps insertion order
         and a rebinding keeps its place, so when the old names are a prefix of the new ones
-        the changed ones come from one C-level pass; otherwise (a name was deleted) by name.
+        the changed ones come from one C-level pass; otherwise (a name was deleted) from a
+        lookup by name, C-level too (map/compress: no Python-level loop over the names).
         """
         names, ids = self.namespace()
         old_names, old_ids = self.ns_names, self.ns_ids
         count = len(old_names)
         if names[:count] == old_names:
-            bound = list(compress(names, map(ne, ids, old_ids))) + names[count:]
+            same = ids[:count] == old_ids  # one C loop; the common cell rebinds nothing old
+            bound = ([] if same else list(compress(names, map(ne, ids, old_ids))))
+            bound += names[count:]
         else:  # zip(strict=) needs 3.10; the lists are of equal length by construction
             before = dict(zip(old_names, old_ids)).get  # noqa: B905
-            bound = [name for name, ident in zip(names, ids)  # noqa: B905
-                     if before(name) != ident]
+            bound = list(compress(names, map(ne, ids, map(before, names))))
         self.ns_names, self.ns_ids = names, ids
         bound = [name for name in bound if name[:1] != "_" and name not in _SHELL_NAMES]
         self.write("names", {"bound": bound})
