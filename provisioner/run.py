@@ -234,7 +234,10 @@ def _notebook_dir(report: RunReport, options: RunOptions) -> Path:
 def _fetch_data(report: RunReport, options: RunOptions) -> None:
     if not (report.backpack / "data" / "data.yml").exists():
         return
-    data.fetch(report.backpack, report.run_dir, options.profile)
+    # The run folder goes at the end; a partial download stays in the scratch folder, so the
+    # next run (after Ctrl-C or a failed entry) resumes it.
+    data.fetch(report.backpack, report.run_dir, options.profile,
+               partials=report.run_dir.parent / "downloads")
 
 
 def _validate(report: RunReport, options: RunOptions

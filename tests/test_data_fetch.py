@@ -540,3 +540,61 @@ def test_the_notebook_runs_deep_enough_for_what_the_audit_saw_it_write(tmp_path:
     assert layout.wrote_up == 2
     assert notebook_dir(tmp_path / "run", [], layout) == tmp_path / "run" / "analysis" / "notebooks"
     assert notebook_dir(tmp_path / "run", []) == tmp_path / "run"  # hand-written, nothing above
+
+
+# ---------------------------------------------------------------- partial downloads outlive a run
+
+
+def test_partial_download_in_the_shared_folder_resumes_in_the_next_run_folder(
+        tmp_path: Path, http: tuple[FileServer, str]) -> None:
+    server, base = http
+    server.files["/big.bin"] = PAYLOAD
+    server.cut["/big.bin"] = 1
+    entry = {"name": "big", "source": f"{base}/big.bin", "source_type": "http",
+             "target_location": "big.bin", "checksum": sha256(PAYLOAD)}
+    bp = backpack_with(tmp_path / "bp", [entry], policy={"retry_attempts": 1})
+    partials = tmp_path / "downloads"
+    with pytest.raises(DataError):
+        fetch(bp, tmp_path / "run-1", partials=partials)
+    assert all_files(tmp_path / "run-1") == set()  # nothing half-made under the target
+    [part] = partials.glob("*.part")
+    assert part.stat().st_size == len(PAYLOAD) // 2
+    fetch(bp, tmp_path / "run-2", partials=partials)
+    assert server.hits("/big.bin") == [None, f"bytes={len(PAYLOAD) // 2}-"]
+    assert (tmp_path / "run-2/big.bin").read_bytes() == PAYLOAD
+    assert all_files(tmp_path / "run-2") == {"big.bin"}
+    assert list(partials.glob("*.part")) == []
+
+
+@pytest.mark.slow
+def test_flo_run_keeps_a_cut_download_for_the_next_run(tmp_path: Path,
+                                                      http: tuple[FileServer, str]) -> None:
+    """`flo-run BP --execute` removes its run folder; the partial download stays in the
+    scratch folder and the next run asks only for the rest."""
+    import subprocess
+
+    server, base = http
+    server.files["/big.bin"] = PAYLOAD
+    server.cut["/big.bin"] = 1
+    bp = backpack_with(tmp_path / "bp", [{"name": "big", "source": f"{base}/big.bin",
+                                          "source_type": "http", "target_location": "big.bin",
+                                          "checksum": sha256(PAYLOAD)}],
+                       policy={"retry_attempts": 1})
+    import nbformat
+
+    [notebook] = (bp / "workflow").glob("*.ipynb")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import os\nprint(os.path.getsize('big.bin'))")]
+    nbformat.write(nb, notebook)
+    argv = [sys.executable, "-m", "provisioner.cli", str(bp), "--execute", "--json",
+            "--scratch-dir", str(tmp_path / "scratch"), "--cache-dir", str(tmp_path / "cache"),
+            "-o", str(tmp_path / "out.ipynb")]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 2, first.stderr
+    assert not any(p.name.startswith("run-") for p in (tmp_path / "scratch").iterdir())
+    assert len(list((tmp_path / "scratch" / "downloads").glob("*.part"))) == 1
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert server.hits("/big.bin") == [None, f"bytes={len(PAYLOAD) // 2}-"]
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.cells[0].outputs[0]["text"].strip() == str(len(PAYLOAD))

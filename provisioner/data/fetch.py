@@ -185,7 +185,8 @@ def _profile(backpack: Path, profile: str | None) -> DataProfile | None:
 
 
 def fetch(backpack: Path, run_dir: Path, profile: str | None = None, *,
-          progress: Progress | None = None, jobs: int = 4) -> FetchReport:
+          progress: Progress | None = None, jobs: int = 4,
+          partials: Path | None = None) -> FetchReport:
     """Put every entry of the chosen profile in place under `run_dir`, verified.
 
     Entries already in place and verified are skipped. Raises `DataError` (with `.report`)
@@ -205,7 +206,7 @@ def fetch(backpack: Path, run_dir: Path, profile: str | None = None, *,
     results: dict[str, EntryResult] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="flo-fetch")
     try:
-        futures = {pool.submit(_fetch_one, item, chosen.policy, progress, cancel): item
+        futures = {pool.submit(_fetch_one, item, chosen.policy, progress, cancel, partials): item
                    for item in planned}
         for future in as_completed(futures):
             result = future.result()
@@ -231,7 +232,7 @@ def fetch(backpack: Path, run_dir: Path, profile: str | None = None, *,
 
 
 def _fetch_one(item: PlannedEntry, policy: DataPolicy, progress: Progress | None,
-               cancel: threading.Event) -> EntryResult:
+               cancel: threading.Event, partials: Path | None = None) -> EntryResult:
     entry = item.entry
     started = time.monotonic()
     result = EntryResult(entry.name, entry.source, str(item.target or entry.source))
@@ -247,7 +248,8 @@ def _fetch_one(item: PlannedEntry, policy: DataPolicy, progress: Progress | None
             result.bytes = check_content(Path(entry.source), entry)
             result.status, result.from_cache = "in place", True
         else:
-            _put_in_place(item, item.target, policy, report_bytes, cancel, result)
+            _put_in_place(item, item.target, StageContext(policy, report_bytes, cancel,
+                                                          partials=partials), result)
             if entry.post_fetch:
                 result.extracted = _post_fetch(item.target, entry)
         report_bytes(result.bytes, result.bytes)
@@ -262,8 +264,7 @@ def _fetch_one(item: PlannedEntry, policy: DataPolicy, progress: Progress | None
     return result
 
 
-def _put_in_place(item: PlannedEntry, target: Path, policy: DataPolicy,
-                  report_bytes: Callable[[int, int | None], None], cancel: threading.Event,
+def _put_in_place(item: PlannedEntry, target: Path, ctx: StageContext,
                   result: EntryResult) -> None:
     entry = item.entry
     if target.exists():
@@ -274,7 +275,6 @@ def _put_in_place(item: PlannedEntry, target: Path, policy: DataPolicy,
         except Mismatch:
             pass  # stale or damaged: fetch again, replace only once the new copy verifies
     target.parent.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(policy, report_bytes, cancel)
     staged = item.source.stage(target, ctx)
     try:
         try:

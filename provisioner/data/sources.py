@@ -9,6 +9,7 @@ renames it into place; a source never writes under the target's own name.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import threading
@@ -32,6 +33,9 @@ class StageContext:
     progress: ByteProgress | None = None
     cancel: threading.Event | None = None
     fresh: bool = False  # ignore any partial download and start over
+    #: Where partial downloads outlive the run folder (flo-run BP: SCRATCH/downloads), so the
+    #: next run resumes them; None: beside the target (a `fetch --run-dir` folder is kept).
+    partials: Path | None = None
 
 
 @dataclass
@@ -170,7 +174,21 @@ class HttpSource(Source):
     remote = True
 
     def stage(self, target: Path, ctx: StageContext) -> Staged:
-        part = target.parent / f".{target.name}.part"
+        if ctx.partials is None:
+            return self._download(target.parent / f".{target.name}.part", ctx)
+        # One .part per URL in the shared folder, held under a lock by one run at a time; a
+        # finished one is moved out (to a hidden name beside the target) before the lock goes.
+        ctx.partials.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha256(self.entry.source.encode()).hexdigest()[:32]
+        part = ctx.partials / f"{key}.part"
+        with open(ctx.partials / f"{key}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            staged = self._download(part, ctx)
+            mine = temp_name(target, "download")
+            shutil.move(part, mine)  # a rename when the two share a filesystem
+            return Staged(mine, staged.resumed)
+
+    def _download(self, part: Path, ctx: StageContext) -> Staged:
         if ctx.fresh:
             part.unlink(missing_ok=True)
         try:
