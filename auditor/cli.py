@@ -14,13 +14,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from . import __version__
 from .crash import EXIT_CODE as INTERNAL_ERROR
-from .crash import internal_error
+from .crash import internal_error, reader_gone
 from .errors import FloError, Interrupted, UsageError
 
 BACKENDS = ("auto", "strace", "ptrace", "hooks")
@@ -36,10 +37,14 @@ subcommands (give the word first, instead of PATH):
   flo-audit cells BACKPACK [--format F] [--cell N]
                                         the per-cell report and the cell graph
                                         (table, markdown, yaml, json, dot)
+  flo-audit verify BACKPACK [--cache-dir D] [--keep] [--json]
+                                        rebuild the environments from the backpack alone,
+                                        re-run it with flo-run and compare with the audit
 A PATH that exists as a file is always audited, even if it is named like a subcommand.
 
 exit status: 0 every cell ran; 1 the notebook failed, timed out, its kernel or a worker died (the
-backpack is still written, marked incomplete); 2 bad input; 130 interrupted (nothing written).
+backpack is still written, marked incomplete), or --verify / verify did not reproduce it (the
+backpack is kept, marked unverified); 2 bad input; 130 interrupted (nothing written).
 """
 
 
@@ -81,6 +86,11 @@ def _audit_parser() -> argparse.ArgumentParser:
                              "500k, 100MB, 1.5GB (default 100MB); bigger inputs stay fs sources")
     parser.add_argument("--checksum-remote", action="store_true",
                         help="download each http(s) input once to record its size and sha256")
+    parser.add_argument("--verify", action="store_true",
+                        help="then rebuild the environments from the backpack alone, re-run it "
+                             "with flo-run and compare with the audited run (audit/summary.json "
+                             "'verify')")
+    _verify_arguments(parser)
     parser.add_argument("--json", action="store_true",
                         help="print the summary as JSON instead of the rich display")
     parser.add_argument("--version", action="version", version=f"flo-audit {__version__}")
@@ -139,6 +149,31 @@ def _cells_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cell", type=int, metavar="N",
                         help="only notebook cell N (dot: N and the cells it depends on)")
     return parser
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="flo-audit verify",
+        description="Prove a backpack: build fresh environments from it alone (flo-run's "
+                    "builders), put its data in place, re-execute the notebook with flo-run's "
+                    "engine and runner, and compare each cell's status and text output with "
+                    "the audited run. The verdict goes into audit/summary.json. Exit status: "
+                    "0 reproduced (maybe with differences), 1 not reproduced, 2 bad input.")
+    parser.add_argument("backpack", metavar="BACKPACK", help="a backpack folder flo-audit wrote")
+    _verify_arguments(parser)
+    parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                        help="stop a cell of the re-run that runs longer than this")
+    parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    return parser
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", metavar="DIR", type=Path,
+                        help="verify: build (or reuse) the environments in this flo-run cache "
+                             "and keep them (default: a throw-away cache, removed after)")
+    parser.add_argument("--keep", action="store_true",
+                        help="verify: keep the throw-away folder (environments, run folder, "
+                             "re-executed notebook); its path is in the verdict")
 
 
 def _count(text: str) -> int:
@@ -216,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         error: FloError = Interrupted("interrupted; nothing was written")
     except FloError as exc:
         error = exc
+    except BrokenPipeError:
+        return reader_gone()
     except Exception as exc:  # not raised on purpose: one line here, the traceback in a log
         err.print(internal_error("flo-audit", exc, argv), markup=False, highlight=False,
                   soft_wrap=True)
@@ -253,8 +290,47 @@ def _audit(argv: list[str]) -> int:
             options.progress = progress
             options.on_hash = progress.hashing
             result = audit(args.path, options)
-    _render(result.summary, str(result.backpack), args.json, console, render_summary)
-    return result.exit_code
+    if not args.verify:
+        if args.cache_dir or args.keep:
+            raise UsageError("--cache-dir and --keep go with --verify")
+        _render(result.summary, str(result.backpack), args.json, console, render_summary)
+        return result.exit_code
+    if not args.json:
+        _render(result.summary, str(result.backpack), False, console, render_summary)
+    verification = _run_verify(result.backpack, args)
+    if args.json:
+        _render({**result.summary, "verify": verification.result}, str(result.backpack), True,
+                console, render_summary)
+    return max(result.exit_code, verification.exit_code)
+
+
+def _verify(argv: list[str]) -> int:
+    args = _verify_parser().parse_args(argv)
+    verification = _run_verify(args.backpack, args)
+    if args.json:
+        print(json.dumps({"backpack": str(verification.backpack), **verification.result},
+                         indent=2, default=str))
+    return verification.exit_code
+
+
+def _run_verify(backpack: str | Path, args: argparse.Namespace):  # -> Verification
+    """Verify, progress on stderr, the verdict printed (unless --json)."""
+    from .reproduce import VerifyOptions, verify_backpack
+    from .verify import verdict_lines
+
+    err = Console(stderr=True)
+    options = VerifyOptions(cache_dir=args.cache_dir, keep=args.keep, timeout=args.timeout,
+                            say=lambda line: err.print(line, markup=False, highlight=False,
+                                                       soft_wrap=True))
+    verification = verify_backpack(backpack, options)
+    if not args.json:
+        console = Console()
+        for line in verdict_lines(verification.result):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if verification.result.get("kept"):
+            console.print(f"kept: {verification.result['kept']}", markup=False,
+                          highlight=False, soft_wrap=True)
+    return verification
 
 
 def _derive(argv: list[str]) -> int:
@@ -308,7 +384,7 @@ def _render(summary: dict, backpack: str | None, as_json: bool, console: Console
 
 #: Subcommand word -> handler.
 _SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"derive": _derive, "diff": _diff,
-                                                       "cells": _cells}
+                                                       "cells": _cells, "verify": _verify}
 
 
 if __name__ == "__main__":  # pragma: no cover

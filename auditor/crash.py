@@ -25,6 +25,22 @@ from . import __version__
 EXIT_CODE = 1
 
 
+#: The exit status after the reader of our output went away (`flo-audit diff A B | head`):
+#: what a shell reports for a program ended by SIGPIPE.
+BROKEN_PIPE = 128 + 13
+
+
+def reader_gone() -> int:
+    """stdout's reader closed the pipe: not an error of ours, nothing to print. Points stdout
+    at /dev/null so the interpreter's own flush at exit does not complain again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return BROKEN_PIPE
+
+
 def crash_dirs() -> list[Path]:
     """Where a crash log may go, in order of preference."""
     xdg = os.environ.get("XDG_STATE_HOME", "")

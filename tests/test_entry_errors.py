@@ -102,3 +102,21 @@ def test_flo_run_internal_error_is_one_line_and_a_log(tmp_path: Path) -> None:
     done = run([*FLO_RUN, "validate", str(tmp_path / "missing")],
                {"XDG_STATE_HOME": str(state)}, tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_reader_that_goes_away_is_no_internal_error(tmp_path):
+    """`flo-audit diff A B --format json | head -1`: the pipe closes under a long output; the
+    command ends quietly with the status of a program ended by SIGPIPE, and logs no crash."""
+    pins = "".join(f"      - pkg{i}==1.0\n" for i in range(5000))
+    (tmp_path / "a.yml").write_text(f"name: a\ndependencies:\n  - python=3.11.7\n  - pip:\n{pins}")
+    (tmp_path / "b.yml").write_text("name: b\ndependencies:\n  - python=3.11.7\n")
+    state = tmp_path / "state"
+    proc = subprocess.Popen([*FLO_AUDIT, "diff", "a.yml", "b.yml", "--format", "json"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO),
+                                 "XDG_STATE_HOME": str(state)})
+    assert proc.stdout.readline().strip() == b"{"
+    proc.stdout.close()  # the reader goes, as `head -1` does
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert stderr == "" and not state.exists()
