@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,12 +154,14 @@ def kernel_environment(extra: Mapping[str, str]) -> dict[str, str]:
 def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
             env: Mapping[str, str] | None = None, parameters: Mapping[str, object] | None = None,
             timeout: float | None = None, kernel_log: Path | None = None,
-            on_cell: Callable[[int, int], None] | None = None) -> Execution:
+            on_cell: Callable[[int, int], None] | None = None,
+            only: Collection[int] | None = None) -> Execution:
     """Execute `workflow` (a notebook, or a `.py` script read as the audit reads it) in a
     kernel of `python`'s environment with cwd `cwd`; once the kernel is up, write the executed
     notebook to `output` even when a cell fails or the kernel dies. The kernel's own stdout and
     stderr go to `kernel_log` when given. Raises `KernelStartFailed` (nothing written) when the
-    kernel does not start, `UsageError` when the workflow cannot be read."""
+    kernel does not start, `UsageError` when the workflow cannot be read. `only`: the
+    notebook indices of the code cells to run (the others keep no outputs); default all."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -167,6 +169,7 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
     started = time.monotonic()
     loaded = load_workflow(workflow)
     nb = loaded.notebook
+    skipped = _skip_all_but(nb, only) if only is not None else []
     inject_parameters(nb, parameters or {})
     failed: dict = {}
 
@@ -226,6 +229,8 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
             atexit.unregister(client._cleanup_kernel)
             if log is not None:
                 log.close()
+            for cell in skipped:
+                _untag(cell)
             if client.flo_kernel_ready:
                 output.parent.mkdir(parents=True, exist_ok=True)
                 nbformat.write(nb, output)
@@ -236,6 +241,32 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
         message = (f"cell {failed['index']} raised {failed['ename']}: "
                    f"{failed['evalue']}").rstrip(": ")
     return Execution(output, status, time.monotonic() - started, failed or None, message)
+
+
+#: nbclient does not execute a cell with this tag (its `skip_cells_with_tag` default).
+SKIP_TAG = "skip-execution"
+
+
+def _skip_all_but(nb: nbformat.NotebookNode, only: Collection[int]) -> list:
+    """Tag every code cell not in `only` for nbclient to skip; the notebook's metadata says
+    which ran. Returns the cells tagged here (a cell the author tagged already stays so)."""
+    tagged = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or index in only:
+            continue
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if SKIP_TAG not in tags:
+            tags.append(SKIP_TAG)
+            tagged.append(cell)
+    nb.metadata["flo"] = {"cells_run": sorted(only)}
+    return tagged
+
+
+def _untag(cell: nbformat.NotebookNode) -> None:
+    tags = cell.metadata.get("tags", [])
+    tags.remove(SKIP_TAG)
+    if not tags:
+        del cell.metadata["tags"]
 
 
 def _start_failed(python: Path, kernel_log: Path | None, exc: BaseException

@@ -127,6 +127,19 @@ class CellsReport:
         """The report of notebook cell `index`, or None when it is no code cell."""
         return next((c for c in self.cells if c.cell == index), None)
 
+    def needed_for(self, index: int) -> list[int]:
+        """Cell `index` and every cell it depends on, transitively, in notebook order: what
+        must run for `index` to run as it did (`flo-run BP --execute --cell N`)."""
+        by_cell = {c.cell: c for c in self.cells}
+        needed, todo = set(), [index]
+        while todo:
+            cell = todo.pop()
+            if cell in needed:
+                continue
+            needed.add(cell)
+            todo += [p.cell for p in by_cell[cell].depends_on] if cell in by_cell else []
+        return sorted(needed)
+
 
 @dataclass
 class CellFacts:
