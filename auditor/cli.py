@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -23,6 +24,9 @@ from . import __version__
 from .crash import EXIT_CODE as INTERNAL_ERROR
 from .crash import internal_error, reader_gone
 from .errors import FloError, Interrupted, UsageError
+
+if TYPE_CHECKING:
+    from .reproduce import Verification
 
 BACKENDS = ("auto", "strace", "ptrace", "hooks")
 
@@ -275,6 +279,8 @@ def _audit(argv: list[str]) -> int:
     from .emit.report import render_summary
 
     args = _audit_parser().parse_args(argv)
+    if (args.cache_dir or args.keep) and not args.verify:
+        raise UsageError("--cache-dir and --keep go with --verify")
     console = Console()
     options = AuditOptions(output=args.output, force=args.force, backend=args.backend,
                            kernel_name=args.kernel_name, python=args.python,
@@ -291,8 +297,6 @@ def _audit(argv: list[str]) -> int:
             options.on_hash = progress.hashing
             result = audit(args.path, options)
     if not args.verify:
-        if args.cache_dir or args.keep:
-            raise UsageError("--cache-dir and --keep go with --verify")
         _render(result.summary, str(result.backpack), args.json, console, render_summary)
         return result.exit_code
     if not args.json:
@@ -313,7 +317,7 @@ def _verify(argv: list[str]) -> int:
     return verification.exit_code
 
 
-def _run_verify(backpack: str | Path, args: argparse.Namespace):  # -> Verification
+def _run_verify(backpack: str | Path, args: argparse.Namespace) -> Verification:
     """Verify, progress on stderr, the verdict printed (unless --json)."""
     from .reproduce import VerifyOptions, verify_backpack
     from .verify import verdict_lines
