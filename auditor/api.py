@@ -22,7 +22,15 @@ from . import stale
 from .backpack import DATA, SUMMARY, check_destination, workflow_copies, write_backpack
 from .emit.apt import RunObserver
 from .emit.cell_watch import CellWatch
-from .emit.cells import CELLS, CellFacts, build_cells, executed_facts, render_cells_yml
+from .emit.cells import (
+    CELLS,
+    EXECUTED,
+    CellFacts,
+    annotate_executed,
+    build_cells,
+    executed_facts,
+    render_cells_yml,
+)
 from .emit.compute import ComputeSpec
 from .emit.data import DataDraft
 from .emit.data_report import data_summary
@@ -277,6 +285,8 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
         module_owner=ModuleOwners(index, session["kernel"].get("path") or (),
                                   notebook_dir).owner))
     texts[CELLS] = render_cells_yml(cells)
+    if (annotated := annotate_executed(record_dir / "executed.ipynb", cells)) is not None:
+        texts[EXECUTED] = annotated
     derived = Derived(session, roles, resolution, spec, compute, summary, texts, warnings, sides)
     derived.data = draft
     return derived
@@ -367,7 +377,8 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
         if derived.sides is not None:
             derived.sides.keep_measurements(record_dir)  # audit/written.json, for derive
         copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
-                   if f.is_file() and f.name not in _DERIVED_IN_AUDIT]
+                   if f.is_file() and f.name not in _DERIVED_IN_AUDIT
+               and f"audit/{f.name}" not in derived.texts]
         written = write_backpack(dest, texts=derived.texts, copies=copies, force=options.force,
                                  keep=needed_paths(derived, workflow.path.parent))
     except KeyboardInterrupt:
@@ -412,7 +423,8 @@ def derive_backpack(audit_dir: str | Path, output: str | Path | None = None,
         raise RecordFormatError(f"the notebook {notebook} is gone and {record_dir} is not inside "
                                 "a backpack; cannot fill workflow/")
     copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
-               if f.is_file() and f.name not in _DERIVED_IN_AUDIT]
+               if f.is_file() and f.name not in _DERIVED_IN_AUDIT
+               and f"audit/{f.name}" not in derived.texts]
     if os.path.realpath(dest) == os.path.realpath(record_dir.parent):
         # Replacing the backpack we read from: copy the record out of it first.
         staging = Path(tempfile.mkdtemp(prefix="flo-derive-"))

@@ -168,6 +168,24 @@ def test_derive_rewrites_the_same_cells_yml(graph_run: AuditRun, tmp_path: Path)
     before = (graph_run.out / "audit" / "cells.yml").read_text(encoding="utf-8")
     assert (again / "audit" / "cells.yml").read_text(encoding="utf-8") == before
     assert load_cells_yml(again / "audit" / "cells.yml").groups[0] == [1, 2, 9, 10]
+    executed = "audit/executed.ipynb"  # its facts re-derived, the same again
+    assert (again / executed).read_text() == (graph_run.out / executed).read_text()
+
+
+@pytest.mark.slow
+def test_executed_notebook_carries_each_cells_facts(graph_run: AuditRun) -> None:
+    """audit/executed.ipynb: each code cell's cells.yml entry in its metadata under `flo`
+    (what JupyterLab shows), outputs untouched; markdown cells get none."""
+    import nbformat
+
+    executed = nbformat.read(graph_run.path("audit/executed.ipynb"), as_version=4)
+    nbformat.validate(executed)
+    cells = _cells(graph_run)
+    assert "flo" not in executed.cells[0].metadata  # the markdown cell
+    for index in (1, 5, 8):
+        assert executed.cells[index].metadata["flo"] == cells[index]
+    assert executed.cells[8].metadata["flo"]["depends_on"][0]["cell"] == 6
+    assert any(o.get("text") for o in executed.cells[8].outputs)
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from .compute import MB
 from .data_entry import DataDraft, climb
 
 CELLS = "audit/cells.yml"
+EXECUTED = "audit/executed.ipynb"
 CELLS_SCHEMA = 1
 OK, ERROR, NOT_RUN = "ok", "error", "not run"
 
@@ -365,6 +366,22 @@ def _graph(reports: dict[int, CellReport], facts: CellFacts, names: dict[str, st
                              for c, r in sorted(reasons.items())]
         report.group = 1 + max((reports[p.cell].group or 0 for p in report.depends_on),
                                default=-1)
+
+
+def annotate_executed(executed: Path, report: CellsReport) -> str | None:
+    """The executed notebook with each code cell's facts (its cells.yml entry) in the cell's
+    metadata under `flo`, so JupyterLab shows them; None when the notebook is unreadable (the
+    record's copy is then kept as it is). Outputs and sources are left untouched."""
+    try:
+        notebook = json.loads(executed.read_text(encoding="utf-8"))
+        cells = notebook["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for index, cell in enumerate(cells):
+        facts = report.cell(index)
+        if facts is not None and isinstance(cell, dict):
+            cell.setdefault("metadata", {})["flo"] = facts.to_dict()
+    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
 
 
 def executed_facts(executed: Path) -> dict[int, tuple[int | None, bool]]:
