@@ -42,13 +42,16 @@ def _parser() -> argparse.ArgumentParser:
                            "anything is built, fetched or started (disk, cores, memory, batch "
                            "commands, scheduler port, interpreters, pins for this platform)")
     check.add_argument("backpack")
-    check.add_argument("--engine", default="auto",
-                       choices=("auto", "dask-local", "slurm", "notebook"),
+    from .site_args import ENGINES, site_arguments
+
+    check.add_argument("--engine", default="auto", choices=ENGINES,
                        help="the engine the run would use (as flo-run BP --engine)")
+    site_arguments(check)
     check.add_argument("--workers", type=int, help="workers the run would start")
     check.add_argument("--scratch-dir", help="where the run folder would go")
     check.add_argument("--cache-dir", help="environment cache")
-    check.add_argument("--host", default="127.0.0.1", help="the scheduler's interface")
+    check.add_argument("--host", help="the scheduler's address (default: the site file's "
+                       "host or interface, else loopback)")
     check.add_argument("--scheduler-port", type=int, default=0,
                        help="the scheduler's port (default: any free one)")
     check.add_argument("--python", help="interpreter to build environments on")
@@ -142,13 +145,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from .run import RunOptions, check_run
+    from .site_args import site_options
 
     report = check_run(RunOptions(
-        backpack=Path(args.backpack), engine=args.engine, workers=args.workers,
-        scratch_dir=Path(args.scratch_dir) if args.scratch_dir else None,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None, host=args.host,
-        port=args.scheduler_port, python=args.python, builder=args.builder,
-        profile=args.profile))
+        backpack=Path(args.backpack), workers=args.workers, port=args.scheduler_port,
+        python=args.python, builder=args.builder, profile=args.profile,
+        **site_options(args)))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

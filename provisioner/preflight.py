@@ -31,6 +31,7 @@ from auditor.process import run
 
 from .envs.base import EnvRequest
 from .envs.cache import EnvCache
+from .site import SiteProfile
 
 PASSED, WARNING, FAILED = "passed", "warning", "failed"
 
@@ -60,7 +61,7 @@ class PreflightPlan:
 
     compute: ComputeSpec
     data_spec: DataSpec | None
-    engine: str  # dask-local | slurm | notebook
+    engine: str  # dask-local | notebook | a batch system (slurm, pbs, sge, htcondor, lsf)
     workers: int
     scratch: Path
     cache: EnvCache
@@ -68,6 +69,7 @@ class PreflightPlan:
     host: str = "127.0.0.1"
     port: int = 0  # the scheduler's port; 0 = one the OS picks
     profile: str | None = None
+    site: SiteProfile = field(default_factory=SiteProfile)
 
 
 @dataclass

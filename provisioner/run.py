@@ -28,6 +28,7 @@ from .engines import EngineSpec, get_engine
 from .envs import EnvCache, default_cache_dir
 from .envs.base import BuiltEnv, EnvRequest
 from .folders import SCRATCH, writing_into
+from .site import SiteProfile
 
 #: Phases of the closing summary, in order (the Floability paper's Table III rows).
 PHASES = ("validation", "preflight", "data", "manager environment", "worker environment",
@@ -57,6 +58,7 @@ class RunOptions:
     builder: str = "auto"  # environment builder: auto, uv, pip, conda (see choose_builder)
     timeout: float | None = None  # per cell
     port: int = 0  # the scheduler's port; 0 = one the OS picks
+    site: SiteProfile = field(default_factory=SiteProfile)  # --site / $FLO_SITE (flags merged)
 
 
 @dataclass
@@ -138,7 +140,7 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
                           manager_python=manager_python, workers=workers,
                           max_workers=max(compute.max_workers, workers), threads=compute.cores,
                           memory_mb=compute.memory, disk_mb=compute.disk,
-                          host=options.host, port=options.port)
+                          host=options.host, port=options.port, site=options.site)
         say("no workers provisioned: the notebook starts its own, or uses none"
             if engine == "notebook"
             else f"starting {workers} Dask worker(s) ({engine})")
@@ -272,6 +274,8 @@ def plan_run(report: RunReport, options: RunOptions, checked: api.ValidationResu
     cache. The preflight checks this plan; the phases after it carry it out."""
     compute = loaded.compute if loaded is not None else ComputeSpec()
     engine = choose_engine(options.engine, loaded.summary if loaded is not None else None)
+    if options.engine == "auto" and engine == "dask-local" and options.site.batch:
+        engine = options.site.batch  # the site's batch system, unless the notebook starts its own
     workers = options.workers if options.workers is not None else max(compute.min_workers, 1)
     roles = ("manager", "worker") if get_engine(engine).uses_worker_environment else ("manager",)
     if roles == ("manager",):
@@ -297,7 +301,7 @@ def plan_run(report: RunReport, options: RunOptions, checked: api.ValidationResu
     return preflight.PreflightPlan(
         compute=compute, data_spec=loaded.data_spec if loaded is not None else None,
         engine=engine, workers=workers, scratch=scratch, cache=cache, requests=requests,
-        host=options.host, port=options.port, profile=options.profile)
+        host=options.host, port=options.port, profile=options.profile, site=options.site)
 
 
 def check_run(options: RunOptions) -> preflight.Preflight:

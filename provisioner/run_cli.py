@@ -18,6 +18,7 @@ from auditor.errors import UsageError
 
 from .run import PHASES, NotebookFailed, RunOptions, RunReport, run_backpack
 from .runner import Lab, parse_value
+from .site_args import ENGINES, site_arguments, site_options
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,15 +39,17 @@ def parser() -> argparse.ArgumentParser:
                    "SCRATCH/envs when --scratch-dir is given, else "
                    "$XDG_CACHE_HOME/flo-backpack/envs, else ~/.cache/flo-backpack/envs)")
     p.add_argument("--keep", action="store_true", help="leave the run folder in place")
-    p.add_argument("--host", default="127.0.0.1", help="interface the scheduler, workers and "
-                   "JupyterLab listen on (default loopback)")
+    p.add_argument("--host", help="address the scheduler, workers and JupyterLab listen on "
+                   "(default: the site file's host or interface, else loopback)")
     p.add_argument("--scheduler-port", type=int, default=0, metavar="PORT",
                    help="port the Dask scheduler listens on (default: any free one)")
-    p.add_argument("--engine", default="auto", choices=("auto", "dask-local", "slurm", "notebook"),
-                   help="where workers run: processes here (dask-local), SLURM jobs (slurm; "
-                   "needs flo-backpack[slurm]), or none provisioned because the notebook starts "
-                   "its own (notebook); auto (default): notebook when the audit saw the "
-                   "notebook start its own workers, else dask-local")
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="where workers run: processes here (dask-local), batch jobs (slurm, "
+                   "pbs, sge, htcondor, lsf; need flo-backpack[slurm]), or none provisioned "
+                   "because the notebook starts its own (notebook); auto (default): notebook "
+                   "when the audit saw the notebook start its own workers, else the site "
+                   "file's batch system, else dask-local")
+    site_arguments(p)
     p.add_argument("--profile", help="data.yml profile")
     p.add_argument("--python", help="interpreter to build environments on")
     p.add_argument("--builder", default="auto", choices=("auto", "uv", "pip", "conda"),
@@ -70,10 +73,9 @@ def main(argv: Sequence[str]) -> int:
         backpack=Path(args.backpack), execute=args.execute,
         output=Path(args.output) if args.output else None,
         parameters={name: parse_value(value) for name, value in args.parameter},
-        workers=args.workers, scratch_dir=Path(args.scratch_dir) if args.scratch_dir else None,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None, keep=args.keep,
-        host=args.host, port=args.scheduler_port, python=args.python, profile=args.profile,
-        timeout=args.timeout, engine=args.engine, builder=args.builder)
+        workers=args.workers, keep=args.keep, port=args.scheduler_port, python=args.python,
+        profile=args.profile, timeout=args.timeout, builder=args.builder,
+        **site_options(args))
     err = Console(stderr=True, highlight=False)
     say = (lambda _: None) if args.json else (lambda text: err.print(f"[dim]{text}[/dim]"))
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from . import (
     dask_local,  # noqa: F401  (registers the dask-local engine)
-    jobqueue,  # noqa: F401  (registers the slurm engine; dask-jobqueue is lazy)
+    htcondor,  # noqa: F401  (the batch engines: dask-jobqueue is imported by their manager)
+    lsf,  # noqa: F401
     notebook,  # noqa: F401  (registers the notebook engine: it starts its own workers)
+    pbs,  # noqa: F401
+    sge,  # noqa: F401
+    slurm,  # noqa: F401
 )
 from .base import (
     ADDRESS_VARIABLE,

@@ -28,6 +28,8 @@ from auditor.process import launch
 from auditor.record.cleanup import TOKEN_VARIABLE, ProcessTree
 from auditor.record.interpreter import activated
 
+from ..site import SiteProfile
+
 #: Distributions whose versions must agree between the manager and the workers: tasks and
 #: results travel pickled (cloudpickle) between the client (dask, distributed) and the workers.
 MUST_MATCH = ("dask", "distributed", "cloudpickle")
@@ -65,6 +67,7 @@ class EngineSpec:
     token: str = ""  # marks every process started, for teardown
     env: Mapping[str, str] = field(default_factory=dict)  # extra variables for every process
     workdir: Path | None = None  # where the notebook runs (and workers start): run_dir if None
+    site: SiteProfile = field(default_factory=SiteProfile)  # batch engines: queue, walltime...
 
 
 def env_prefix(python: Path) -> Path:
