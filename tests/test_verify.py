@@ -235,3 +235,36 @@ def test_file_not_found_names_the_data_entry_or_says_the_audit_never_saw_it(
     assert "entry 'table'" in explain_file(absolute, session=session, backpack=backpack)
     unseen = explain_file("other.csv", session=session, backpack=backpack)
     assert "the audit never saw other.csv read" in unseen, unseen
+
+
+@pytest.mark.slow
+def test_verify_deploys_workers_with_flo_runs_engine(
+        audit_runs: Callable[..., AuditRun], tmp_path: Path) -> None:
+    """A notebook that connects to a cluster (audited with --workers 2): the re-run gets a
+    manager and a worker environment and real Dask workers from flo-run's dask-local engine."""
+    backpack = copy_backpack(audit_runs("workers_connect"), tmp_path)
+    done = verify(["verify", str(backpack), "--json"], tmp_path / "tmp")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["verdict"] == "reproduced", result
+    assert set(result["envs"]) == {"manager", "worker"}
+    assert "starting 1 Dask worker(s) (dask-local)" in done.stderr
+    assert result["phases"]["engine start"] > 0
+    assert leftovers(tmp_path / "tmp") == []
+
+
+@pytest.mark.slow
+def test_a_pin_that_cannot_install_is_not_reproduced_and_named(
+        audit_runs: Callable[..., AuditRun], tmp_path: Path) -> None:
+    backpack = copy_backpack(audit_runs("verify_missed_plugin"), tmp_path)
+    spec = backpack / "software/environment.yml"
+    spec.write_text(spec.read_text().replace("  - pip:\n", "  - pip:\n      - tabulate==0.0.0\n"))
+    done = verify(["verify", str(backpack), "--json"], tmp_path / "tmp")
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert result["verdict"] == "not reproduced"
+    assert result["explanation"].startswith("flo-run could not deploy the backpack")
+    assert "tabulate==0.0.0" in result["explanation"], result["explanation"]
+    assert all(c["rerun"] == "not run" for c in result["cells"])
+    assert json.loads((backpack / "audit/summary.json").read_text())["verified"] is False
+    assert leftovers(tmp_path / "tmp") == []
