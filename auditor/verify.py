@@ -296,7 +296,11 @@ def verdict_lines(result: dict) -> list[str]:
              else "environments built in a throw-away cache, removed")
     lines = [f"verify: {result['verdict']} ({len(result.get('cells') or [])} code cells, "
              f"{result.get('seconds', 0):.1f} s; {cache})"]
-    for cell in result.get("cells") or ():
+    cells = result.get("cells") or ()
+    if result.get("rerun_status") == "not started":
+        cells = ()  # flo-run stopped before the kernel: every cell "not run" says nothing
+        lines.append("  no cell ran")
+    for cell in cells:
         if cell["outcome"] == DIFFERS:
             lines.append(f"  cell {cell['cell']} differs:")
             lines += [f"    {line}" for line in cell.get("diff") or ()]
