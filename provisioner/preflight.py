@@ -29,16 +29,13 @@ from auditor.emit.compute import ComputeSpec
 from auditor.errors import CommandError, FloError
 from auditor.process import run
 
+from .batch_query import BATCH_COMMANDS, largest_node, queue_limits
 from .envs.base import EnvRequest
 from .envs.cache import EnvCache
 from .site import SiteProfile
 
 PASSED, WARNING, FAILED = "passed", "warning", "failed"
 
-#: What each batch engine needs on PATH, and the command that says whether it answers.
-BATCH_COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "slurm": (("sbatch", "squeue", "scancel", "sinfo"), ("sinfo", "--noheader", "-o", "%D")),
-}
 
 MB = 10**6
 
@@ -170,7 +167,7 @@ def check_node(plan: PreflightPlan) -> list[Check]:
         where, cores, memory = "this machine", os.cpu_count() or 1, \
             psutil.virtual_memory().total // (1024 * 1024)
     else:
-        offered = _batch_node(plan.engine)
+        offered = largest_node(plan.engine)
         if offered is None:
             return [Check("resources", WARNING, f"{plan.engine} did not say what a node "
                           "offers; cores and memory not checked")]
@@ -210,6 +207,62 @@ def check_batch(plan: PreflightPlan) -> list[Check]:
     except CommandError as exc:
         return [Check("batch system", FAILED, f"{exc}; is the controller up?")]
     return [Check("batch system", PASSED, f"{', '.join(commands)} found; {probe[0]} answers")]
+
+
+def check_queue(plan: PreflightPlan) -> list[Check]:
+    """The queue the jobs go to exists, is up, and allows the walltime asked (where the
+    system says: SLURM's partition State and MaxTime)."""
+    if plan.engine not in BATCH_COMMANDS or shutil.which(BATCH_COMMANDS[plan.engine][0][0]) \
+            is None:
+        return []
+    limits = queue_limits(plan.engine, plan.site.queue)
+    if limits is None:
+        return []
+    what = f"{plan.engine} queue {limits.name}"
+    if not limits.exists:
+        return [Check("queue", FAILED, f"{what} does not exist; name one that does "
+                      "(--queue, or queue/partition in the site file)")]
+    if limits.state not in (None, "UP"):
+        return [Check("queue", FAILED, f"{what} is {limits.state}: jobs would wait there; "
+                      "choose another queue")]
+    wanted = plan.site.walltime_seconds
+    if wanted is not None and limits.max_seconds is not None and wanted > limits.max_seconds:
+        return [Check("queue", FAILED, f"walltime {plan.site.walltime} is longer than the "
+                      f"{_hms(limits.max_seconds)} {what} allows; ask less (--walltime) or "
+                      "choose another queue")]
+    allowed = _hms(limits.max_seconds) if limits.max_seconds is not None else "no time limit"
+    return [Check("queue", PASSED, f"{what} is up ({allowed}"
+                  + (f", walltime {plan.site.walltime})" if wanted is not None else ")"))]
+
+
+def check_site(plan: PreflightPlan) -> list[Check]:
+    """The site file read (keys it has that flo-run does not know are a warning), and what the
+    engine would submit made from it: a setting the system cannot use fails here, before
+    anything is built."""
+    from .engines import EngineSpec, get_engine
+    from .engines.jobqueue import BatchEngine
+
+    site, checks = plan.site, []
+    if site.path is not None:
+        if site.unknown:
+            checks.append(Check("site", WARNING, f"{site.path}: keys not known to flo-run, "
+                                f"ignored: {', '.join(site.unknown)} (a typo?)"))
+        else:
+            checks.append(Check("site", PASSED, f"{site.path} read"))
+    engine = get_engine(plan.engine)
+    if isinstance(engine, BatchEngine):
+        spec = EngineSpec(run_dir=plan.scratch / "run", worker_python=Path("python"),
+                          workers=plan.workers, threads=plan.compute.cores,
+                          memory_mb=plan.compute.memory, disk_mb=plan.compute.disk,
+                          host=plan.host, port=plan.port, site=site)
+        try:
+            _, notes = engine.cluster_options(spec, "flo-preflight")
+        except FloError as exc:
+            checks.append(Check("job script", FAILED, str(exc)))
+        else:
+            checks.append(Check("job script", WARNING if notes else PASSED,
+                                "; ".join(notes) or f"{plan.engine} directives made"))
+    return checks
 
 
 def check_port(plan: PreflightPlan) -> list[Check]:
@@ -277,7 +330,8 @@ def check_interpreters(plan: PreflightPlan) -> list[Check]:
 
 #: The checks, in the order they are shown.
 CHECKS: tuple[Callable[[PreflightPlan], list[Check]], ...] = (
-    check_interpreters, check_disk, check_node, check_batch, check_port, check_pins)
+    check_interpreters, check_site, check_disk, check_node, check_batch, check_queue,
+    check_port, check_pins)
 
 
 # ---------------------------------------------------------------- helpers
@@ -305,23 +359,6 @@ def _environment_bytes(request: EnvRequest) -> int:
     return max(30 * MB, 10 * MB * len(request.pins))
 
 
-def _batch_node(engine: str) -> tuple[int, int] | None:
-    """(cores, memory MB) of the largest node the batch system reports, or None."""
-    if engine != "slurm" or shutil.which("sinfo") is None:
-        return None
-    try:
-        listing = run(["sinfo", "--noheader", "-o", "%c %m"], timeout=20,
-                      what="asking SLURM for its nodes").stdout
-    except CommandError:
-        return None
-    nodes = []
-    for line in listing.splitlines():
-        fields = line.split()
-        if len(fields) == 2 and fields[0].isdigit() and fields[1].rstrip("+").isdigit():
-            nodes.append((int(fields[0]), int(fields[1].rstrip("+"))))
-    return (max(c for c, _ in nodes), max(m for _, m in nodes)) if nodes else None
-
-
 def _uv_platform() -> str:
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
                                                           platform.machine().lower())
@@ -339,6 +376,10 @@ def _pin_problem(exc: CommandError, lines: dict[str, str]) -> str:
             return (f"pin {line} cannot be installed on {_uv_platform()}: {reason}; drop it "
                     "or pin a version with a wheel for this platform")
     return f"the pins do not resolve here: {text[:300]}"
+
+
+def _hms(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _mb(size: int) -> str:
