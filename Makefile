@@ -29,13 +29,16 @@ demo: $(STAMP)
 	@echo
 	@echo "The backpack is in $(CURDIR)/$(DEMO_OUT)/ (start with software/environment.yml)."
 
-# The SLURM engine tests need a running SLURM: .ci/slurm-setup.sh brings one up (root; a no-op
-# when it is up). `make test SLURM=skip` skips those tests where you cannot be root.
+# The SLURM and SGE engine tests need a running SLURM and Grid Engine: .ci/slurm-setup.sh and
+# .ci/sge-setup.sh bring them up (root; no-ops when up). `make test SLURM=skip` (or SGE=skip)
+# skips those tests where you cannot be root.
 SLURM ?= up
+SGE ?= up
 
 test: $(STAMP)
 	@if [ "$(SLURM)" != skip ]; then bash .ci/slurm-setup.sh; fi
-	FLO_SLURM=$(SLURM) $(BIN)/python -m pytest
+	@if [ "$(SGE)" != skip ]; then bash .ci/sge-setup.sh; fi
+	FLO_SLURM=$(SLURM) FLO_SGE=$(SGE) $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -22,8 +22,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-# The `slurm` fixture (a real single-node SLURM) for the batch-engine tests.
-pytest_plugins = ["conftest_slurm"]
+# The `slurm` and `sge` fixtures (a real single-node SLURM, Grid Engine) for the batch engines.
+pytest_plugins = ["conftest_slurm", "conftest_sge"]
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures" / "notebooks"
