@@ -4,7 +4,6 @@ and flags over it, through `flo-run check` as a user runs it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from test_preflight import dir_args, flo_run, make_backpack

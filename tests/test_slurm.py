@@ -130,3 +130,34 @@ def test_flo_run_execute_on_slurm(slurm: Slurm, tmp_path: Path) -> None:
     assert job in report["cluster"]["jobs"]
     assert python == str(Path(report["envs"]["worker"]["path"]) / "bin" / "python")
     assert slurm.jobs(report["cluster"]["job_name"]) == {}
+
+
+def test_a_worker_job_scancelled_mid_run_is_named_and_replaced(
+        slurm: Slurm, worker_python: Path, tmp_path: Path) -> None:
+    import time
+
+    from distributed import Client
+
+    from provisioner.engines import EngineSpec, get_engine
+
+    spec = EngineSpec(run_dir=tmp_path / "run", worker_python=worker_python, workers=2,
+                      max_workers=2, threads=1, memory_mb=512, start_timeout=120)
+    cluster = get_engine("slurm").start(spec)
+    try:
+        with Client(cluster.scheduler_address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+            first = sorted(cluster.jobs())
+            assert len(first) == 2
+            futures = client.map(lambda x: (__import__("time").sleep(0.5), x * x)[1],
+                                 range(40), pure=False)
+            time.sleep(2)
+            subprocess.run(["scancel", first[0]], check=True, timeout=30)
+            results = client.gather(futures)
+            slurm.wait_for("a replacement job", lambda: len(cluster.record().get(
+                "submitted", [])) == 3, timeout=60)
+        lost = cluster.lost_workers()
+    finally:
+        cluster.stop()
+    assert results == [x * x for x in range(40)]
+    assert len(lost) == 1 and f"(job {first[0]})" in lost[0], lost
+    assert slurm.jobs(cluster.job_name) == {}
