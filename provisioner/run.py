@@ -58,6 +58,7 @@ class RunOptions:
     builder: str = "auto"  # environment builder: auto, uv, pip, conda (see choose_builder)
     timeout: float | None = None  # per cell
     port: int = 0  # the scheduler's port; 0 = one the OS picks
+    cell: int | None = None  # run only this cell and the cells it depends on (cells.yml)
     site: SiteProfile = field(default_factory=SiteProfile)  # --site / $FLO_SITE (flags merged)
 
 
@@ -79,6 +80,7 @@ class RunReport:
     kept: bool = False
     url: str | None = None
     workdir: Path | None = None  # where the notebook runs: run_dir, or below it (data.yml '../')
+    cells_run: list[int] | None = None  # --cell: the cells executed (None: all)
 
     @property
     def notebook_dir(self) -> Path:
@@ -98,7 +100,7 @@ class RunReport:
                 "envs": {role: {"path": str(e.path), "from_cache": e.from_cache,
                                 "seconds": round(e.seconds, 3), "builder": e.builder}
                          for role, e in self.envs.items()},
-                "skipped_envs": self.skipped,
+                "skipped_envs": self.skipped, "cells_run": self.cells_run,
                 "cluster": self.cluster, "notes": self.notes, "url": self.url}
 
 
@@ -250,6 +252,8 @@ def _validate(report: RunReport, options: RunOptions
         raise api.InvalidBackpack(checked)
     if not options.execute and checked.workflow is not None:
         _check_opens_in_lab(checked.workflow, checked.specs["manager"])
+    if options.cell is not None:
+        report.cells_run = _cells_for(report.backpack, options.cell)
     return checked, _loaded(report.backpack)
 
 
@@ -376,14 +380,30 @@ def choose_engine(asked: str, summary: dict | None) -> str:
     return "notebook" if (worker or {}).get("started_by") == "notebook" else "dask-local"
 
 
+def _cells_for(backpack: Path, cell: int) -> list[int]:
+    """`--cell N`: N and the cells it transitively depends on, from the audit's cell graph."""
+    from auditor.emit.cells import CELLS, load_cells_yml
+
+    report = load_cells_yml(backpack / CELLS)
+    if report.cell(cell) is None:
+        code = [c.cell for c in report.cells]
+        raise UsageError(f"--cell {cell}: not a code cell of the audited notebook; its code "
+                         f"cells are {', '.join(map(str, code)) or 'none'} (0-based, markdown "
+                         "cells counted, as in audit/cells.yml)")
+    return report.needed_for(cell)
+
+
 def _execute(report: RunReport, options: RunOptions, workflow: Path, cluster, say) -> None:
     notebook = report.notebook_dir / workflow.name
     output = (options.output or Path.cwd() / f"{workflow.stem}-executed.ipynb")
-    say(f"executing {workflow.name}")
+    say(f"executing {workflow.name}" + (f" cells {', '.join(map(str, report.cells_run))} "
+                                        f"(cell {options.cell} and what it depends on)"
+                                        if report.cells_run is not None else ""))
     result = _phase(report, "notebook execution", lambda: runner.execute(
         notebook, Path(output).expanduser().absolute(), python=report.envs["manager"].python_path,
         cwd=report.notebook_dir, env=cluster.environment(), parameters=options.parameters,
-        timeout=options.timeout, kernel_log=report.run_dir / "logs" / "kernel.log"))
+        timeout=options.timeout, kernel_log=report.run_dir / "logs" / "kernel.log",
+        only=report.cells_run))
     report.status, report.output = result.status, result.output
     report.failed_cell, report.message = result.failed_cell, result.message
 

@@ -56,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
                    help="environment builder: auto (default) uses micromamba/mamba/conda when "
                    "a spec has conda pins and one is installed, else uv")
     p.add_argument("--timeout", type=float, help="seconds a cell may run (default: no limit)")
+    p.add_argument("--cell", type=int, metavar="N", help="with --execute: run only cell N and "
+                   "the cells it depends on (audit/cells.yml's graph); 0-based, markdown counted")
     p.add_argument("--json", action="store_true", help="print a JSON result")
     return p
 
@@ -64,6 +66,8 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.cell is not None and not args.execute:
+        raise UsageError("--cell goes with --execute")
     if args.output and not args.execute:
         raise UsageError("-o goes with --execute")
     if args.output and Path(args.output).suffix.lower() == ".py":
@@ -74,7 +78,7 @@ def main(argv: Sequence[str]) -> int:
         output=Path(args.output) if args.output else None,
         parameters={name: parse_value(value) for name, value in args.parameter},
         workers=args.workers, keep=args.keep, port=args.scheduler_port, python=args.python,
-        profile=args.profile, timeout=args.timeout, builder=args.builder,
+        profile=args.profile, timeout=args.timeout, builder=args.builder, cell=args.cell,
         **site_options(args))
     err = Console(stderr=True, highlight=False)
     say = (lambda _: None) if args.json else (lambda text: err.print(f"[dim]{text}[/dim]"))
