@@ -311,7 +311,11 @@ def check_pins(plan: PreflightPlan) -> list[Check]:
                      "--python-platform", _uv_platform(), str(requirements)],
                     f"resolving the {roles} pins")
             except CommandError as exc:
-                checks.append(Check("pins", FAILED, f"{roles}: {_pin_problem(exc, lines)}"))
+                if not _unsolvable(exc):  # the index did not answer: the build will say more
+                    checks.append(Check("pins", WARNING, f"{roles}: not checked, the package "
+                                        f"index did not answer: {_uv_cause(exc)}"))
+                else:
+                    checks.append(Check("pins", FAILED, f"{roles}: {_pin_problem(exc, lines)}"))
                 continue
         checks.append(Check("pins", PASSED, f"{roles}: {len(lines)} pins resolve for "
                             f"{_uv_platform()}, Python {request.interpreter.version}"))
@@ -363,6 +367,16 @@ def _uv_platform() -> str:
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
                                                           platform.machine().lower())
     return f"{machine}-unknown-linux-gnu" if platform.system() == "Linux" else machine
+
+
+def _unsolvable(exc: CommandError) -> bool:
+    """Whether uv answered that the pins have no solution here (not that it could not ask)."""
+    return "No solution found" in (exc.stderr or str(exc))
+
+
+def _uv_cause(exc: CommandError) -> str:
+    text = " ".join((exc.stderr or str(exc)).split())
+    return text.removeprefix("error: ")[:240]
 
 
 def _pin_problem(exc: CommandError, lines: dict[str, str]) -> str:

@@ -164,3 +164,18 @@ def test_a_scratch_folder_too_small_for_the_data(tmp_path, small_tmpfs):
     assert not any(p.name.startswith("run-") for p in (small_tmpfs / "runs").iterdir())
     assert not cache.exists() or not any(cache.iterdir())
     assert not (tmp_path / "nb-executed.ipynb").exists()
+
+
+def test_an_index_that_does_not_answer_is_a_warning_not_a_refusal(tmp_path, dirs):
+    """Only uv's own "no solution" refuses a pin; an index it cannot reach (a closed port
+    here) leaves the pins unchecked, with a warning, for the build to report."""
+    bp = make_backpack(tmp_path / "bp", pins=("six==1.16.0",))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    done = flo_run("check", str(bp), "--json", *dir_args(dirs),
+                   env={"UV_DEFAULT_INDEX": f"http://127.0.0.1:{port}/simple",
+                        "UV_NO_CACHE": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    [pins] = checks(done)["pins"]
+    assert pins["status"] == "warning" and "the package index did not answer" in pins["reason"]

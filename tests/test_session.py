@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from auditor.errors import RecordError
-from auditor.events import Access, Import, assign_cells, mark_path
+from auditor.events import Access, Bind, Import, assign_cells, mark_path
 from auditor.record.base import Tracer
 from auditor.record.hooks import HooksTracer, hook_events, read_hook_log
 from auditor.record.session import Recording, RecordOptions, record
@@ -140,7 +140,7 @@ def test_hooks_run_records_kernel_cells_opens_and_imports(tmp_path: Path) -> Non
     assert json_import and json_import[0].cell == 2
     json_file = json_import[0].path
     assert any(isinstance(e, Access) and e.path == json_file and e.cell == 2 for e in events)
-    assert all(isinstance(e, Import) or e.url for e in hook_events(tmp_path / "record"))
+    assert all(isinstance(e, (Import, Bind)) or e.url for e in hook_events(tmp_path / "record"))
 
     _assert_nothing_left(recording, tmp_path)
 
