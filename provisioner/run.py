@@ -12,10 +12,12 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from auditor import stale
 from auditor.backpack import Backpack, load_backpack
@@ -29,6 +31,8 @@ from .envs import EnvCache, default_cache_dir
 from .envs.base import BuiltEnv, EnvRequest
 from .folders import SCRATCH, writing_into
 from .site import SiteProfile
+
+T = TypeVar("T")
 
 #: Phases of the closing summary, in order (the Floability paper's Table III rows).
 PHASES = ("validation", "preflight", "data", "manager environment", "worker environment",
@@ -125,6 +129,7 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         # checked as it will be executed (strict), and the engine is chosen, because it
         # decides which environments are built.
         checked, loaded = _phase(report, "validation", lambda: _validate(report, options))
+        assert checked.workflow is not None  # a valid backpack has its workflow (api.validate)
         plan = plan_run(report, options, checked, loaded, scratch)
         engine, compute, workers = plan.engine, plan.compute, plan.workers
         _phase(report, "preflight", lambda: preflight.require(plan))
@@ -213,7 +218,7 @@ def _signals_held() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _phase(report: RunReport, name: str, work: Callable[[], object]) -> object:
+def _phase(report: RunReport, name: str, work: Callable[[], T]) -> T:
     began = time.monotonic()
     try:
         return work()
@@ -323,15 +328,15 @@ def check_run(options: RunOptions) -> preflight.Preflight:
     return preflight.run_preflight(plan)
 
 
-def _environments(report: RunReport, requests: list[EnvRequest], cache: EnvCache,
+def _environments(report: RunReport, requests: Sequence[EnvRequest], cache: EnvCache,
                   say: Callable[[str], None]) -> None:
     """Build (or take from the cache) each planned environment, timed per role."""
     for one in requests:
         roles = [r for r in one.roles if r != "lab"]
         say(f"{'+'.join(roles)} environment")
         phase = f"{roles[0]} environment"
-        env = _phase(report, phase, lambda o=one: api.ensure_environment(
-            cache, o, str(report.backpack)))
+        env = _phase(report, phase, partial(api.ensure_environment,
+                                            cache, one, str(report.backpack)))
         for role in roles:
             report.envs[role] = env
         report.notes.append(f"{'+'.join(roles)} environment: "
@@ -356,11 +361,11 @@ def flagged_secrets(summary: dict | None) -> str | None:
     """A line naming the secrets the audit saw the notebook read (never put in a backpack),
     so a run that fails without them says why first; None when there were none."""
     data = (summary or {}).get("data") or {}
-    named = [item.get("path") if isinstance(item, dict) else item
+    found = [item.get("path") if isinstance(item, dict) else item
              for item in data.get("secrets") or ()]
-    named += [item.get("url") if isinstance(item, dict) else item
+    found += [item.get("url") if isinstance(item, dict) else item
               for item in data.get("signed_urls") or ()]
-    named = [str(n) for n in named if n]
+    named = [str(n) for n in found if n]
     if not named:
         return None
     return (f"the audit saw the notebook read {len(named)} secret(s) that no backpack carries: "
