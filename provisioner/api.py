@@ -152,9 +152,10 @@ def _check_optional_files(root: Path, result: ValidationResult) -> None:
     """The other spec files: through auditor.backpack when it is there, else parsed here."""
     try:
         from auditor.backpack import load_backpack
+        with_model = True
     except ImportError:
-        load_backpack = None
-    if load_backpack is not None and not result.problems:
+        with_model = False
+    if with_model and not result.problems:
         result.checked_with = "auditor.backpack"
         try:
             loaded = load_backpack(root)
@@ -173,7 +174,7 @@ def _check_optional_files(root: Path, result: ValidationResult) -> None:
         except FloError as exc:
             result.problems.append(_problem_from(exc, root))
     compute = root / "compute/compute.yml"
-    if load_backpack is None and compute.exists():
+    if not with_model and compute.exists():
         try:
             doc = yaml.safe_load(compute.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
@@ -294,7 +295,7 @@ def plan_environments(checked: ValidationResult, python: str | None = None,
     for role in roles:
         spec = checked.specs[role]
         groups.setdefault(_spec_key(spec), (spec, []))[1].append(role)
-    for spec, roles in groups.values():
+    for spec, members in groups.values():
         name = choose_builder(builder, spec)
         if name == "conda":
             interp = requested_interpreter(spec.python)
@@ -302,7 +303,7 @@ def plan_environments(checked: ValidationResult, python: str | None = None,
             if spec.python not in found:
                 found[spec.python] = find_interpreter(spec.python, python)
             interp = found[spec.python]
-        requests.append(EnvRequest(spec, interp, tuple(roles), name))
+        requests.append(EnvRequest(spec, interp, tuple(members), name))
     return requests
 
 

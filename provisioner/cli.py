@@ -23,6 +23,7 @@ from auditor.errors import FloError, UsageError
 from . import api
 
 if TYPE_CHECKING:
+    from .data import FetchReport, VerifyReport
     from .preflight import Preflight
 
 COMMANDS = ("validate", "check", "env", "fetch", "verify")
@@ -234,6 +235,7 @@ def _data(args: argparse.Namespace) -> int:
     from .data.render import progress_display, render_report
 
     out = Console(highlight=False)
+    report: FetchReport | VerifyReport
     if args.command == "verify":
         report = api.verify_data(args.backpack, args.run_dir, args.profile)
     else:

@@ -35,6 +35,7 @@ import urllib.request
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import nbformat
 
@@ -44,6 +45,14 @@ from auditor.record.interpreter import activated
 from auditor.workflow import load_workflow
 
 from .engines.base import env_prefix, free_port, wait_for
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from jupyter_client.client import KernelClient
+
+    #: What signal.signal takes and getsignal returns (typeshed's private _HANDLER).
+    SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -299,6 +308,7 @@ def _stoppable_client() -> type:
         async def async_start_new_kernel(self, **kwargs: object) -> None:
             # Called right after nbclient's async_setup_kernel added its handlers: replace them.
             loop, task = asyncio.get_running_loop(), asyncio.current_task()
+            assert task is not None  # called from inside nbclient's execution task
             ignored = {s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN}
             for signum in STOP_SIGNALS:
                 try:
@@ -307,7 +317,7 @@ def _stoppable_client() -> type:
                     break
             await super().async_start_new_kernel(**kwargs)
 
-        async def async_start_new_kernel_client(self) -> object:
+        async def async_start_new_kernel_client(self) -> KernelClient:
             kc = await super().async_start_new_kernel_client()
             self.flo_kernel_ready = True
             if self.flo_user_file is not None:
@@ -316,7 +326,8 @@ def _stoppable_client() -> type:
                     kc.execute(code, silent=True, store_history=False))
             return kc
 
-        def _flo_stop(self, signum: int, task: asyncio.Task, ignored: set[int]) -> None:
+        def _flo_stop(self, signum: signal.Signals, task: asyncio.Task,
+                      ignored: set[signal.Signals]) -> None:
             if signum in ignored:  # e.g. SIGINT of a background job of a non-interactive shell
                 return
             self.flo_stopped_by = self.flo_stopped_by or signum
@@ -326,14 +337,14 @@ def _stoppable_client() -> type:
     return StoppableClient
 
 
-def _handlers() -> dict[int, object]:
+def _handlers() -> dict[int, SignalHandler]:
     """The process's SIGINT/SIGTERM handlers, to put back after nbclient removed its own."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     return {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
 
-def _restore(handlers: dict[int, object]) -> None:
+def _restore(handlers: dict[int, SignalHandler]) -> None:
     for signum, handler in handlers.items():
         signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 

@@ -21,13 +21,20 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ptrace import PtraceError
 from ptrace.binding import func as pt
 
 from ..events import Access, CellMark, Connect, Event, Exec, Exit, Spawn, parse_mark, to_json
 from . import ptrace_syscalls as linux
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+    #: What signal.signal takes and returns (typeshed's private _HANDLER).
+    SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 PTRACE_EVENT_SECCOMP = 7
 PTRACE_O_TRACESECCOMP, PTRACE_O_EXITKILL = 0x80, 0x100000
@@ -307,7 +314,7 @@ def trace(argv: list[str], out: TextIO, *, seccomp: bool = True) -> int:
     return tracer.main_status if tracer.main_status is not None else -signal.SIGKILL
 
 
-def _forward_signals(tracer: Tracer) -> dict[int, signal.Handlers]:
+def _forward_signals(tracer: Tracer) -> dict[int, SignalHandler]:
     """SIGTERM/SIGINT/SIGHUP go to the command, then (once it ended) to all it left behind."""
     def forward(signum: int, _frame: object) -> None:
         tracer.stop_signal = signum

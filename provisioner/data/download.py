@@ -122,8 +122,8 @@ class _Watched:
 class _HTTPHandler(urllib.request.HTTPHandler):
     def __init__(self, line: _Line) -> None:
         super().__init__()
-        self.connection = type("WatchedHTTPConnection", (_Watched, http.client.HTTPConnection),
-                               {"line": line})
+        self.connection: type[http.client.HTTPConnection] = type(
+            "WatchedHTTPConnection", (_Watched, http.client.HTTPConnection), {"line": line})
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(self.connection, req)
@@ -132,8 +132,8 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 class _HTTPSHandler(urllib.request.HTTPSHandler):
     def __init__(self, line: _Line) -> None:
         super().__init__()
-        self.connection = type("WatchedHTTPSConnection", (_Watched, http.client.HTTPSConnection),
-                               {"line": line})
+        self.connection: type[http.client.HTTPSConnection] = type(
+            "WatchedHTTPSConnection", (_Watched, http.client.HTTPSConnection), {"line": line})
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         # No context: http.client makes the default one per connection, so the trust store

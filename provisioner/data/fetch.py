@@ -317,7 +317,8 @@ def _post_fetch(target: Path, entry: DataEntry) -> list[str]:
         raise
 
 
-def verify(backpack: Path, run_dir: Path | None = None, profile: str | None = None) -> VerifyReport:
+def verify(backpack: Path, run_dir: str | Path | None = None, profile: str | None = None
+           ) -> VerifyReport:
     """Check sizes and checksums of what is in place: in `run_dir` when given, else the
     local sources themselves (backpack, fs, file); remote entries then stay unchecked."""
     started = time.monotonic()

@@ -12,6 +12,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -31,7 +32,7 @@ def progress_display(console: Console) -> Iterator[ProgressCallback]:
     Safe to call from the fetch threads (tasks are created under a lock)."""
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn())
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     lock = threading.Lock()
     with Progress(*columns, console=console, transient=True) as bars:
         def update(name: str, done: int, total: int | None) -> None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -127,8 +128,11 @@ def free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str,
-             failed: Callable[[], str | None] = lambda: None, interval: float = 0.1) -> object:
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str,
+             failed: Callable[[], str | None] = lambda: None, interval: float = 0.1) -> T:
     """Poll `condition` until it returns something truthy; `failed` returning a message stops
     early (a process died). Raises `EngineError` naming `what` on timeout."""
     deadline = time.monotonic() + timeout

@@ -151,7 +151,7 @@ class DaskLocal(Engine):
     @staticmethod
     def wait_for_workers(cluster: Cluster, count: int, timeout: float) -> int:
         """Wait until `count` workers are registered with the scheduler (bounded)."""
-        retired = getattr(cluster, "retired", set())
+        retired: set[int] = getattr(cluster, "retired", set())
 
         def dead_worker() -> str | None:
             for i, proc in enumerate(cluster.worker_processes):
@@ -172,10 +172,11 @@ class DaskLocal(Engine):
 
 def _start_worker(spec: EngineSpec, cluster: Cluster) -> None:
     index = len(cluster.worker_processes)
-    argv = [spec.worker_python, "-m", WORKER_MODULE, "--scheduler-file", cluster.scheduler_file,
-            "--nthreads", str(spec.threads), "--nworkers", "1", "--host", spec.host,
-            "--name", WORKER_NAME.format(index), "--no-dashboard",
-            "--local-directory", spec.run_dir / "dask-worker-space"]
+    argv: list[str | Path] = [
+        spec.worker_python, "-m", WORKER_MODULE, "--scheduler-file", cluster.scheduler_file,
+        "--nthreads", str(spec.threads), "--nworkers", "1", "--host", spec.host,
+        "--name", WORKER_NAME.format(index), "--no-dashboard",
+        "--local-directory", spec.run_dir / "dask-worker-space"]
     argv += ["--memory-limit", f"{spec.memory_mb}MB" if spec.memory_mb else "0"]
     cluster.worker_processes.append(cluster.launch(argv, f"worker-{index}.log"))
 

@@ -143,6 +143,7 @@ class EnvCache:
                 work.rmdir()  # builders create their target themselves
             else:
                 work = final
+            unfinished: Path | None = work  # removed if the build does not get to the end
             try:
                 outcome = build(work)
                 python = outcome.python or request.interpreter.version
@@ -162,10 +163,10 @@ class EnvCache:
                 os.replace(work / f"{STAMP}.part", work / STAMP)
                 if relocatable:
                     os.rename(work, final)
-                work = None
+                unfinished = None
             finally:
-                if work is not None and work.exists():
-                    shutil.rmtree(work, ignore_errors=True)
+                if unfinished is not None and unfinished.exists():
+                    shutil.rmtree(unfinished, ignore_errors=True)
         notes = list(outcome.notes)
         if damaged is not None:  # said on this run only: the stamp keeps the builder's notes
             notes.insert(0, f"the cached environment {final} was damaged ({damaged[1]}): "
