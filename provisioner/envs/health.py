@@ -24,23 +24,37 @@ from auditor.process import run
 #: Seconds the check may take; one that times out (a loaded machine) is not taken as damage.
 CHECK_TIMEOUT = 120
 
-# Runs inside the environment: stdlib only, prints one JSON line.
+# Runs inside the environment: stdlib only, prints one JSON line. It reads each dist-info's
+# RECORD itself (importlib.metadata's objects made the check cost 0.25 s a reuse for 9,000
+# files; this costs a fifth of that): RECORD paths are relative to the folder that holds the
+# dist-info, as `Distribution.locate_file` joins them. Egg-info folders name source-tree files
+# (SOURCES.txt), not installed ones, so only dist-info folders are looked at.
 _PROBE = r"""
-import importlib.metadata as metadata, importlib.util, json, os, sys
+import csv, importlib.util, json, os, sys
 missing = [name for name in sys.argv[1:] if importlib.util.find_spec(name) is None]
-lost = []
-for dist in metadata.distributions():
-    if dist.read_text("RECORD") is None:  # egg-info SOURCES.txt names source-tree files
+lost, seen = [], set()
+for folder in sys.path:
+    try:
+        names = sorted(os.listdir(folder or "."))
+    except OSError:
         continue
-    for entry in dist.files or ():
-        if entry.suffix == ".pyc":  # recompiled on import when absent
+    for name in names:
+        info = os.path.join(folder, name)
+        if not name.endswith(".dist-info") or info in seen:
             continue
-        path = dist.locate_file(entry)
-        if not os.path.lexists(path):
-            lost.append(str(path))
+        seen.add(info)
+        try:
+            with open(os.path.join(info, "RECORD"), encoding="utf-8", newline="") as record:
+                rows = list(csv.reader(record))
+        except OSError:
+            continue
+        for row in rows:
+            if row and row[0] and not row[0].endswith(".pyc"):  # recompiled when absent
+                path = os.path.join(folder, row[0])
+                if not os.path.lexists(path):
+                    lost.append(path)
 print(json.dumps({"missing": missing, "lost": lost[:3], "lost_count": len(lost)}))
 """
-
 
 def damage(env: Path, bootstrap: tuple[str, ...]) -> str | None:
     """What is wrong with the environment at `env` (one phrase), or None when it is whole or
