@@ -152,12 +152,12 @@ def _move_into_place(staging: Path, dest: Path, force: bool, keep: list[str | Pa
     shutil.rmtree(old, ignore_errors=True)
 
 
-def workflow_copies(notebook: Path, helpers: Iterable[str]) -> tuple[list[tuple[Path, str]],
-                                                                      list[str]]:
+def workflow_copies(notebook: Path, helpers: Iterable[str]
+                    ) -> tuple[list[tuple[str | Path, str]], list[str]]:
     """What goes into workflow/: the notebook as given, plus local helper files at their
     path relative to the notebook's folder. Returns the copies and warnings."""
     folder = notebook.parent.resolve()
-    copies: list[tuple[Path, str]] = [(notebook, f"workflow/{notebook.name}")]
+    copies: list[tuple[str | Path, str]] = [(notebook, f"workflow/{notebook.name}")]
     warnings = []
     for helper in sorted(set(helpers)):
         path = Path(helper)
@@ -291,7 +291,7 @@ def _read_compute(path: Path, warnings: list[str]) -> ComputeSpec:
     if not isinstance(config, dict):
         raise BackpackError(f"{path}: key 'vine_factory_config': expected a mapping of "
                             + ", ".join(_COMPUTE_KEYS))
-    values = {}
+    values: dict[str, Any] = {}  # ComputeSpec's keyword arguments, each checked below
     for key, value in config.items():
         if key not in _COMPUTE_KEYS:
             warnings.append(f"{path}: unknown key 'vine_factory_config.{key}' ignored")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import urlparse
 
 from .emit.checksums import parse_checksum
@@ -144,7 +145,7 @@ def _policy(path: Path, doc: object, where: str, warnings: list[str]) -> DataPol
                             "and timeout")
     for key in sorted(set(doc) - _POLICY_KEYS):
         warnings.append(f"{path}: unknown key '{where}.{key}' ignored")
-    values = {}
+    values: dict[str, Any] = {}  # DataPolicy's keyword arguments, each checked below
     for key, kind in (("retry_attempts", int), ("timeout", float), ("backoff", float)):
         if key not in doc:
             continue

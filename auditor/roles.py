@@ -242,7 +242,7 @@ class RoleTracker:
                 if pid != self.kernel_pid and pid in self._parent \
                         and not self._descends_from_kernel(pid):
                     excluded.add(pid)
-        excluded.discard(self.kernel_pid)  # type: ignore[arg-type]
+        excluded.discard(self.kernel_pid)
         return excluded
 
     def _descends_from_kernel(self, pid: int) -> bool:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ..events import Event
+from ..events import Accept, Access, Connect, Event, Exec
 from ..resolve.system import dpkg_owners, essential_packages
 from ..roles import TOOL, Roles, is_python_interpreter
 
@@ -46,10 +46,8 @@ class RunObserver:
         libraries, executed, connects = self.libraries, self.executed, self.connects
         writes = self.writes
         for event in events:
-            kind = event.kind
-            if kind == "access":
-                path = event.path  # type: ignore[union-attr]
-                mode = event.mode  # type: ignore[union-attr]
+            if isinstance(event, Access):
+                path, mode = event.path, event.mode
                 if ".so" in path and mode == "r" and _LIBRARY.search(path):
                     if event.cell is None and event.pid == self.kernel_pid:
                         self.baseline.add(path)
@@ -57,14 +55,13 @@ class RunObserver:
                     pids[event.pid] = pids.get(event.pid, False) or event.cell is not None
                 elif mode == "w" or mode == "rw":
                     writes.setdefault(path, set()).add(event.pid)
-            elif kind == "exec":
-                executed.setdefault(event.path, set()).add(event.pid)  # type: ignore[union-attr]
-            elif kind == "connect":
-                if not event.datagram and not event.url:  # type: ignore[union-attr]
-                    connects.setdefault(event.address, set()).add(  # type: ignore[union-attr]
-                        event.pid)
-            elif kind == "accept":
-                self.served.add(event.address)  # type: ignore[union-attr]
+            elif isinstance(event, Exec):
+                executed.setdefault(event.path, set()).add(event.pid)
+            elif isinstance(event, Connect):
+                if not event.datagram and not event.url:
+                    connects.setdefault(event.address, set()).add(event.pid)
+            elif isinstance(event, Accept):
+                self.served.add(event.address)
             yield event
 
 

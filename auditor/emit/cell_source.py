@@ -12,6 +12,10 @@ from __future__ import annotations
 import ast
 import re
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from IPython.core.inputtransformer2 import TransformerManager
 
 #: Magics whose argument (line) or body (cell) IPython runs as Python in the user namespace.
 CODE_MAGICS = frozenset({"time", "timeit", "prun", "capture", "debug"})
@@ -21,7 +25,7 @@ _SHELL_NAME = re.compile(r"\$(\w+)|\{([^{}]+)\}")
 
 
 @lru_cache(maxsize=1)
-def _transformer():  # type: ignore[no-untyped-def]
+def _transformer() -> TransformerManager | None:
     try:
         from IPython.core.inputtransformer2 import TransformerManager
     except ImportError:
@@ -114,8 +118,9 @@ class _Reader(ast.NodeVisitor):
         self.visit(node.value)
         self.bound.add(node.target.id)  # a walrus binds in the enclosing scope
 
-    def _comprehension(self, node: ast.AST, parts: list[ast.AST]) -> None:
-        generators: list[ast.comprehension] = node.generators  # type: ignore[attr-defined]
+    def _comprehension(self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp,
+                       parts: list[ast.expr]) -> None:
+        generators = node.generators
         self.visit(generators[0].iter)  # evaluated in the enclosing scope
         self.local.append(set())
         for number, generator in enumerate(generators):
@@ -131,8 +136,11 @@ class _Reader(ast.NodeVisitor):
     def visit_ListComp(self, node: ast.ListComp) -> None:
         self._comprehension(node, [node.elt])
 
-    visit_SetComp = visit_ListComp
-    visit_GeneratorExp = visit_ListComp
+    def visit_SetComp(self, node: ast.SetComp) -> None:
+        self._comprehension(node, [node.elt])
+
+    def visit_GeneratorExp(self, node: ast.GeneratorExp) -> None:
+        self._comprehension(node, [node.elt])
 
     def visit_DictComp(self, node: ast.DictComp) -> None:
         self._comprehension(node, [node.key, node.value])
@@ -205,7 +213,7 @@ def _body_free(args: ast.arguments | None, body: list[ast.stmt] | list[ast.expr]
         local.update(a.arg for a in every)
     declared: set[str] = set()
     reads: set[str] = set()
-    nested: list[ast.AST] = []
+    nested: list[ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef] = []
     todo: list[ast.AST] = list(body)
     while todo:
         node = todo.pop()
@@ -231,8 +239,8 @@ def _body_free(args: ast.arguments | None, body: list[ast.stmt] | list[ast.expr]
             reads |= _body_free(None, inner.body)
             reads.update(_names_in([*inner.bases, *(k.value for k in inner.keywords)]))
         else:
-            inner_args = inner.args  # type: ignore[union-attr]
-            body = [inner.body] if isinstance(inner, ast.Lambda) else inner.body  # type: ignore[union-attr]
+            inner_args = inner.args
+            body = [inner.body] if isinstance(inner, ast.Lambda) else inner.body
             reads |= _body_free(inner_args, body)
             reads.update(_names_in([*inner_args.defaults,
                                     *(d for d in inner_args.kw_defaults if d is not None)]))

@@ -345,7 +345,8 @@ def _graph(reports: dict[int, CellReport], facts: CellFacts, names: dict[str, st
     for path, (read_in, written_in) in facts.paths.items():
         if path not in names:
             continue
-        writers[path] = sorted((c for c in written_in if c in position), key=position.get)
+        writers[path] = sorted((c for c in written_in if c in position),
+                               key=position.__getitem__)
         for cell in read_in:
             readers.setdefault(cell, set()).add(path)
     for cell in order:
@@ -357,7 +358,7 @@ def _graph(reports: dict[int, CellReport], facts: CellFacts, names: dict[str, st
                            if name in facts.watch.bound.get(c, ())), None)
             if binder is not None:
                 reasons.setdefault(binder, []).append(f"name {name}")
-        for path in sorted(readers.get(cell, ()), key=names.get):
+        for path in sorted(readers.get(cell, ()), key=names.__getitem__):  # all in names
             earlier = [c for c in writers.get(path, ()) if position[c] < here]
             if earlier:
                 reasons.setdefault(earlier[-1], []).append(f"file {names[path]}")

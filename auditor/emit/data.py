@@ -252,7 +252,8 @@ class DataCollector:
         suffix = next((s for s in ARCHIVE_SUFFIXES if path.endswith(s)), None)
         unpacked = suffix is not None and read is not None and any(
             t >= read.t and _under(p, os.path.dirname(path)) for t, p in written_after)
-        return os.path.relpath(path, self.cwd), ARCHIVE_SUFFIXES[suffix] if unpacked else None
+        return (os.path.relpath(path, self.cwd),
+                ARCHIVE_SUFFIXES[suffix] if unpacked and suffix is not None else None)
 
     def _produced(self, group: list[str], draft: DataDraft, path: str) -> None:
         if self._scratch(path) or not os.path.lexists(path):

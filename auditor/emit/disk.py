@@ -44,7 +44,7 @@ def in_work_area(path: str, cwd: str | None) -> bool:
         return False
     if SCRATCH_MARK in path:
         return True
-    return bool(cwd) and path.startswith(cwd.rstrip("/") + "/")
+    return bool(cwd and path.startswith(cwd.rstrip("/") + "/"))
 
 
 def written_sizes(record_dir: Path | None, paths: Iterable[str]) -> tuple[dict[str, int], bool]:

@@ -113,7 +113,7 @@ def _channel_name(channel: str | None) -> str:
 
 
 def _requires_names(dist: Any) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for text in getattr(dist, "requires", None) or ():
         try:
             requirement = Requirement(text)
@@ -154,7 +154,7 @@ def draft_environment(resolution: Any, index: Any, *, python: str, notebook_stem
     seeds: dict[str, Any] = {}
     for use in resolution.used.values():
         dist = use.dist
-        ckey = canonicalize_name(dist.name)
+        ckey: str = canonicalize_name(dist.name)
         if ckey in excluded:
             continue
         in_cells = {c for c in use.cells if c is not None}
@@ -181,7 +181,7 @@ def draft_environment(resolution: Any, index: Any, *, python: str, notebook_stem
         reasons[canonicalize_name(KERNEL_MACHINERY)] = MACHINERY
     closure, closure_warnings = index.closure(list(seeds.values()))
     warnings.extend(closure_warnings)
-    members = {canonicalize_name(d.name): d for d in closure}
+    members: dict[str, Any] = {canonicalize_name(d.name): d for d in closure}
     members.update(seeds)
     _explain_requirements(seeds, members, reasons)
     pins = []
@@ -214,7 +214,7 @@ def top_level_imports(source: str) -> set[str]:
     except (SyntaxError, ValueError):
         return {name.strip().split(".")[0] for match in _IMPORT_LINE.finditer(source)
                 for name in match.group(1).split(",")}
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)

@@ -55,7 +55,7 @@ def draft_worker_environment(resolution: Any, index: Any, roles: Roles, *, pytho
             seeds[ckey], reasons[ckey] = dist, RUNTIME
     closure, closure_warnings = index.closure(list(seeds.values()))
     warnings.extend(closure_warnings)
-    members = {canonicalize_name(d.name): d for d in closure}
+    members: dict[str, Any] = {canonicalize_name(d.name): d for d in closure}
     members.update(seeds)
     _explain_requirements(seeds, members, reasons)
     # No cells: a cell number says when a task ran, not that the worker needs it for that cell.

@@ -65,7 +65,7 @@ def listed_dir(path: str) -> str:
     return path
 
 
-def _in_time_order(groups: Iterable[list[Event]]) -> Iterator[Event]:
+def _in_time_order(groups: Iterable[Iterable[Event]]) -> Iterator[Event]:
     """Flatten and sort by time; stable, so one process's same-instant events keep file order.
 
     Forked children write through while the kernel buffers until cell end, so file order is

@@ -105,9 +105,10 @@ class Sampler:
             try:
                 with proc.oneshot():
                     cpu = proc.cpu_times()
-                    record = {"t": round(now, 3), "pid": pid, "ppid": proc.ppid(),
-                              "rss": proc.memory_info().rss,
-                              "cpu": round(cpu.user + cpu.system, 3), "wb": _written(proc)}
+                    record: dict[str, object] = {
+                        "t": round(now, 3), "pid": pid, "ppid": proc.ppid(),
+                        "rss": proc.memory_info().rss,
+                        "cpu": round(cpu.user + cpu.system, 3), "wb": _written(proc)}
                 files = {} if pid in skip else _open_for_writing(proc)
                 if files:
                     record.update(files=files, cwd=proc.cwd())

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import nbformat
 import psutil
@@ -46,6 +46,9 @@ from .hooks import HOOK_LOG, kernel_record
 from .interpreter import activated, require_module
 from .traced_kernel import TracedKernelManager, bootstrap_code, kernel_name
 from .workers import WorkerWatch
+
+if TYPE_CHECKING:
+    from jupyter_client.asynchronous import AsyncKernelClient
 
 log = logging.getLogger("flo.record")
 
@@ -330,7 +333,8 @@ class _Run:
     def _close_pools(self) -> None:
         """Let the notebook's pools close the way they would at exit (`CLOSE_POOLS`), bounded
         by `CLOSE_WAIT_S`; whatever is left then is frozen and killed by teardown."""
-        kc = self.client.kc
+        # nbclient types kc as the base KernelClient; its async manager makes an AsyncKernelClient.
+        kc = cast("AsyncKernelClient | None", self.client.kc)
         if kc is None:
             return
         msg_id = kc.execute(CLOSE_POOLS, silent=True, store_history=False)

@@ -151,6 +151,7 @@ class StraceParser:
                 self._started = True
                 known.add(pid)
                 self._cwd[pid] = self._initial_cwd
+            found: Event | list[Event] | None
             try:
                 if rest.startswith("openat("):
                     # the bulk of any trace, kept inline: one match, no state unless it succeeded
@@ -169,10 +170,10 @@ class StraceParser:
                 self._skip(line)
                 continue
             if found is not None:
-                if type(found) is list:
+                if isinstance(found, list):
                     yield from found
                 else:
-                    yield found  # type: ignore[misc]
+                    yield found
         for pid in list(pending):
             if pid in pending:
                 yield from self._adopt(pid)
@@ -426,7 +427,8 @@ class StraceParser:
         ip, port = match.groups()
         return Accept(pid, f"{ip}:{port}", float(ts))
 
-    def _unparsed(self, pid: int, ts: str, rest: str) -> None:
+    def _unparsed(self, pid: int, ts: str, rest: str) -> Event | None:
+        """What a handler returns for a line its pattern did not match: nothing (None)."""
         if not (rest.endswith(" = ?") or " = ? <" in rest):  # ended inside it: no result
             self._skip(f"{pid} {ts} {rest}")
         return None

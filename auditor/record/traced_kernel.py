@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
-from nbformat import NotebookNode
 
 from ..errors import RecordError
 from .base import Tracer
@@ -45,7 +45,7 @@ class TracedKernelManager(AsyncKernelManager):
         return wrapped
 
 
-def kernel_name(requested: str | None, notebook: NotebookNode, python: str | None,
+def kernel_name(requested: str | None, notebook: Mapping[str, Any], python: str | None,
                 warnings: list[str] | None = None) -> str:
     """The kernelspec to start, checked now so a typo fails before anything runs. A kernel
     the notebook's metadata names but this machine lacks (shared notebooks carry their

@@ -84,8 +84,8 @@ class EnvIndex:
         for listing in listings:
             if listing.dist.kind == "conda":
                 continue
-            meta_dir = listing.metadata_dir
-            owner = conda_meta_dirs.get(os.path.normpath(meta_dir)) if meta_dir else None
+            own_meta = listing.metadata_dir
+            owner = conda_meta_dirs.get(os.path.normpath(own_meta)) if own_meta else None
             if owner is not None:
                 # A conda package's own dist-info: the conda record owns its files.
                 self._twins[owner] = listing.dist
@@ -93,8 +93,8 @@ class EnvIndex:
                 self._by_key.setdefault(listing.dist.key, owner)
                 continue
             self._add_files(listing, override=True)
-            if meta_dir:
-                for variant in _variants(meta_dir):
+            if own_meta:
+                for variant in _variants(own_meta):
                     self._meta_dirs[variant] = listing.dist
             for root in listing.roots:
                 for variant in _variants(root):
@@ -233,12 +233,11 @@ class EnvIndex:
                 return candidate
             if folder in self._stops:
                 return None
-            if candidate is None:
-                owner = self._dir_owner.get(folder, _MISSING)
+            if candidate is None and folder in self._dir_owner:
+                owner = self._dir_owner[folder]
                 if owner is None:
                     return None  # a directory shared by several distributions
-                if owner is not _MISSING:
-                    candidate = owner
+                candidate = owner
             folder = os.path.dirname(folder)
         return None
 

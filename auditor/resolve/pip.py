@@ -81,8 +81,10 @@ def _finder_paths(finder: str) -> list[str]:
     except SyntaxError:
         return []
     for node in tree.body:
+        if not isinstance(node, (ast.AnnAssign, ast.Assign)):
+            continue
         target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+            node.targets[0] if len(node.targets) == 1 else None)
         if getattr(target, "id", None) == "MAPPING" and node.value is not None:
             try:
                 mapping = ast.literal_eval(node.value)
