@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -32,6 +33,7 @@ TOKEN_VARIABLE = "FLO_BACKPACK_RECORDING"
 FREEZE_WAIT_S = 1.0
 _STOPPED = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE,
                       psutil.STATUS_DEAD})
+_EXITED = frozenset({psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
 
 
 class ProcessTree:
@@ -120,7 +122,7 @@ class ProcessTree:
             _freeze(frozen)
             for proc in frozen:
                 _send(proc, signal.SIGKILL)
-            psutil.wait_procs(frozen, timeout=grace)
+            _wait_gone(frozen, grace)
         survivors: list[psutil.Process] = []
         for _ in range(rounds):  # a dying process may still fork: look again after each round
             procs = self.living()
@@ -128,14 +130,53 @@ class ProcessTree:
                 return []
             _signal_all(procs, signal.SIGTERM)
             _signal_all(procs, signal.SIGCONT)
-            _, survivors = psutil.wait_procs(procs, timeout=grace)
+            survivors = _wait_gone(procs, grace)
             if survivors:
                 _signal_all(survivors, signal.SIGKILL)
-                _, survivors = psutil.wait_procs(survivors, timeout=grace)
+                survivors = _wait_gone(survivors, grace)
         survivors = self.living()
         for proc in survivors:
             log.warning("process %d (%s) could not be stopped", proc.pid, _name(proc))
         return survivors
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait (bounded) until every process has exited; returns those still running. A zombie
+    has exited: waiting for it to vanish would wait for its parent (often init, which reaps
+    when it likes: 1.4 s a teardown here), so exits are seen through pidfds, which become
+    readable at the exit itself; our own children are reaped later by their `Popen`."""
+    deadline = time.monotonic() + timeout
+    fds: dict[int, psutil.Process] = {}
+    try:
+        for proc in procs:
+            try:
+                fds[os.pidfd_open(proc.pid)] = proc
+            except ProcessLookupError:  # gone and reaped already
+                continue
+            except (AttributeError, OSError):  # no pidfds here: look at states instead
+                return _poll_gone(procs, deadline)
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending = dict(fds)
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                pending.pop(fd, None)
+        return [proc for proc in pending.values() if _status(proc) not in _EXITED]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _poll_gone(procs: list[psutil.Process], deadline: float) -> list[psutil.Process]:
+    pending = list(procs)
+    while pending:
+        pending = [proc for proc in pending if _status(proc) not in _EXITED]
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return pending
 
 
 def _freeze(procs: list[psutil.Process]) -> None:
