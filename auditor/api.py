@@ -94,6 +94,8 @@ class Derived:
     sides: SideOutputs | None = None  # worker environment, apt, per-role report
 
     data: DataDraft | None = None  # data/data.yml and the summary's data part
+    index: Any = None  # the audited environment's EnvIndex (minimize re-closes specs with it)
+    candidates: list[Any] = field(default_factory=list)  # auditor.optional.Candidate
 
     @property
     def complete(self) -> bool:
@@ -209,6 +211,8 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     `cell_sources` maps code-cell index -> source (default: from executed.ipynb).
     `checksum_remote` downloads each http(s) input once; `on_hash` follows input hashing.
     """
+    from .minimize import apply_record, read_minimize_record, summary_block
+    from .optional import find_candidates
     from .resolve import Environment, index_environment, resolve
     from .resolve.modules import ModuleOwners
 
@@ -263,6 +267,14 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
                             timings=timings)
     summary["data"] = data_summary(draft)
     summary.update(roles=sides.report, apt=sides.apt.to_json())
+    module_owner = ModuleOwners(index, session["kernel"].get("path") or (), notebook_dir).owner
+    candidates = find_candidates(record_dir, pins=spec.pins, index=index,
+                                 module_owner=module_owner, notebook_dir=notebook_dir,
+                                 kernel_pid=session.get("kernel_pid"), python=env.version,
+                                 cell_sources=cell_sources)
+    minimized = read_minimize_record(record_dir)
+    summary["minimize"] = {"candidates": [c.to_json() for c in candidates],
+                           **summary_block(minimized)}
     if sides.worker_spec is not None:
         summary["worker_packages"] = [pin.to_json() for pin in sides.worker_spec.pins]
     if sides.crashed and summary.get("complete"):
@@ -276,19 +288,20 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
         **sides.texts(name, date),
         SUMMARY: json.dumps(summary, indent=2, default=_jsonable) + "\n",
     }
+    texts = apply_record(texts, minimized)  # the pins a --minimize run proved unneeded
     cells = build_cells(CellFacts(
         sources=cell_sources, executed=executed_facts(record_dir / "executed.ipynb"),
         watch=cell_watch, session=session, roles=roles, used=resolution.used.values(),
         manager_used={pin.key for pin in spec.pins if pin.reason == USED}, draft=draft,
         paths=data.cell_uses(), url_cells=data.url_cells, samples=samples,
         cwd=str(session.get("cwd") or notebook_dir),
-        module_owner=ModuleOwners(index, session["kernel"].get("path") or (),
-                                  notebook_dir).owner))
+        module_owner=module_owner))
     texts[CELLS] = render_cells_yml(cells)
     if (annotated := annotate_executed(record_dir / "executed.ipynb", cells)) is not None:
         texts[EXECUTED] = annotated
     derived = Derived(session, roles, resolution, spec, compute, summary, texts, warnings, sides)
     derived.data = draft
+    derived.index, derived.candidates = index, candidates
     return derived
 
 

@@ -26,6 +26,7 @@ from .crash import internal_error, reader_gone
 from .errors import FloError, Interrupted, UsageError
 
 if TYPE_CHECKING:
+    from .minimize_run import Minimization
     from .reproduce import Verification
 
 BACKENDS = ("auto", "strace", "ptrace", "hooks")
@@ -44,6 +45,9 @@ subcommands (give the word first, instead of PATH):
   flo-audit verify BACKPACK [--cache-dir D] [--keep] [--json]
                                         rebuild the environments from the backpack alone,
                                         re-run it with flo-run and compare with the audit
+  flo-audit minimize BACKPACK [--cache-dir D] [--keep] [--json]
+                                        verify, then drop the optional imports re-runs
+                                        prove the notebook does not need
 A PATH that exists as a file is always audited, even if it is named like a subcommand.
 
 exit status: 0 every cell ran; 1 the notebook failed, timed out, its kernel or a worker died (the
@@ -94,6 +98,9 @@ def _audit_parser() -> argparse.ArgumentParser:
                         help="then rebuild the environments from the backpack alone, re-run it "
                              "with flo-run and compare with the audited run (audit/summary.json "
                              "'verify')")
+    parser.add_argument("--minimize", action="store_true",
+                        help="implies --verify; then drop the pins of optional imports that "
+                             "re-runs prove the notebook does not need (audit/minimize.json)")
     _verify_arguments(parser)
     parser.add_argument("--json", action="store_true",
                         help="print the summary as JSON instead of the rich display")
@@ -168,6 +175,22 @@ def _verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                         help="stop a cell of the re-run that runs longer than this")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    return parser
+
+
+def _minimize_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="flo-audit minimize",
+        description="Verify a backpack, then find the pins the run imported only through "
+                    "another package's optional import and drop those that re-runs (all "
+                    "at once, then halves) prove unneeded: every cell the same status and "
+                    "normalised outputs. At most 1 + 2 log2(candidates) extra runs. Exit "
+                    "status: 0 reproduced, 1 not reproduced, 2 bad input.")
+    parser.add_argument("backpack", metavar="BACKPACK", help="a backpack folder flo-audit wrote")
+    _verify_arguments(parser)
+    parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                        help="stop a cell of a re-run that runs longer than this")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -279,8 +302,8 @@ def _audit(argv: list[str]) -> int:
     from .emit.report import render_summary
 
     args = _audit_parser().parse_args(argv)
-    if (args.cache_dir or args.keep) and not args.verify:
-        raise UsageError("--cache-dir and --keep go with --verify")
+    if (args.cache_dir or args.keep) and not (args.verify or args.minimize):
+        raise UsageError("--cache-dir and --keep go with --verify or --minimize")
     console = Console()
     options = AuditOptions(output=args.output, force=args.force, backend=args.backend,
                            kernel_name=args.kernel_name, python=args.python,
@@ -296,15 +319,19 @@ def _audit(argv: list[str]) -> int:
             options.progress = progress
             options.on_hash = progress.hashing
             result = audit(args.path, options)
-    if not args.verify:
+    if not (args.verify or args.minimize):
         _render(result.summary, str(result.backpack), args.json, console, render_summary)
         return result.exit_code
     if not args.json:
         _render(result.summary, str(result.backpack), False, console, render_summary)
-    verification = _run_verify(result.backpack, args)
+    if args.minimize:
+        minimization = _run_minimize(result.backpack, args)
+        verification, extra = minimization.verification, {"minimize": minimization.result}
+    else:
+        verification, extra = _run_verify(result.backpack, args), {}
     if args.json:
-        _render({**result.summary, "verify": verification.result}, str(result.backpack), True,
-                console, render_summary)
+        _render({**result.summary, "verify": verification.result, **extra},
+                str(result.backpack), True, console, render_summary)
     return max(result.exit_code, verification.exit_code)
 
 
@@ -315,6 +342,35 @@ def _verify(argv: list[str]) -> int:
         print(json.dumps({"backpack": str(verification.backpack), **verification.result},
                          indent=2, default=str))
     return verification.exit_code
+
+
+def _minimize(argv: list[str]) -> int:
+    args = _minimize_parser().parse_args(argv)
+    minimization = _run_minimize(args.backpack, args)
+    if args.json:
+        print(json.dumps({"backpack": str(minimization.backpack),
+                          "verify": minimization.verification.result,
+                          "minimize": minimization.result}, indent=2, default=str))
+    return minimization.exit_code
+
+
+def _run_minimize(backpack: str | Path, args: argparse.Namespace) -> Minimization:
+    """Verify and minimize, progress on stderr, both results printed (unless --json)."""
+    from .minimize_run import minimize_backpack, minimize_lines
+    from .reproduce import VerifyOptions
+    from .verify import verdict_lines
+
+    err = Console(stderr=True)
+    options = VerifyOptions(cache_dir=args.cache_dir, keep=args.keep, timeout=args.timeout,
+                            say=lambda line: err.print(line, markup=False, highlight=False,
+                                                       soft_wrap=True))
+    minimization = minimize_backpack(backpack, options)
+    if not args.json:
+        console = Console()
+        for line in [*verdict_lines(minimization.verification.result),
+                     *minimize_lines(minimization.result)]:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return minimization
 
 
 def _run_verify(backpack: str | Path, args: argparse.Namespace) -> Verification:
@@ -388,7 +444,8 @@ def _render(summary: dict, backpack: str | None, as_json: bool, console: Console
 
 #: Subcommand word -> handler.
 _SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"derive": _derive, "diff": _diff,
-                                                       "cells": _cells, "verify": _verify}
+                                                       "cells": _cells, "verify": _verify,
+                                                       "minimize": _minimize}
 
 
 if __name__ == "__main__":  # pragma: no cover

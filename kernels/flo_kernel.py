@@ -55,6 +55,9 @@ def attach(shell, config):
     except Exception:
         url_status = False
     side.write_kernel_record(url_status)
+    # Who imported each package, which files' functions ran: --minimize's evidence.
+    side.cell_end_watch = _beside("flo_imports.py", "_flo_backpack_imports")["import_watch"](
+        side.write)
     sys.addaudithook(_make_hook(side.handlers))
     shell.events.register("pre_run_cell", side.pre_run_cell)
     shell.events.register("post_run_cell", side.post_run_cell)
@@ -102,6 +105,7 @@ class _KernelSide:
         self.raw_cell = None
         self.modules_before = set()
         self.last_popen = None
+        self.cell_end_watch = lambda: None  # flo_imports.py's `calls` record, at cell end
         # The user namespace at the last cell end: its names in order, and their identities.
         self.ns_names, self.ns_ids = self.namespace()
         self.handlers = {
@@ -193,6 +197,10 @@ class _KernelSide:
             pass
         try:
             self.write_names()
+        except Exception:
+            pass
+        try:
+            self.cell_end_watch()
         except Exception:
             pass
         self.write("cell", {"phase": "end"})
