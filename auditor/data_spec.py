@@ -183,25 +183,10 @@ def _entry(path: Path, item: object, where: str, warnings: list[str]) -> DataEnt
     if not isinstance(target, str) or not target:
         raise fail("target_location", f"expected a path relative to the run folder, "
                                       f"got {target!r}")
-    size = item.get("expected_size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        raise fail("expected_size", f"expected a non-negative integer (bytes), got {size!r}")
-    files = item.get("files")
-    if files is not None and (isinstance(files, bool) or not isinstance(files, int) or files < 0):
-        raise fail("files", f"expected a non-negative integer, got {files!r}")
-    checksum = item.get("checksum")
-    if checksum is not None:
-        try:
-            parse_checksum(str(checksum))
-        except ValueError as exc:
-            raise fail("checksum", f"expected 'algo:hex': {exc}") from None
-        checksum = str(checksum)
-    post_fetch = item.get("post_fetch")
-    if post_fetch is not None:
-        if isinstance(post_fetch, str):
-            post_fetch = {"operation": post_fetch}
-        if not isinstance(post_fetch, dict) or post_fetch.get("operation") not in POST_FETCH:
-            raise fail("post_fetch", f"expected {{operation: untar|unzip}}, got {post_fetch!r}")
+    size = _count(item.get("expected_size"), "expected_size", " (bytes)", fail)
+    files = _count(item.get("files"), "files", "", fail)
+    checksum = _checksum(item.get("checksum"), fail)
+    post_fetch = _post_fetch(item.get("post_fetch"), fail)
     options = item.get("storage_options")
     if options is not None:
         _check_storage_options(options, source_type, fail)
@@ -213,6 +198,37 @@ def _entry(path: Path, item: object, where: str, warnings: list[str]) -> DataEnt
                      read_by=str(item.get("read_by", "manager")),
                      first_cell=first_cell if isinstance(first_cell, int) else None,
                      files=files, post_fetch=post_fetch, storage_options=options)
+
+
+def _count(value: object, key: str, unit: str,
+           fail: Callable[[str, str], DataSpecError]) -> int | None:
+    """An optional non-negative integer field (`expected_size`, `files`)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 0):
+        raise fail(key, f"expected a non-negative integer{unit}, got {value!r}")
+    return value
+
+
+def _checksum(value: object, fail: Callable[[str, str], DataSpecError]) -> str | None:
+    """An optional 'algo:hex' checksum, as a string."""
+    if value is None:
+        return None
+    try:
+        parse_checksum(str(value))
+    except ValueError as exc:
+        raise fail("checksum", f"expected 'algo:hex': {exc}") from None
+    return str(value)
+
+
+def _post_fetch(value: object, fail: Callable[[str, str], DataSpecError]) -> dict | None:
+    """An optional `post_fetch` step: `{operation: untar|unzip}`, or the operation alone."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"operation": value}
+    if not isinstance(value, dict) or value.get("operation") not in POST_FETCH:
+        raise fail("post_fetch", f"expected {{operation: untar|unzip}}, got {value!r}")
+    return value
 
 
 def _check_storage_options(options: object, source_type: str,
