@@ -275,6 +275,30 @@ def _static(reports: dict[int, CellReport], sources: Mapping[int, str],
 
 def _files(reports: dict[int, CellReport], facts: CellFacts) -> dict[str, str]:
     """Fill read/written/urls; returns data path -> its name, for the graph's reasons."""
+    name, urls = _data_names(facts)
+    names: dict[str, str] = {}
+    read: dict[int, set[str]] = {}
+    written: dict[int, set[str]] = {}
+    for path, (read_in, written_in) in facts.paths.items():
+        named = name(path)
+        if named is None:
+            continue
+        names[path] = named
+        for cell in read_in:
+            read.setdefault(cell, set()).add(named)
+        for cell in written_in:
+            written.setdefault(cell, set()).add(named)
+    asked = _asked_urls(facts, urls)
+    for index, report in reports.items():
+        report.read = sorted(read.get(index, ()))
+        report.written = sorted(written.get(index, ()))
+        report.urls = sorted(asked.get(index, ()))
+    return names
+
+
+def _data_names(facts: CellFacts) -> tuple[Callable[[str], str | None], dict[str, str]]:
+    """How the report names a path the run read or wrote (its data.yml target location, or
+    None when it is not data), and the draft's URL sources."""
     draft, cwd = facts.draft, facts.cwd
     exact: dict[str, str] = {}
     folders: list[tuple[str, str]] = []
@@ -300,18 +324,11 @@ def _files(reports: dict[int, CellReport], facts: CellFacts) -> dict[str, str]:
             return relative if climb(relative) <= 2 else path
         return None
 
-    names: dict[str, str] = {}
-    read: dict[int, set[str]] = {}
-    written: dict[int, set[str]] = {}
-    for path, (read_in, written_in) in facts.paths.items():
-        named = name(path)
-        if named is None:
-            continue
-        names[path] = named
-        for cell in read_in:
-            read.setdefault(cell, set()).add(named)
-        for cell in written_in:
-            written.setdefault(cell, set()).add(named)
+    return name, urls
+
+
+def _asked_urls(facts: CellFacts, urls: Mapping[str, str]) -> dict[int, set[str]]:
+    """Cell -> the draft's URL sources it opened (credentials stripped)."""
     from .data_rules import strip_credentials
 
     asked: dict[int, set[str]] = {}
@@ -320,11 +337,7 @@ def _files(reports: dict[int, CellReport], facts: CellFacts) -> dict[str, str]:
         if source in urls:
             for cell in cells:
                 asked.setdefault(cell, set()).add(source)
-    for index, report in reports.items():
-        report.read = sorted(read.get(index, ()))
-        report.written = sorted(written.get(index, ()))
-        report.urls = sorted(asked.get(index, ()))
-    return names
+    return asked
 
 
 def _tools(reports: dict[int, CellReport], facts: CellFacts) -> None:
