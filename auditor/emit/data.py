@@ -175,14 +175,7 @@ class DataCollector:
         for path, state in sorted(self.paths.items()):
             if state is None or path in skip:
                 continue
-            read = _first(state.reads, role_of)
-            write = _first(state.writes, role_of)
-            if write is not None and read is not None and read.t < write.t:
-                # Only opened for update before it was truncated (HDF5 probes an existing
-                # file O_RDWR, then recreates it): the old content was never read.
-                plain = _first(state.plain_reads, role_of)
-                if plain is None or write.t <= plain.t:
-                    read = plain
+            read, write = _first_read_and_write(state, role_of)
             if write is not None and (read is None or write.t <= read.t):
                 saved.append((write, path, read))
             if read is None:
@@ -215,6 +208,23 @@ class DataCollector:
         names: set[str] = set()
         self._stores(draft, candidates, role_of, names, progress)
         self._folders(draft, candidates, role_of, names, progress)
+        self._hashed_inputs(draft, candidates, role_of, names, written_after, progress)
+        firsts = {url: _first(uses, role_of) for url, uses in self.urls.items()}
+        draft_remote(draft, firsts, self.connects, self.outcomes, role_of, names, progress,
+                     checksum_remote, lambda use, base: self._saved_copy(use, base, saved,
+                                                                         written_after),
+                     served=self.served)
+        for group in (draft.outputs, draft.intermediates, draft.secrets, draft.remote,
+                      draft.unread_urls):
+            group.sort()
+        return draft
+
+    def _hashed_inputs(self, draft: DataDraft, candidates: dict[str, Use],
+                       role_of: Callable[[int], str], names: set[str],
+                       written_after: list[tuple[float, str]],
+                       progress: Progress | None) -> None:
+        """The input files left after stores and folders: named, sized and hashed; an archive
+        the run unpacked (something written after it was read) gets its post_fetch step."""
         for path, read in sorted(candidates.items()):
             entry = self._entry(path, read, role_of, names)
             entry.checksum = sha256_file(path, progress)
@@ -226,15 +236,6 @@ class DataCollector:
             if suffix and any(t >= read.t for t, _ in written_after):
                 entry.post_fetch = {"operation": ARCHIVE_SUFFIXES[suffix]}
             draft.inputs.append(entry)
-        firsts = {url: _first(uses, role_of) for url, uses in self.urls.items()}
-        draft_remote(draft, firsts, self.connects, self.outcomes, role_of, names, progress,
-                     checksum_remote, lambda use, base: self._saved_copy(use, base, saved,
-                                                                         written_after),
-                     served=self.served)
-        for group in (draft.outputs, draft.intermediates, draft.secrets, draft.remote,
-                      draft.unread_urls):
-            group.sort()
-        return draft
 
     def _saved_copy(self, use: Use, base: str, saved: list[tuple[Use, str, Use | None]],
                     written_after: list[tuple[float, str]]) -> tuple[str, str | None] | None:
@@ -358,6 +359,20 @@ def _role_lookup(roles: Any) -> Callable[[int], str]:
             return role
         return role_of
     return lambda pid: roles.get(pid, MANAGER)
+
+
+def _first_read_and_write(state: _PathState, role_of: Callable[[int], str]
+                          ) -> tuple[Use | None, Use | None]:
+    """The first read and the first write of a path that count (`_first`)."""
+    read = _first(state.reads, role_of)
+    write = _first(state.writes, role_of)
+    if write is not None and read is not None and read.t < write.t:
+        # Only opened for update before it was truncated (HDF5 probes an existing
+        # file O_RDWR, then recreates it): the old content was never read.
+        plain = _first(state.plain_reads, role_of)
+        if plain is None or write.t <= plain.t:
+            read = plain
+    return read, write
 
 
 def _first(uses: Mapping[int, Use], role_of: Callable[[int], str]) -> Use | None:
