@@ -143,10 +143,7 @@ class StraceParser:
                 continue
             if pid not in known:
                 if self._started:
-                    held = pending.setdefault(pid, [])
-                    held.append((pid, ts, rest))
-                    if len(held) > PENDING_LIMIT:
-                        yield from self._adopt(pid)
+                    yield from self._hold(pid, ts, rest)
                     continue
                 self._started = True
                 known.add(pid)
@@ -182,6 +179,13 @@ class StraceParser:
         self.skipped += 1
         if len(self.skipped_examples) < 5:
             self.skipped_examples.append(line.rstrip("\n"))
+
+    def _hold(self, pid: int, ts: str, rest: str) -> list[Event]:
+        """Keep a line of a pid not seen created (yet): its Spawn may come later in the trace.
+        Past PENDING_LIMIT lines the pid is adopted, and its events come out now."""
+        held = self._pending.setdefault(pid, [])
+        held.append((pid, ts, rest))
+        return self._adopt(pid) if len(held) > PENDING_LIMIT else []
 
     def _adopt(self, pid: int) -> list[Event]:
         """Treat a pid nobody was seen creating as a process of its own, and replay its lines."""
