@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both run the set-up first.
 #
 # Set-up: a .venv made with python3 (3.11 on our machines), uv inside it, flo-backpack installed
-# editable with its test extras, the fixture packages, and the editable fixture package floedit.
+# editable with its test extras, the fixture packages, and the editable local fixture packages.
 # It is redone only when pyproject.toml or the fixture requirements change (the stamp file).
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
@@ -18,10 +18,13 @@ setup: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml fixtures/requirements.txt fixtures/packages/floedit/pyproject.toml | $(BIN)/python
+# flohost, floextra, floplug: a library and its optional imports (flo-audit --minimize).
+LOCAL_PACKAGES := floedit flohost floextra floplug
+
+$(STAMP): pyproject.toml fixtures/requirements.txt $(LOCAL_PACKAGES:%=fixtures/packages/%/pyproject.toml) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 	$(BIN)/uv pip install --python $(BIN)/python -e '.[test]' -r fixtures/requirements.txt
-	$(BIN)/uv pip install --python $(BIN)/python -e fixtures/packages/floedit
+	$(BIN)/uv pip install --python $(BIN)/python $(LOCAL_PACKAGES:%=-e fixtures/packages/%)
 	touch $(STAMP)
 
 demo: $(STAMP)

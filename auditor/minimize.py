@@ -147,8 +147,8 @@ def header_lines(record: dict[str, Any]) -> list[str]:
     if not dropped:
         return []
     proof = record.get("proof") or {}
-    lines = [f"Minimized by flo-audit --minimize: {len(dropped)} pins dropped, proven by "
-             f"re-run {proof.get('run', '?')} (every cell the same without them):"]
+    lines = [f"Minimized by flo-audit --minimize: {len(dropped)} dropped, proven by re-run "
+             f"{proof.get('run', '?')}", "(every cell the same without them):"]
     for item in dropped:
         lines.append(f"  {item['pin']}: {item['why']}")
     lines.append("The runs are in audit/minimize.json, the proof in audit/summary.json.")

@@ -74,6 +74,7 @@ def minimize_backpack(backpack: str | os.PathLike[str], options: VerifyOptions |
         else work / "envs"
     try:
         baseline = verify_backpack(root, _options(options, cache, "verify"))
+        baseline.result["env_cache_kept"] = bool(options.cache_dir or options.keep)
         derived = derive(root / "audit")
         candidates = derived.candidates
         record: dict[str, Any] = {"candidates": [c.to_json() for c in candidates], "runs": []}
@@ -112,6 +113,7 @@ def minimize_backpack(backpack: str | os.PathLike[str], options: VerifyOptions |
             _edit_specs(trial_root, files)
             verification = verify_backpack(trial_root, _options(options, cache,
                                                                 f"run {number}"))
+            verification.result["env_cache_kept"] = bool(options.cache_dir or options.keep)
             passed, outcome = judge(verification.result, baseline.result)
             say(f"minimize: run {number}: {outcome}")
             detail = {"run": number, "removed": sorted(files["software/environment.yml"]),
@@ -284,9 +286,11 @@ def minimize_lines(result: dict[str, Any]) -> list[str]:
     if result.get("stopped"):
         return [f"minimize: stopped ({result['stopped']})"]
     runs = result.get("runs") or []
-    lines = [f"minimize: {len(result.get('dropped') or [])} pins dropped, "
+    dropped = len(result.get("dropped") or [])
+    lines = [f"minimize: {dropped} {'pin' if dropped == 1 else 'pins'} dropped, "
              f"{result.get('pins_before')} -> {result.get('pins_after')} pins, "
-             f"{len(runs)} runs (at most {result.get('run_budget', 0)})"]
+             f"{len(runs)} {'run' if len(runs) == 1 else 'runs'} "
+             f"(at most {result.get('run_budget', 0)})"]
     for run in runs:
         lines.append(f"  run {run['run']} without {', '.join(run['removed'])}: "
                      f"{run['outcome']}")
