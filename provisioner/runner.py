@@ -35,7 +35,7 @@ import urllib.request
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import nbformat
 
@@ -205,12 +205,9 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
                                 on_cell_error=cell_error, on_cell_start=cell_start)
         client.flo_user_file = user_file
         status, message = "complete", ""
-        if kernel_log:
-            kernel_log.parent.mkdir(parents=True, exist_ok=True)
-        log = open(kernel_log, "ab") if kernel_log else None  # noqa: SIM115
+        log = _open_log(kernel_log)
         streams = {"stdout": log, "stderr": log} if log else {}
         handlers = _handlers()
-        written = None
         try:
             # The kernel dies with flo-run, even on SIGKILL (auditor.process.parent_death).
             client.execute(env=activated(kernel_environment(env or {}), python),
@@ -232,24 +229,42 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
                 raise
             raise _start_failed(python, kernel_log, exc) from None
         finally:
-            _restore(handlers)
-            _shutdown(km)
-            # nbclient leaves its atexit cleanup registered when the kernel did not start.
-            atexit.unregister(client._cleanup_kernel)
-            if log is not None:
-                log.close()
-            for cell in skipped:
-                _untag(cell)
-            if client.flo_kernel_ready:
-                output.parent.mkdir(parents=True, exist_ok=True)
-                nbformat.write(nb, output)
-                written = output
+            written = _finish(client, km, handlers, log, skipped, nb, output)
     if client.flo_stopped_by is not None:
         raise ExecutionStopped(client.flo_stopped_by, written)
     if status == "failed" and failed:
         message = (f"cell {failed['index']} raised {failed['ename']}: "
                    f"{failed['evalue']}").rstrip(": ")
     return Execution(output, status, time.monotonic() - started, failed or None, message)
+
+
+def _open_log(kernel_log: Path | None) -> IO[bytes] | None:
+    """The kernel's stdout and stderr file (appended to), or None to leave them alone."""
+    if not kernel_log:
+        return None
+    kernel_log.parent.mkdir(parents=True, exist_ok=True)
+    return open(kernel_log, "ab")  # noqa: SIM115 (closed by _finish, after the kernel)
+
+
+def _finish(client: Any, km: object, handlers: dict[int, SignalHandler], log: IO[bytes] | None,
+            skipped: list, nb: nbformat.NotebookNode, output: Path) -> Path | None:
+    """Whatever way `execute`'s run ended: the process's signal handlers back, the kernel shut
+    down, the kernel log closed, the skip tags taken off, and (once the kernel had started)
+    the executed notebook written. `client` is a `_stoppable_client()`. Returns the notebook
+    written, or None."""
+    _restore(handlers)
+    _shutdown(km)
+    # nbclient leaves its atexit cleanup registered when the kernel did not start.
+    atexit.unregister(client._cleanup_kernel)
+    if log is not None:
+        log.close()
+    for cell in skipped:
+        _untag(cell)
+    if not client.flo_kernel_ready:
+        return None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, output)
+    return output
 
 
 #: nbclient does not execute a cell with this tag (its `skip_cells_with_tag` default).
