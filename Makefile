@@ -11,7 +11,7 @@ STAMP := $(VENV)/.flo-setup-stamp
 DEMO_CASE := import_names
 DEMO_OUT := $(DEMO_CASE)-backpack
 
-.PHONY: setup demo test clean
+.PHONY: setup demo lint test clean
 
 setup: $(STAMP)
 
@@ -39,7 +39,13 @@ demo: $(STAMP)
 SLURM ?= up
 SGE ?= up
 
-test: $(STAMP)
+# ruff (style, imports, complexity <= 15) on the whole tree, and mypy on auditor/ and
+# provisioner/ ([tool.mypy] in pyproject.toml). `make test` runs it first and stops if it fails.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
 	@if [ "$(SLURM)" != skip ]; then bash .ci/slurm-setup.sh; fi
 	@sge=$(SGE); if [ "$$sge" != skip ] && ! bash .ci/sge-setup.sh; then \
 	    echo "make test: Grid Engine could not be brought up (see above): its tests are skipped, as with SGE=skip" >&2; \
