@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ast
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -140,19 +140,7 @@ def find_candidates(record_dir: Path, *, pins: Iterable[Any], index: Any,
         if pin.reason != USED or pin.key in named or pin.key not in first_import:
             continue
         entry = first_import[pin.key]
-        frames = [f for f in entry.get("frames") or () if isinstance(f, list) and len(f) >= 2]
-        importer, at, guard = None, "", None
-        for filename, line, *_ in frames:
-            filename, line = str(filename), int(line)
-            if filename.startswith(folder) or not os.path.isabs(filename) \
-                    or _is_cell(filename):
-                break  # the workflow's own import (or call): never guarded by a library
-            owner = owner_of_file(filename)
-            if owner == pin.key:
-                break  # imported by its own code (an entry point it loaded): unknown
-            guard = guard or guard_at(filename, line)  # an `_optional(name)` helper's caller
-            if importer is None and owner is not None:
-                importer, at = owner, f"{filename}:{line}"
+        importer, at, guard = _importer(entry, pin.key, folder, owner_of_file)
         if importer is None:
             continue
         ran = (pin.key in ran_in) if called is not None else None
@@ -161,6 +149,27 @@ def find_candidates(record_dir: Path, *, pins: Iterable[Any], index: Any,
             found.append(Candidate(pin.name, str(entry.get("module")),
                                    name.name if name is not None else importer, at, guard, ran))
     return found
+
+
+def _importer(entry: Mapping[str, Any], key: str, folder: str,
+              owner_of_file: Callable[[str], str | None]) -> tuple[str | None, str, str | None]:
+    """Walk the stack of the first import of distribution `key` (innermost first): the
+    distribution whose code imported it, where ("file:line"), and the guard around the import
+    (`guard_at`); (None, "", ...) when the workflow itself, or `key`'s own code, imported it."""
+    frames = [f for f in entry.get("frames") or () if isinstance(f, list) and len(f) >= 2]
+    importer, at, guard = None, "", None
+    for filename, line, *_ in frames:
+        filename, line = str(filename), int(line)
+        if filename.startswith(folder) or not os.path.isabs(filename) \
+                or _is_cell(filename):
+            break  # the workflow's own import (or call): never guarded by a library
+        owner = owner_of_file(filename)
+        if owner == key:
+            break  # imported by its own code (an entry point it loaded): unknown
+        guard = guard or guard_at(filename, line)  # an `_optional(name)` helper's caller
+        if importer is None and owner is not None:
+            importer, at = owner, f"{filename}:{line}"
+    return importer, at, guard
 
 
 def _is_cell(filename: str) -> bool:
