@@ -268,3 +268,27 @@ def test_cells_command_bad_input(graph_run: AuditRun, tmp_path: Path) -> None:
 
     line = fails(str(graph_run.out), "--cell", "0")
     assert "--cell 0" in line and "1-10" in line
+
+
+@pytest.mark.slow
+def test_worker_side_use_goes_to_the_cell_that_submitted_the_work(
+        audit_runs: Callable[..., AuditRun]) -> None:
+    """Dask: the worker process starts in cell 2, and termcolor is first imported inside the
+    task cell 3 submits, so it is cell 3's worker dependency (first use), nobody's on the
+    manager side, and the graph links 3 and 4 to the cells whose names they read."""
+    run = audit_runs("cell_graph_dask")
+    assert run.returncode == 0, run.describe()
+    cells = _cells_of(run)
+    by_cell = {c["cell"]: c for c in cells}
+
+    def names(cell: int, side: str) -> set[str]:
+        return {p.split("==")[0].lower() for p in by_cell[cell]["code_dependencies"][side]}
+
+    assert "termcolor" in names(3, "worker")
+    assert not any("termcolor" in names(c, "worker") for c in (1, 2, 4))
+    assert not any("termcolor" in names(c, "manager") for c in by_cell)
+    assert any(p.lower().startswith("termcolor==")
+               for p in by_cell[3]["code_dependencies"]["first_used"])
+    assert "distributed" in names(2, "worker")  # the worker's own start-up, in cell 2
+    depends = {c["cell"]: {p["cell"] for p in c["depends_on"]} for c in cells}
+    assert depends[3] == {2} and depends[4] == {2, 3}
