@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,7 +25,7 @@ from auditor.errors import FloError, Interrupted, UsageError
 from auditor.specs import EnvSpec
 
 from . import api, data, preflight, runner
-from .engines import EngineSpec, get_engine
+from .engines import Cluster, EngineSpec, get_engine
 from .envs import EnvCache, default_cache_dir
 from .envs.base import BuiltEnv, EnvRequest
 from .folders import SCRATCH, writing_into
@@ -151,12 +150,14 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         say("no workers provisioned: the notebook starts its own, or uses none"
             if engine == "notebook"
             else f"starting {workers} Dask worker(s) ({engine})")
-        cluster = _phase(report, "engine start", lambda: get_engine(engine).start(spec))
-        report.cluster = cluster.to_dict()
-        report.notes += cluster.notes
+        # Started up to a known scheduler address; the kernel starts while the workers
+        # register, and the first cell waits for them (`_execute`).
+        cluster = _phase(report, "engine start", lambda: get_engine(engine).launch(spec))
         if options.execute:
             _execute(report, options, checked.workflow, cluster, say)
         else:
+            _phase(report, "engine start", cluster.wait_ready)
+            _engine_ready(report, cluster)
             _interactive(report, cluster, on_lab, checked.workflow)
     except runner.KernelStartFailed:
         keep = True  # the error names the kernel log, which lives in the run folder
@@ -330,13 +331,41 @@ def check_run(options: RunOptions) -> preflight.Preflight:
 
 def _environments(report: RunReport, requests: Sequence[EnvRequest], cache: EnvCache,
                   say: Callable[[str], None]) -> None:
-    """Build (or take from the cache) each planned environment, timed per role."""
+    """Build (or take from the cache) each planned environment, timed per role: concurrently
+    when there are several (manager and worker specs differ; each key has its own lock in
+    the cache). The first is built in this thread; the others in daemon threads, so Ctrl-C
+    is not held up by them: their build commands die with flo-run (`auditor.process.run`
+    ties them to it), and the cache's all-or-nothing builds leave nothing half-made."""
+    built: dict[int, BuiltEnv] = {}
+    failed: dict[int, BaseException] = {}
+    timings: dict[int, float] = {}
+
+    def build(index: int, one: EnvRequest) -> None:
+        began = time.monotonic()
+        try:
+            built[index] = api.ensure_environment(cache, one, str(report.backpack))
+        except Exception as exc:  # raised in request order below; Ctrl-C (main thread) at once
+            failed[index] = exc
+        finally:
+            timings[index] = time.monotonic() - began
+
     for one in requests:
+        say(f"{'+'.join(r for r in one.roles if r != 'lab')} environment")
+    others = [threading.Thread(target=build, args=(i, one), daemon=True,
+                               name=f"flo-env-{i}") for i, one in enumerate(requests) if i]
+    for thread in others:
+        thread.start()
+    if requests:
+        build(0, requests[0])
+    for thread in others:
+        thread.join()
+    for index, one in enumerate(requests):
         roles = [r for r in one.roles if r != "lab"]
-        say(f"{'+'.join(roles)} environment")
         phase = f"{roles[0]} environment"
-        env = _phase(report, phase, partial(api.ensure_environment,
-                                            cache, one, str(report.backpack)))
+        report.phases[phase] = report.phases.get(phase, 0.0) + timings[index]
+        if index in failed:
+            raise failed[index]
+        env = built[index]
         for role in roles:
             report.envs[role] = env
         report.notes.append(f"{'+'.join(roles)} environment: "
@@ -404,13 +433,36 @@ def _execute(report: RunReport, options: RunOptions, workflow: Path, cluster, sa
     say(f"executing {workflow.name}" + (f" cells {', '.join(map(str, report.cells_run))} "
                                         f"(cell {options.cell} and what it depends on)"
                                         if report.cells_run is not None else ""))
-    result = _phase(report, "notebook execution", lambda: runner.execute(
-        notebook, Path(output).expanduser().absolute(), python=report.envs["manager"].python_path,
-        cwd=report.notebook_dir, env=cluster.environment(), parameters=options.parameters,
-        timeout=options.timeout, kernel_log=report.run_dir / "logs" / "kernel.log",
-        only=report.cells_run))
+    waited = 0.0
+
+    def engine_ready() -> None:  # the kernel is up; no cell runs before the workers are
+        nonlocal waited
+        began = time.monotonic()
+        try:
+            cluster.wait_ready()
+        finally:
+            waited = time.monotonic() - began
+        _engine_ready(report, cluster)
+
+    try:
+        result = _phase(report, "notebook execution", lambda: runner.execute(
+            notebook, Path(output).expanduser().absolute(),
+            python=report.envs["manager"].python_path, cwd=report.notebook_dir,
+            env=cluster.environment(), parameters=options.parameters, timeout=options.timeout,
+            kernel_log=report.run_dir / "logs" / "kernel.log", only=report.cells_run,
+            before_cells=engine_ready))
+    finally:
+        # The wait for the workers after the kernel was up is the engine's: phases still add
+        # up to the total, and the kernel's start hidden behind the engine's counts once.
+        report.phases["notebook execution"] -= waited
+        report.phases["engine start"] += waited
     report.status, report.output = result.status, result.output
     report.failed_cell, report.message = result.failed_cell, result.message
+
+
+def _engine_ready(report: RunReport, cluster: Cluster) -> None:
+    report.cluster = cluster.to_dict()
+    report.notes += cluster.notes
 
 
 def _interactive(report: RunReport, cluster, on_lab, workflow: Path) -> None:

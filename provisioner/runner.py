@@ -164,13 +164,16 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
             env: Mapping[str, str] | None = None, parameters: Mapping[str, object] | None = None,
             timeout: float | None = None, kernel_log: Path | None = None,
             on_cell: Callable[[int, int], None] | None = None,
-            only: Collection[int] | None = None) -> Execution:
+            only: Collection[int] | None = None,
+            before_cells: Callable[[], None] | None = None) -> Execution:
     """Execute `workflow` (a notebook, or a `.py` script read as the audit reads it) in a
     kernel of `python`'s environment with cwd `cwd`; once the kernel is up, write the executed
     notebook to `output` even when a cell fails or the kernel dies. The kernel's own stdout and
     stderr go to `kernel_log` when given. Raises `KernelStartFailed` (nothing written) when the
     kernel does not start, `UsageError` when the workflow cannot be read. `only`: the
-    notebook indices of the code cells to run (the others keep no outputs); default all."""
+    notebook indices of the code cells to run (the others keep no outputs); default all.
+    `before_cells`: called once the kernel answers, before any cell runs (in a thread, so a
+    signal still stops the run); what it raises, `execute` raises, and writes nothing."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -204,6 +207,7 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
                                 resources={"metadata": {"path": str(cwd)}},
                                 on_cell_error=cell_error, on_cell_start=cell_start)
         client.flo_user_file = user_file
+        client.flo_before_cells = before_cells
         status, message = "complete", ""
         log = _open_log(kernel_log)
         streams = {"stdout": log, "stderr": log} if log else {}
@@ -215,6 +219,8 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
         except asyncio.CancelledError:  # our stop, before nbclient could turn it into an error
             if client.flo_stopped_by is None:
                 raise
+        except BeforeCellsFailed as exc:
+            raise exc.cause from None
         except CellExecutionError as exc:
             status = "failed"
             message = _first_line(exc) if not failed else ""
@@ -319,6 +325,7 @@ def _stoppable_client() -> type:
         flo_stopped_by: int | None = None
         flo_kernel_ready = False  # it answered kernel_info: from here on a notebook is written
         flo_user_file: Path | None = None
+        flo_before_cells: Callable[[], None] | None = None
 
         async def async_start_new_kernel(self, **kwargs: object) -> None:
             # Called right after nbclient's async_setup_kernel added its handlers: replace them.
@@ -334,6 +341,11 @@ def _stoppable_client() -> type:
 
         async def async_start_new_kernel_client(self) -> KernelClient:
             kc = await super().async_start_new_kernel_client()
+            if self.flo_before_cells is not None:
+                try:
+                    await _in_thread(self.flo_before_cells)
+                except Exception as exc:  # noqa: BLE001 (raised by execute, as it was)
+                    raise BeforeCellsFailed(exc) from exc
             self.flo_kernel_ready = True
             if self.flo_user_file is not None:
                 code = f"get_ipython().user_ns['__file__'] = {str(self.flo_user_file)!r}"
@@ -350,6 +362,44 @@ def _stoppable_client() -> type:
             task.cancel()
 
     return StoppableClient
+
+
+class BeforeCellsFailed(Exception):
+    """Carries what `execute`'s `before_cells` raised through nbclient, told apart from a
+    kernel that failed to start."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _in_thread(work: Callable[[], None]) -> None:
+    """`work()` in a daemon thread, awaited: the event loop (and so its signal handlers) runs
+    meanwhile; a cancelled await leaves the thread to end by itself (`work` must be bounded)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():  # cancelled meanwhile
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def target() -> None:
+        error: BaseException | None = None
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting task)
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=target, name="flo-before-cells", daemon=True).start()
+    await done
 
 
 def _handlers() -> dict[int, SignalHandler]:

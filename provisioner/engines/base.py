@@ -132,20 +132,39 @@ T = TypeVar("T")
 
 
 def wait_for(condition: Callable[[], T | None], timeout: float, what: str,
-             failed: Callable[[], str | None] = lambda: None, interval: float = 0.1) -> T:
+             failed: Callable[[], str | None] = lambda: None, interval: float = 0.1,
+             changed: Callable[[], object] | None = None, recheck: float = 1.0) -> T:
     """Poll `condition` until it returns something truthy; `failed` returning a message stops
-    early (a process died). Raises `EngineError` naming `what` on timeout."""
+    early (a process died). Raises `EngineError` naming `what` on timeout. With `changed` (a
+    cheap look, e.g. `file_state` of a log), `condition` is asked only when that look gives a
+    new value, or `recheck` seconds after it last was: an event seen within `interval` at the
+    cost of a stat, not of the condition's HTTP request."""
     deadline = time.monotonic() + timeout
+    seen: object = object()
+    asked = 0.0
     while True:
-        value = condition()
-        if value:
-            return value
+        now = time.monotonic()
+        look = changed() if changed is not None else None
+        if changed is None or look != seen or now - asked >= recheck:
+            seen, asked = look, now
+            value = condition()
+            if value:
+                return value
         if (reason := failed()) is not None:
             raise EngineError(f"{what}: {reason}")
-        if time.monotonic() > deadline:
+        if now > deadline:
             raise EngineError(f"{what}: not done after {timeout:g} s; see the logs in the "
                               "run folder (--keep keeps it)")
         time.sleep(interval)
+
+
+def file_state(path: Path) -> tuple[int, int] | None:
+    """(size, mtime in ns) of `path`, None when absent: a `changed` look for `wait_for`."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_size, found.st_mtime_ns
 
 
 class Cluster:
@@ -162,7 +181,23 @@ class Cluster:
         self.notes: list[str] = []
         self.stopping = threading.Event()  # helper threads (scaling) end when it is set
         self.threads: list[threading.Thread] = []
+        #: What is left of starting once the scheduler address is known (the workers
+        #: registering), done by `wait_ready`; None when there is nothing left.
+        self.pending: Callable[[], None] | None = None
+        self.launched_at = time.monotonic()
+        self.ready_seconds: float | None = None  # launch to ready
+        self._ready_lock = threading.Lock()
         self._logs: list = []
+
+    def wait_ready(self) -> None:
+        """Block until the engine is ready (its workers registered); bounded by the engine's
+        start timeout, and ended early by teardown. Raises `EngineError` as a start would."""
+        with self._ready_lock:
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                pending()
+            if self.ready_seconds is None:
+                self.ready_seconds = time.monotonic() - self.launched_at
 
     @property
     def worker_pids(self) -> list[int]:
@@ -197,15 +232,17 @@ class Cluster:
 
     def launch(self, argv: Sequence[str | os.PathLike[str]], log_name: str,
                cwd: Path | None = None, env: Mapping[str, str] | None = None,
-               ) -> subprocess.Popen[bytes]:
+               unset: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         """Start a long-running process in its own session, output to logs/<log_name>, with the
-        run's token in its environment so teardown finds it and all it starts."""
+        run's token in its environment so teardown finds it and all it starts; `unset`: more
+        of flo-run's variables it must not inherit."""
         logs = self.spec.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / log_name, "wb")  # noqa: SIM115 (closed in stop())
         self._logs.append(log)
         # The environment's own python decides its paths; an outer scheduler is not ours.
-        dropped = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", ADDRESS_VARIABLE, FILE_VARIABLE)
+        dropped = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", ADDRESS_VARIABLE, FILE_VARIABLE,
+                   *unset)
         env = {**{k: v for k, v in os.environ.items() if k not in dropped}, **self.spec.env,
                **(env or {}), TOKEN_VARIABLE: self.spec.token}
         args = [os.fspath(a) for a in argv]
@@ -253,7 +290,9 @@ class Cluster:
         return {"scheduler_address": self.scheduler_address,
                 "scheduler_file": str(self.scheduler_file),
                 "dashboard": self.dashboard_address, "workers": len(self.worker_processes),
-                "worker_pids": self.worker_pids, "notes": self.notes}
+                "worker_pids": self.worker_pids, "notes": self.notes,
+                "ready_seconds": None if self.ready_seconds is None
+                else round(self.ready_seconds, 3)}
 
 
 class Engine:
@@ -267,6 +306,19 @@ class Engine:
     uses_worker_environment = True
 
     def start(self, spec: EngineSpec) -> Cluster:
+        """A ready cluster: `launch`, then `Cluster.wait_ready`."""
+        cluster = self.launch(spec)
+        try:
+            cluster.wait_ready()
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    def launch(self, spec: EngineSpec) -> Cluster:
+        """A cluster whose scheduler address is known (`Cluster.environment` is final), its
+        workers maybe still registering: the kernel can start meanwhile, and
+        `Cluster.wait_ready` finishes. A failure stops what was started."""
         if spec.manager_python is not None and self.checks_versions:
             check_versions(env_prefix(spec.manager_python), env_prefix(spec.worker_python))
         spec.run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,6 +333,8 @@ class Engine:
         return cluster
 
     def _start(self, spec: EngineSpec, cluster: Cluster) -> None:
+        """Start the engine; what can go on while the kernel starts goes in
+        `cluster.pending`."""
         raise NotImplementedError
 
 

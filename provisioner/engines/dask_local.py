@@ -34,7 +34,16 @@ import yaml
 
 from auditor.record.cleanup import ProcessTree
 
-from .base import Cluster, Engine, EngineError, EngineSpec, env_prefix, register, wait_for
+from .base import (
+    Cluster,
+    Engine,
+    EngineError,
+    EngineSpec,
+    env_prefix,
+    file_state,
+    register,
+    wait_for,
+)
 
 log = logging.getLogger("flo.engine")
 
@@ -45,6 +54,8 @@ WORKER_NAME = "flo-worker-{}"
 #: clusters add it to the worker environment's own default routes (`scheduler_routes`).
 API_ROUTE = "distributed.http.scheduler.api"
 ROUTES_VARIABLE = "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"
+#: Not inherited by scheduler and workers, so they cache bytecode in the worker environment.
+COMPILED = ("PYTHONDONTWRITEBYTECODE",)
 
 
 def scheduler_routes(python: Path) -> list[str]:
@@ -113,12 +124,15 @@ class DaskLocal(Engine):
                               "compute/compute.yml or pass --workers N")
         adaptive = spec.max_workers > spec.workers
         cluster.scheduler_file.unlink(missing_ok=True)
+        # Scheduler and workers write bytecode into the cached environment (Python's own
+        # __pycache__), even where flo-run runs with PYTHONDONTWRITEBYTECODE: importing
+        # distributed from source costs about 0.6 s a process, three processes a run.
         cluster.scheduler_process = cluster.launch(
             [spec.worker_python, "-m", SCHEDULER_MODULE, "--host", spec.host,
              "--port", str(spec.port), "--dashboard-address", f"{spec.host}:0", "--scheduler-file",
              cluster.scheduler_file, "--no-show"], "scheduler.log",
             env={ROUTES_VARIABLE: json.dumps(scheduler_routes(spec.worker_python))}
-            if adaptive else None)
+            if adaptive else None, unset=COMPILED)
         scheduler = cluster.scheduler_process
         # Workers wait for the scheduler file themselves: starting them now overlaps their
         # imports with the scheduler's.
@@ -132,7 +146,8 @@ class DaskLocal(Engine):
                     f"{cluster.log_tail('scheduler.log')}")
 
         info = wait_for(lambda: _read_json(cluster.scheduler_file), spec.start_timeout,
-                        "starting the Dask scheduler", scheduler_died)
+                        "starting the Dask scheduler", scheduler_died, interval=0.01,
+                        changed=lambda: file_state(cluster.scheduler_file))
         cluster.scheduler_address = info["address"]
         port = (info.get("services") or {}).get("dashboard")
         if port:
@@ -140,6 +155,10 @@ class DaskLocal(Engine):
         else:
             raise EngineError("the Dask scheduler has no HTTP endpoint to ask for its workers; "
                               "check the scheduler log in the run folder")
+        # The address is known: the kernel may start while the workers register.
+        cluster.pending = lambda: self._ready(spec, cluster, adaptive)
+
+    def _ready(self, spec: EngineSpec, cluster: DaskLocalCluster, adaptive: bool) -> None:
         self.wait_for_workers(cluster, spec.workers, spec.start_timeout)
         if adaptive:
             cluster.threads.append(_Adapt(self, spec, cluster))
@@ -160,14 +179,20 @@ class DaskLocal(Engine):
                             f"{cluster.log_tail(f'worker-{i}.log')}")
             if cluster.scheduler_process and cluster.scheduler_process.poll() is not None:
                 return f"the scheduler exited: {cluster.log_tail('scheduler.log')}"
+            if cluster.stopping.is_set():
+                return "the run is stopping"
             return None
 
         def registered() -> int:
             counts = _counts(cluster)
             return counts["workers"] if counts and counts["workers"] >= count else 0
 
+        # The scheduler logs each worker it registers: its log growing is the event to ask
+        # /json/counts.json on (and once a second whatever happens).
         return wait_for(registered, timeout, f"waiting for {count} Dask worker(s) to register "
-                        f"with {cluster.scheduler_address}", dead_worker, interval=0.1)
+                        f"with {cluster.scheduler_address}", dead_worker, interval=0.01,
+                        changed=lambda: file_state(cluster.spec.run_dir / "logs" /
+                                                   "scheduler.log"))
 
 
 def _start_worker(spec: EngineSpec, cluster: Cluster) -> None:
@@ -178,7 +203,8 @@ def _start_worker(spec: EngineSpec, cluster: Cluster) -> None:
         "--name", WORKER_NAME.format(index), "--no-dashboard",
         "--local-directory", spec.run_dir / "dask-worker-space"]
     argv += ["--memory-limit", f"{spec.memory_mb}MB" if spec.memory_mb else "0"]
-    cluster.worker_processes.append(cluster.launch(argv, f"worker-{index}.log"))
+    cluster.worker_processes.append(cluster.launch(argv, f"worker-{index}.log",
+                                                  unset=COMPILED))
 
 
 def _counts(cluster: Cluster) -> dict | None:
