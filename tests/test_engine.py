@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -15,7 +17,8 @@ import pytest
 
 from auditor.record.cleanup import TOKEN_VARIABLE
 from provisioner.engines import EngineError, EngineSpec, VersionMismatch, check_versions, get_engine
-from provisioner.runner import INJECTED_TAG, inject_parameters, parse_value
+from provisioner.engines.dask_local import DaskLocal
+from provisioner.runner import INJECTED_TAG, execute, inject_parameters, parse_value
 
 PYTHON = Path(sys.executable)  # the test venv has distributed: no environment build needed
 NO_DISTRIBUTED = Path.home() / ".pyenv" / "versions" / "3.12.1" / "bin" / "python"
@@ -106,6 +109,68 @@ def test_scheduler_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="scheduler exited with status 1.*distributed"):
         get_engine("dask-local").start(spec)
     assert token_holders(token) == []
+
+
+def test_launch_leaves_the_workers_to_wait_ready(tmp_path: Path) -> None:
+    """`launch` returns once the scheduler address is known (the kernel starts meanwhile);
+    `wait_ready` returns only when every worker is registered."""
+    token = f"flo-test-launch-{time.time_ns()}"
+    spec = EngineSpec(run_dir=tmp_path / "run", worker_python=PYTHON, manager_python=PYTHON,
+                      workers=2, max_workers=2, token=token)
+    cluster = get_engine("dask-local").launch(spec)
+    try:
+        assert cluster.environment()["DASK_SCHEDULER_ADDRESS"].startswith("tcp://127.0.0.1:")
+        assert cluster.pending is not None and cluster.ready_seconds is None
+        cluster.wait_ready()
+        with urllib.request.urlopen(f"{cluster.dashboard_address}/json/counts.json",
+                                    timeout=10) as answer:
+            assert json.loads(answer.read())["workers"] == 2
+        assert cluster.pending is None and cluster.ready_seconds is not None
+    finally:
+        assert cluster.stop() == []
+    assert token_holders(token) == []
+
+
+def test_teardown_ends_a_wait_for_workers(tmp_path: Path) -> None:
+    """A wait for workers that will never come (Ctrl-C while the kernel waits for them) ends
+    with teardown, not at the start timeout."""
+    spec = EngineSpec(run_dir=tmp_path / "run", worker_python=PYTHON, manager_python=PYTHON,
+                      token=f"flo-test-stop-wait-{time.time_ns()}")
+    cluster = get_engine("dask-local").launch(spec)
+    ended: list[str] = []
+
+    def wait() -> None:
+        try:
+            DaskLocal.wait_for_workers(cluster, 3, timeout=300)
+        except EngineError as exc:
+            ended.append(str(exc))
+
+    waiting = threading.Thread(target=wait, daemon=True)
+    waiting.start()
+    assert cluster.stop() == []
+    waiting.join(timeout=60)
+    assert not waiting.is_alive() and ended, "teardown ends the wait"
+
+
+def test_no_cell_runs_before_before_cells_returns(tmp_path: Path) -> None:
+    mark = tmp_path / "engine-ready"
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(f"import os\nprint(os.path.exists({str(mark)!r}))")]
+    source = tmp_path / "nb.ipynb"
+    nbformat.write(notebook, source)
+    out = tmp_path / "out.ipynb"
+    done = execute(source, out, python=PYTHON, cwd=tmp_path, timeout=120,
+                   before_cells=mark.touch)
+    assert done.status == "complete"
+    assert nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].strip() == "True"
+
+    def no_workers() -> None:
+        raise EngineError("waiting for 1 Dask worker(s) to register: worker 0 exited")
+
+    out.unlink()
+    with pytest.raises(EngineError, match="worker 0 exited"):
+        execute(source, out, python=PYTHON, cwd=tmp_path, timeout=120, before_cells=no_workers)
+    assert not out.exists(), "an engine that never got ready: no notebook written"
 
 
 def test_scale_up_to_max_workers_when_the_scheduler_asks(tmp_path: Path) -> None:
