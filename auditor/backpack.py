@@ -13,17 +13,17 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from .data_spec import DataSpec, load_data_spec
 from .emit.compute import ComputeSpec
-from .errors import FloError, UsageError
-from .specs import EnvSpec, environment_from_doc
+from .errors import FloError, SpecError, UsageError
+from .specs import EnvSpec, environment_from_doc, load_yaml, parse_requirements
 
 ENVIRONMENT = "software/environment.yml"
 WORKER_ENVIRONMENT = "software/worker-environment.yml"
@@ -31,11 +31,15 @@ REQUIREMENTS = "software/requirements.txt"
 COMPUTE = "compute/compute.yml"
 DATA = "data/data.yml"
 SUMMARY = "audit/summary.json"
-WORKFLOW_SUFFIXES = (".ipynb", ".py", ".sh")
+T = TypeVar("T")
 
 
 class BackpackError(FloError):
-    """A backpack folder or one of its spec files is missing or malformed."""
+    """A backpack folder is missing, or one of its files is missing or malformed."""
+
+
+class BackpackSpecError(SpecError, BackpackError):
+    """One of a backpack's spec files is missing or breaks its schema (fields as `SpecError`)."""
 
 
 # ---------------------------------------------------------------- writing
@@ -202,44 +206,79 @@ class Backpack:
 
 
 def load_backpack(path: str | Path) -> Backpack:
-    """Read and validate a backpack folder; raise `BackpackError` naming file, key, expectation."""
+    """Read and validate a backpack folder; raise the first `SpecError` (file, key,
+    expectation), or `BackpackError` when there is no such folder."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BackpackError(f"no such backpack folder: {root}")
+    reading = read_backpack(root)
+    if reading.errors:
+        raise reading.errors[0]
+    assert reading.backpack is not None  # no errors: every file was read
+    return reading.backpack
+
+
+@dataclass
+class Reading:
+    """A backpack folder read with its problems collected instead of raised (what
+    `flo-run validate` lists): the `Backpack` when there were none, else None; the workflow
+    and the environment specs that could be read either way."""
+
+    backpack: Backpack | None
+    errors: list[SpecError]
+    workflow: Path | None = None
+    specs: dict[str, EnvSpec] = field(default_factory=dict)
+
+
+def read_backpack(root: Path) -> Reading:
+    """Every spec file of the backpack folder `root`, each read once; see `Reading`."""
+    errors: list[SpecError] = []
     warnings: list[str] = []
-    summary = _read_summary(root)
-    workflow = _find_workflow(root, summary)
-    environment, manager_spec = _read_environment(root / ENVIRONMENT, warnings)
-    specs = {"manager": manager_spec}
+
+    def read(what: Callable[[], T]) -> T | None:
+        try:
+            return what()
+        except SpecError as exc:
+            errors.append(exc)
+            return None
+
+    summary = read(lambda: _read_summary(root))
+    workflow = read(lambda: find_workflow(root, summary))
+    manager = read(lambda: _read_environment(root / ENVIRONMENT, warnings))
     worker = None
     if (root / WORKER_ENVIRONMENT).exists():
-        worker, specs["worker"] = _read_environment(root / WORKER_ENVIRONMENT, warnings)
-    compute = _read_compute(root / COMPUTE, warnings)
-    requirements = None
-    if (root / REQUIREMENTS).exists():
-        requirements = [line.split(" #", 1)[0].strip() for line
-                        in (root / REQUIREMENTS).read_text(encoding="utf-8").splitlines()
-                        if line.strip() and not line.lstrip().startswith("#")]
-    data = _read_yaml(root / DATA, "a mapping") if (root / DATA).exists() else None
-    data_spec = load_data_spec(root / DATA, data) if data is not None else None
+        worker = read(lambda: _read_environment(root / WORKER_ENVIRONMENT, warnings))
+    compute = read(lambda: _read_compute(root / COMPUTE, warnings))
+    requirements = read(lambda: _read_requirements(root / REQUIREMENTS)) \
+        if (root / REQUIREMENTS).exists() else None
+    data = data_spec = None
+    if (root / DATA).exists():
+        data = read(lambda: _read_yaml(root / DATA, "a mapping"))
+        if data is not None:
+            data_spec = read(lambda: load_data_spec(root / DATA, data))
+    specs = {role: read[1] for role, read in (("manager", manager), ("worker", worker))
+             if read is not None}
+    if errors or workflow is None or manager is None or compute is None:
+        return Reading(None, errors, workflow, specs)
     if data_spec is not None:
         warnings.extend(data_spec.warnings)
-    return Backpack(root, workflow, environment, worker, compute, requirements, data, summary,
-                    warnings, data_spec, specs)
+    backpack = Backpack(root, workflow, manager[0], worker[0] if worker else None, compute,
+                        requirements, data, summary, warnings, data_spec, specs)
+    return Reading(backpack, [], workflow, dict(specs))
 
 
 def _read_yaml(path: Path, expected: str) -> Any:
     if not path.exists():
-        raise BackpackError(f"{path}: missing; expected {expected}")
+        raise BackpackSpecError(path, "", f"missing; expected {expected}")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise BackpackError(f"{path}: not valid YAML{where}: "
-                            f"{getattr(exc, 'problem', None) or exc}") from None
+        raise BackpackSpecError(path, "", f"not valid YAML{where}: "
+                                f"{getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(doc, dict):
-        raise BackpackError(f"{path}: expected {expected}, got {type(doc).__name__}")
+        raise BackpackSpecError(path, "", f"expected {expected}", type(doc).__name__)
     return doc
 
 
@@ -250,33 +289,57 @@ def _read_summary(root: Path) -> dict | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise BackpackError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        raise BackpackSpecError(path, "", f"not valid JSON: {exc.msg} at line {exc.lineno}"
+                                ) from None
     if not isinstance(doc, dict):
-        raise BackpackError(f"{path}: expected a JSON object")
+        raise BackpackSpecError(path, "", "expected a JSON object")
     return doc
 
 
-def _find_workflow(root: Path, summary: dict | None) -> Path:
+def find_workflow(root: Path, summary: dict | None) -> Path:
+    """The workflow in workflow/: the file the audit ran (summary.json's "notebook") when it
+    is there; else the one notebook; else, without a notebook, the one .py script (helper
+    modules sit beside a notebook, so .py files count only without one)."""
     folder = root / "workflow"
+    if not folder.is_dir():
+        raise BackpackSpecError(f"{folder}/", "", "missing; expected a folder with the "
+                                "notebook (.ipynb) or script (.py)")
     if summary and summary.get("notebook"):
         named = folder / Path(str(summary["notebook"])).name
         if named.is_file():
-            return named
-    candidates = sorted(p for p in folder.glob("*") if p.suffix in WORKFLOW_SUFFIXES) \
-        if folder.is_dir() else []
-    if not candidates:
-        raise BackpackError(f"{folder}: expected the notebook or script "
-                            f"({', '.join(WORKFLOW_SUFFIXES)}), found none")
-    notebooks = [p for p in candidates if p.suffix == ".ipynb"]
-    return (notebooks or candidates)[0]
+            return named  # a script beside its helper modules: the audit names it
+    notebooks = sorted(p for p in folder.glob("*.ipynb") if p.is_file())
+    scripts = sorted(p for p in folder.glob("*.py") if p.is_file())
+    candidates = notebooks or scripts
+    if len(candidates) == 1:
+        return candidates[0]
+    found = ", ".join(p.name for p in candidates) or "none"
+    raise BackpackSpecError(f"{folder}/", "", "expected exactly one notebook (.ipynb) or, "
+                            f"without one, exactly one .py script; found {found}")
 
 
 def _read_environment(path: Path, warnings: list[str]) -> tuple[dict, EnvSpec]:
-    doc = _read_yaml(path, "a conda environment mapping with 'dependencies'")
+    if not path.exists():
+        raise BackpackSpecError(path, "", "missing; expected a conda environment file with "
+                                "'dependencies'")
     try:
-        return doc, environment_from_doc(path, doc, warnings)
-    except UsageError as exc:
-        raise BackpackError(str(exc)) from None
+        doc = load_yaml(path)
+        spec = environment_from_doc(path, doc, warnings)
+    except SpecError as exc:
+        raise BackpackSpecError(exc.file, exc.key, exc.expected, exc.found) from None
+    assert isinstance(doc, dict)  # environment_from_doc accepts only a mapping
+    return doc, spec
+
+
+def _read_requirements(path: Path) -> list[str]:
+    """requirements.txt's lines without comments, each checked as a pip requirement."""
+    try:
+        parse_requirements(path)
+    except SpecError as exc:
+        raise BackpackSpecError(exc.file, exc.key, exc.expected, exc.found) from None
+    return [line.split(" #", 1)[0].strip() for line
+            in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
 
 
 _COMPUTE_KEYS = {"min-workers": "min_workers", "max-workers": "max_workers", "cores": "cores",
@@ -289,19 +352,19 @@ def _read_compute(path: Path, warnings: list[str]) -> ComputeSpec:
         warnings.append(f"{path}: unknown key {key!r} ignored")
     config = doc.get("vine_factory_config")
     if not isinstance(config, dict):
-        raise BackpackError(f"{path}: key 'vine_factory_config': expected a mapping of "
-                            + ", ".join(_COMPUTE_KEYS))
+        raise BackpackSpecError(path, "vine_factory_config", "expected a mapping of "
+                                + ", ".join(_COMPUTE_KEYS))
     values: dict[str, Any] = {}  # ComputeSpec's keyword arguments, each checked below
     for key, value in config.items():
         if key not in _COMPUTE_KEYS:
             warnings.append(f"{path}: unknown key 'vine_factory_config.{key}' ignored")
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise BackpackError(f"{path}: key 'vine_factory_config.{key}': expected a "
-                                f"non-negative integer, got {value!r}")
+            raise BackpackSpecError(path, f"vine_factory_config.{key}",
+                                    "expected a non-negative integer", repr(value))
         values[_COMPUTE_KEYS[key]] = value
     spec = ComputeSpec(**values)
     if spec.min_workers > spec.max_workers:
-        raise BackpackError(f"{path}: key 'vine_factory_config.min-workers': expected at most "
-                            f"max-workers ({spec.max_workers}), got {spec.min_workers}")
+        raise BackpackSpecError(path, "vine_factory_config.min-workers", "expected at most "
+                                f"max-workers ({spec.max_workers})", str(spec.min_workers))
     return spec

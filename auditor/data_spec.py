@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from .emit.checksums import parse_checksum
 from .emit.data import DataEntry
-from .errors import FloError
+from .errors import SpecError
 
 SOURCE_TYPES = ("backpack", "fs", "file", "http", "https", "s3")
 POST_FETCH = ("untar", "unzip")
@@ -30,8 +30,8 @@ _SECRET_OPTIONS = {"key", "secret", "token", "aws_access_key_id", "aws_secret_ac
 _POLICY_KEYS = {"retry_attempts", "timeout", "backoff"}
 
 
-class DataSpecError(FloError):
-    """data/data.yml does not follow the schema."""
+class DataSpecError(SpecError):
+    """data/data.yml does not follow the schema (fields as `SpecError`)."""
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,13 @@ class DataSpec:
             if name is None and len(self.profiles) == 1:
                 name = next(iter(self.profiles))
         if name is None:
-            raise DataSpecError(f"{self.path}: no default_profile and several profiles "
+            raise DataSpecError(self.path, "", "no default_profile and several profiles "
                                 f"({', '.join(self.profiles)}); choose one with --profile")
         if name not in self.profiles:
             if self.legacy:
-                raise DataSpecError(f"{self.path}: has a flat 'data' list, no profiles; "
+                raise DataSpecError(self.path, "", "has a flat 'data' list, no profiles; "
                                     f"drop --profile {name}")
-            raise DataSpecError(f"{self.path}: no profile {name!r}; expected one of "
+            raise DataSpecError(self.path, "", f"no profile {name!r}; expected one of "
                                 f"{', '.join(self.profiles) or '(none)'}")
         return self.profiles[name]
 
@@ -86,13 +86,13 @@ class DataSpec:
 def load_data_spec(path: Path, doc: object) -> DataSpec:
     """Validate a parsed data.yml document `doc` read from `path`."""
     if not isinstance(doc, dict):
-        raise DataSpecError(f"{path}: expected a mapping with 'profiles' (or a legacy 'data' "
-                            f"list), got {type(doc).__name__}")
+        raise DataSpecError(path, "", "expected a mapping with 'profiles' (or a legacy 'data' "
+                            "list)", type(doc).__name__)
     warnings: list[str] = []
     if "profiles" in doc:
         profiles_doc = doc["profiles"]
         if not isinstance(profiles_doc, dict) or not profiles_doc:
-            raise DataSpecError(f"{path}: key 'profiles': expected a mapping of profile name "
+            raise DataSpecError(path, "profiles", "expected a mapping of profile name "
                                 "-> {policy, data}")
         profiles = {str(name): _profile(path, str(name), body, f"profiles.{name}", warnings)
                     for name, body in profiles_doc.items()}
@@ -100,15 +100,15 @@ def load_data_spec(path: Path, doc: object) -> DataSpec:
             warnings.append(f"{path}: unknown key {key!r} ignored")
         default = doc.get("default_profile")
         if default is not None and str(default) not in profiles:
-            raise DataSpecError(f"{path}: key 'default_profile': expected one of "
-                                f"{', '.join(profiles)}, got {default!r}")
+            raise DataSpecError(path, "default_profile", f"expected one of "
+                                f"{', '.join(profiles)}", repr(default))
         version = doc.get("schema_version")
         return DataSpec(path, profiles, None if default is None else str(default),
                         None if version is None else str(version), False, warnings)
     if "data" in doc:
         profile = _profile(path, LEGACY_PROFILE, doc, "", warnings)
         return DataSpec(path, {LEGACY_PROFILE: profile}, LEGACY_PROFILE, None, True, warnings)
-    raise DataSpecError(f"{path}: key 'profiles': missing; expected a mapping of profiles "
+    raise DataSpecError(path, "profiles", "missing; expected a mapping of profiles "
                         "(or a legacy top-level 'data' list)")
 
 
@@ -116,33 +116,33 @@ def _profile(path: Path, name: str, body: object, where: str,
              warnings: list[str]) -> DataProfile:
     prefix = f"{where}." if where else ""
     if not isinstance(body, dict):
-        raise DataSpecError(f"{path}: key {where!r}: expected a mapping with 'data'")
+        raise DataSpecError(path, where, "expected a mapping with 'data'")
     policy = _policy(path, body.get("policy") or {}, f"{prefix}policy", warnings)
     items = body.get("data")
     if items is None:
         items = []
     if not isinstance(items, list):
-        raise DataSpecError(f"{path}: key '{prefix}data': expected a list of data entries")
+        raise DataSpecError(path, f"{prefix}data", "expected a list of data entries")
     entries = [_entry(path, item, f"{prefix}data[{i}]", warnings) for i, item in enumerate(items)]
     seen_names: set[str] = set()
     seen_targets: dict[str, str] = {}
     for entry in entries:
         if entry.name in seen_names:
-            raise DataSpecError(f"{path}: profile {name!r}: entry name {entry.name!r} appears "
-                                "twice; expected unique names")
+            raise DataSpecError(path, "", f"profile {name!r}: entry name {entry.name!r} "
+                                "appears twice; expected unique names")
         seen_names.add(entry.name)
         target = str(PurePosixPath(entry.target_location))
         if target in seen_targets:
-            raise DataSpecError(f"{path}: profile {name!r}: entries {seen_targets[target]!r} "
-                                f"and {entry.name!r} share target_location {target!r}")
+            raise DataSpecError(path, "", f"profile {name!r}: entries "
+                                f"{seen_targets[target]!r} and {entry.name!r} share "
+                                f"target_location {target!r}")
         seen_targets[target] = entry.name
     return DataProfile(name, policy, entries)
 
 
 def _policy(path: Path, doc: object, where: str, warnings: list[str]) -> DataPolicy:
     if not isinstance(doc, dict):
-        raise DataSpecError(f"{path}: key {where!r}: expected a mapping with retry_attempts "
-                            "and timeout")
+        raise DataSpecError(path, where, "expected a mapping with retry_attempts and timeout")
     for key in sorted(set(doc) - _POLICY_KEYS):
         warnings.append(f"{path}: unknown key '{where}.{key}' ignored")
     values: dict[str, Any] = {}  # DataPolicy's keyword arguments, each checked below
@@ -152,20 +152,20 @@ def _policy(path: Path, doc: object, where: str, warnings: list[str]) -> DataPol
         value = doc[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
                 or (kind is int and not isinstance(value, int)):
-            raise DataSpecError(f"{path}: key '{where}.{key}': expected a non-negative "
-                                f"{'integer' if kind is int else 'number'}, got {value!r}")
+            raise DataSpecError(path, f"{where}.{key}", "expected a non-negative "
+                                f"{'integer' if kind is int else 'number'}", repr(value))
         values[key] = kind(value)
     return DataPolicy(**values)
 
 
 def _entry(path: Path, item: object, where: str, warnings: list[str]) -> DataEntry:
     if not isinstance(item, dict):
-        raise DataSpecError(f"{path}: key {where!r}: expected a mapping with name, source_type, "
-                            f"source, target_location; got {item!r}")
+        raise DataSpecError(path, where, "expected a mapping with name, source_type, source, "
+                            f"target_location; got {item!r}")
     label = f"{where} ({item['name']!r})" if "name" in item else where
 
     def fail(key: str, expected: str) -> DataSpecError:
-        return DataSpecError(f"{path}: entry {label}: key {key!r}: {expected}")
+        return DataSpecError(path, key, expected, entry=label)
 
     source = item.get("source")
     if not isinstance(source, str) or not source:

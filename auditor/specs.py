@@ -15,7 +15,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import UsageError
+from .errors import SpecError
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,12 @@ def load_yaml(path: Path) -> object:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+        raise SpecError(path, "", f"cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise UsageError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise SpecError(path, "", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+                        ) from None
 
 
 def parse_conda_spec(spec: str) -> tuple[str, str | None, str | None]:
@@ -91,20 +92,20 @@ def environment_from_doc(path: Path, doc: object, warnings: list[str] | None = N
     """Check a parsed environment.yml (what `conda env create -f` accepts) and read its pins.
     Unknown top-level keys are appended to `warnings` when given."""
     if not isinstance(doc, dict):
-        raise UsageError(f"{path}: key 'dependencies': expected a list of packages "
-                         "(is this a conda environment.yml?)")
+        raise SpecError(path, "dependencies", "expected a list of packages "
+                        "(is this a conda environment.yml?)")
     if warnings is not None:
         warnings.extend(f"{path}: unknown key {key!r} ignored"
                         for key in sorted(set(doc) - ENVIRONMENT_KEYS))
     if "name" in doc and not isinstance(doc["name"], str):
-        raise UsageError(f"{path}: key 'name': expected a string")
+        raise SpecError(path, "name", "expected a string")
     channels = doc.get("channels", [])
     if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-        raise UsageError(f"{path}: key 'channels': expected a list of channel names")
+        raise SpecError(path, "channels", "expected a list of channel names")
     deps = doc.get("dependencies")
     if not isinstance(deps, list):
-        raise UsageError(f"{path}: key 'dependencies': expected a list of packages "
-                         "(is this a conda environment.yml?)")
+        raise SpecError(path, "dependencies", "expected a list of packages "
+                        "(is this a conda environment.yml?)")
     python: str | None = None
     pins: dict[str, Pin] = {}
     for i, item in enumerate(deps):
@@ -116,8 +117,8 @@ def environment_from_doc(path: Path, doc: object, warnings: list[str] | None = N
                     pins[pin.key] = pin
             continue
         if not isinstance(item, str):
-            raise UsageError(f"{path}: key 'dependencies[{i}]': expected a package spec string "
-                             f"or a 'pip:' list of requirement strings, got {item!r}")
+            raise SpecError(path, f"dependencies[{i}]", "expected a package spec string or a "
+                            "'pip:' list of requirement strings", repr(item))
         name, version, channel = parse_conda_spec(item)
         if canonicalize_name(name) == "python":
             python = version
@@ -148,7 +149,7 @@ def _parse_pip_line(line: str, path: Path) -> Pin | None:
     try:
         req = Requirement(line)
     except InvalidRequirement as exc:
-        raise UsageError(f"{path}: not a pip requirement: {line!r} ({exc})") from None
+        raise SpecError(path, "", f"not a pip requirement: {line!r} ({exc})") from None
     if req.url:
         return Pin(req.name, req.url, "pip")
     exact = [s.version for s in req.specifier if s.operator in ("==", "===")]

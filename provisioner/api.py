@@ -12,10 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from auditor.errors import FloError
-from auditor.specs import EnvSpec, parse_data, parse_environment, parse_requirements
+from auditor.backpack import Backpack, read_backpack
+from auditor.errors import FloError, SpecError
+from auditor.specs import EnvSpec
 
 from . import data as data_step
 from .data import FetchReport, VerifyReport, default_run_dir, default_scratch_dir
@@ -61,7 +60,9 @@ class ValidationResult:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     specs: dict[str, EnvSpec] = field(default_factory=dict)  # role -> spec
-    checked_with: str = "provisioner"  # which loader validated the spec files
+    #: The backpack as loaded (once, for the whole command); None when it is invalid.
+    backpack: Backpack | None = None
+    checked_with: str = "auditor.backpack"  # which loader validated the spec files
     seconds: float = 0.0
 
     @property
@@ -83,106 +84,39 @@ class ValidationResult:
 
 
 def validate(backpack: str | Path, strict: bool = False) -> ValidationResult:
-    """Check a backpack's layout and spec files; every problem found is listed, none raised."""
+    """Check a backpack's layout and spec files; every problem found is listed, none raised.
+    A valid backpack is loaded once, here: `result.backpack` is what the later phases use."""
     started = time.monotonic()
     root = Path(backpack).expanduser().absolute()
     result = ValidationResult(root)
     if not root.is_dir():
         result.problems.append(Problem(str(root), "", "expected a backpack folder"))
         return result
-    result.workflow = _check_workflow(root, result)
-    for role, relative in ENV_FILES.items():
-        path = root / relative
-        if role == "worker" and not path.exists():
-            if "manager" in result.specs:
-                result.specs["worker"] = result.specs["manager"]  # absent = same as manager
-            continue
-        if not path.exists():
-            result.problems.append(Problem(relative, "", "missing; expected a conda "
-                                           "environment file with 'dependencies'"))
-            continue
-        try:
-            result.specs[role] = parse_environment(path)
-        except FloError as exc:
-            result.problems.append(_problem_from(exc, root))
-            continue
-        if result.specs[role].python is None:
-            result.warnings.append(f"{relative}: no 'python=' pin; the newest interpreter "
-                                   "found (or --python) will be used")
-    _check_optional_files(root, result)
+    reading = read_backpack(root)
+    result.problems += [_problem(exc, root) for exc in reading.errors]
+    result.backpack, result.workflow = reading.backpack, reading.workflow
+    result.specs = dict(reading.specs)
+    for role, spec in reading.specs.items():
+        if spec.python is None:
+            result.warnings.append(f"{ENV_FILES[role]}: no 'python=' pin; the newest "
+                                   "interpreter found (or --python) will be used")
+    if "manager" in result.specs and not (root / ENV_FILES["worker"]).exists():
+        result.specs["worker"] = result.specs["manager"]  # absent = same as manager
+    if reading.backpack is not None:
+        result.warnings.extend(_relative(w, root) for w in reading.backpack.warnings)
     if strict and result.workflow is not None:
         _check_notebook(root, result.workflow, result)
     result.seconds = time.monotonic() - started
     return result
 
 
-def _check_workflow(root: Path, result: ValidationResult) -> Path | None:
-    folder = root / "workflow"
-    if not folder.is_dir():
-        result.problems.append(Problem("workflow/", "", "missing; expected a folder with the "
-                                       "notebook (.ipynb) or script (.py)"))
-        return None
-    audited = _audited_workflow(root)
-    if audited is not None and (folder / audited).is_file():
-        return folder / audited  # a script beside its helper modules: the audit names it
-    notebooks = sorted(p for p in folder.glob("*.ipynb") if p.is_file())
-    scripts = sorted(p for p in folder.glob("*.py") if p.is_file())
-    # Helper modules sit beside the notebook, so .py files only count when there is no notebook.
-    candidates = notebooks or scripts
-    if len(candidates) == 1:
-        return candidates[0]
-    found = ", ".join(p.name for p in candidates) or "none"
-    result.problems.append(Problem("workflow/", "", f"expected exactly one notebook (.ipynb) "
-                                   f"or, without one, exactly one .py script; found {found}"))
-    return None
-
-
-def _audited_workflow(root: Path) -> str | None:
-    """The file name of the workflow the audit ran (audit/summary.json "notebook"), if any;
-    a damaged summary is reported by auditor.backpack, not here."""
-    try:
-        summary = json.loads((root / "audit" / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    named = summary.get("notebook") if isinstance(summary, dict) else None
-    return Path(str(named)).name if named else None
-
-
-def _check_optional_files(root: Path, result: ValidationResult) -> None:
-    """The other spec files: through auditor.backpack when it is there, else parsed here."""
-    try:
-        from auditor.backpack import load_backpack
-        with_model = True
-    except ImportError:
-        with_model = False
-    if with_model and not result.problems:
-        result.checked_with = "auditor.backpack"
-        try:
-            loaded = load_backpack(root)
-        except FloError as exc:
-            result.problems.append(_problem_from(exc, root))
-        else:
-            result.warnings.extend(_relative(w, root) for w in loaded.warnings)
-    if (root / "software/requirements.txt").exists():
-        try:
-            parse_requirements(root / "software/requirements.txt")
-        except FloError as exc:
-            result.problems.append(_problem_from(exc, root))
-    if (root / "data/data.yml").exists():
-        try:
-            parse_data(root / "data/data.yml")
-        except FloError as exc:
-            result.problems.append(_problem_from(exc, root))
-    compute = root / "compute/compute.yml"
-    if not with_model and compute.exists():
-        try:
-            doc = yaml.safe_load(compute.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            result.problems.append(Problem("compute/compute.yml", "", f"valid YAML ({exc})"))
-            return
-        if not isinstance(doc, dict) or not isinstance(doc.get("vine_factory_config"), dict):
-            result.problems.append(Problem("compute/compute.yml", "vine_factory_config",
-                                           "expected a mapping of worker resources"))
+def _problem(exc: SpecError, root: Path) -> Problem:
+    """A loader's error as a Problem, paths relative to the backpack. A data.yml entry's key
+    stays in the text ("entry data[0] ('x'): key 'checksum': ..."), as the entry names it."""
+    file = _relative(exc.file, root)
+    if exc.entry:
+        return Problem(file, "", _relative(exc.detail, root))
+    return Problem(file, exc.key, _relative(exc.expectation, root))
 
 
 def _check_notebook(root: Path, workflow: Path, result: ValidationResult) -> None:
@@ -220,16 +154,6 @@ def _minor(result: ValidationResult) -> str | None:
 
 def _relative(text: str, root: Path) -> str:
     return text.replace(f"{root}/", "")
-
-
-def _problem_from(exc: FloError, root: Path) -> Problem:
-    """Split a loader's 'path: key 'k': expected ...' message into a Problem."""
-    text = _relative(str(exc), root)
-    file, _, rest = text.partition(": ")
-    key = ""
-    if rest.startswith("key '"):
-        key, _, rest = rest[5:].partition("': ")
-    return Problem(file, key, rest or text)
 
 
 # ---------------------------------------------------------------- data
