@@ -173,7 +173,8 @@ def fetch_data(backpack: str | Path, run_dir: str | Path | None = None,
         scratch = Path(scratch_dir or default_scratch_dir()).expanduser().absolute()
         with writing_into(scratch, SCRATCH):
             run.mkdir(parents=True, exist_ok=True)
-    return data_step.fetch(checked.root, run, profile, progress=progress, jobs=jobs)
+    return data_step.fetch(checked.root, run, profile, progress=progress, jobs=jobs,
+                           loaded=checked.backpack)
 
 
 def verify_data(backpack: str | Path, run_dir: str | Path | None = None,
@@ -183,7 +184,7 @@ def verify_data(backpack: str | Path, run_dir: str | Path | None = None,
     checked = validate(backpack)
     if not checked.valid:
         raise InvalidBackpack(checked)
-    return data_step.verify(checked.root, run_dir, profile)
+    return data_step.verify(checked.root, run_dir, profile, loaded=checked.backpack)
 
 
 # ---------------------------------------------------------------- environments

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from auditor import stale
-from auditor.backpack import Backpack, load_backpack
+from auditor.backpack import Backpack
 from auditor.emit.compute import ComputeSpec
 from auditor.errors import FloError, Interrupted, UsageError
 from auditor.specs import EnvSpec
@@ -132,9 +132,9 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         plan = plan_run(report, options, checked, loaded, scratch)
         engine, compute, workers = plan.engine, plan.compute, plan.workers
         _phase(report, "preflight", lambda: preflight.require(plan))
-        report.workdir = _notebook_dir(report, options)
+        report.workdir = _notebook_dir(report, options, loaded)
         _copy_workflow(report.backpack / "workflow", report.notebook_dir)
-        _phase(report, "data", lambda: _fetch_data(report, options))
+        _phase(report, "data", lambda: _fetch_data(report, options, loaded))
         _environments(report, plan.requests, plan.cache, say)
         if loaded is not None and (secrets := flagged_secrets(loaded.summary)):
             say(secrets)
@@ -233,26 +233,27 @@ def _copy_workflow(workflow: Path, run_dir: Path) -> None:
                     ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
 
 
-def _notebook_dir(report: RunReport, options: RunOptions) -> Path:
+def _notebook_dir(report: RunReport, options: RunOptions, loaded: Backpack | None) -> Path:
     """The run folder, or a folder below it when data.yml names data above the notebook or
     the audited run wrote there."""
     if not (report.backpack / "data" / "data.yml").exists():
-        return data.notebook_dir(report.run_dir, [], data.audit_layout(report.backpack))
-    return data.profile_notebook_dir(report.backpack, report.run_dir, options.profile)
+        return data.notebook_dir(report.run_dir, [], data.audit_layout(report.backpack, loaded))
+    return data.profile_notebook_dir(report.backpack, report.run_dir, options.profile, loaded)
 
 
-def _fetch_data(report: RunReport, options: RunOptions) -> None:
+def _fetch_data(report: RunReport, options: RunOptions, loaded: Backpack | None) -> None:
     if not (report.backpack / "data" / "data.yml").exists():
         return
     # The run folder goes at the end; a partial download stays in the scratch folder, so the
     # next run (after Ctrl-C or a failed entry) resumes it.
     data.fetch(report.backpack, report.run_dir, options.profile,
-               partials=report.run_dir.parent / "downloads")
+               partials=report.run_dir.parent / "downloads", loaded=loaded)
 
 
 def _validate(report: RunReport, options: RunOptions
               ) -> tuple[api.ValidationResult, Backpack | None]:
-    """The backpack, checked strictly (the workflow parsed as it will run), and loaded."""
+    """The backpack, checked strictly (the workflow parsed as it will run), and loaded (once:
+    the phases after this one read the spec files from the `Backpack` it returns)."""
     checked = api.validate(report.backpack, strict=True)
     if not checked.valid:
         raise api.InvalidBackpack(checked)
@@ -260,7 +261,7 @@ def _validate(report: RunReport, options: RunOptions
         _check_opens_in_lab(checked.workflow, checked.specs["manager"])
     if options.cell is not None:
         report.cells_run = _cells_for(report.backpack, options.cell)
-    return checked, _loaded(report.backpack)
+    return checked, checked.backpack
 
 
 #: What opens a `.py` workflow as a notebook in JupyterLab (its paired-notebook contents manager).
@@ -377,13 +378,6 @@ def _environments(report: RunReport, requests: Sequence[EnvRequest], cache: EnvC
 
 def _default_cache(options: RunOptions) -> Path:
     return default_cache_dir(options.scratch_dir)  # the rule lives in envs/cache.py
-
-
-def _loaded(root: Path) -> Backpack | None:
-    """The backpack as auditor.backpack reads it; None for one without compute.yml."""
-    if not (root / "compute" / "compute.yml").exists():
-        return None
-    return load_backpack(root)
 
 
 def flagged_secrets(summary: dict | None) -> str | None:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditor.backpack import load_backpack
+from auditor.backpack import Backpack, load_backpack
 from auditor.data_spec import DataPolicy, DataProfile
 from auditor.emit.checksums import checksum_of, directory_stats, parse_checksum
 from auditor.emit.data import MAX_CLIMB, DataEntry, climb
@@ -77,14 +77,26 @@ class Layout:
     wrote_up: int = 0
 
 
-def audit_layout(backpack: Path) -> Layout:
-    """The `Layout` from the backpack's audit/summary.json; empty for a hand-written one."""
+def audit_layout(backpack: Path, loaded: Backpack | None = None) -> Layout:
+    """The `Layout` from the backpack's audit/summary.json (as `loaded` holds it, when the
+    caller has loaded the backpack already); empty for a hand-written one."""
+    if loaded is not None:
+        return _layout_of(loaded.summary)
     try:
         summary = json.loads((backpack / "audit" / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return Layout()
+    return _layout_of(summary)
+
+
+def _layout_of(summary: dict | None) -> Layout:
+    if not isinstance(summary, dict):
+        return Layout()
+    try:
         folder = os.path.dirname(summary["notebook"])
         data = summary.get("data") or {}
         written = [*(data.get("outputs") or ()), *(data.get("intermediates") or ())]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return Layout()
     up = 0
     for path in written:
@@ -107,11 +119,15 @@ def notebook_dir(run_dir: Path, entries: list[DataEntry], layout: Layout = Layou
     return run_dir.joinpath(*names)
 
 
-def profile_notebook_dir(backpack: Path, run_dir: Path, profile: str | None = None) -> Path:
-    """`notebook_dir` for the chosen profile of `backpack`'s data.yml and its audit."""
+def profile_notebook_dir(backpack: Path, run_dir: Path, profile: str | None = None,
+                         loaded: Backpack | None = None) -> Path:
+    """`notebook_dir` for the chosen profile of `backpack`'s data.yml and its audit (read
+    from `loaded` when the caller has loaded the backpack already)."""
     root = Path(backpack).expanduser().absolute()
-    chosen = _profile(root, profile)
-    return notebook_dir(Path(run_dir), chosen.entries if chosen else [], audit_layout(root))
+    loaded = loaded or load_backpack(root)
+    chosen = _profile(loaded, profile)
+    return notebook_dir(Path(run_dir), chosen.entries if chosen else [],
+                        audit_layout(root, loaded))
 
 
 def resolve_target(entry: DataEntry, run_dir: Path, workdir: Path | None = None) -> Path | None:
@@ -170,8 +186,9 @@ def check_content(path: Path, entry: DataEntry) -> int:
     return size
 
 
-def _plan(profile: DataProfile, backpack: Path, run_dir: Path) -> list[PlannedEntry]:
-    workdir = notebook_dir(run_dir, profile.entries, audit_layout(backpack))
+def _plan(profile: DataProfile, backpack: Path, run_dir: Path, layout: Layout
+          ) -> list[PlannedEntry]:
+    workdir = notebook_dir(run_dir, profile.entries, layout)
     planned = [PlannedEntry(e, get_source(e, backpack), resolve_target(e, run_dir, workdir))
                for e in profile.entries]
     for item in planned:
@@ -179,15 +196,16 @@ def _plan(profile: DataProfile, backpack: Path, run_dir: Path) -> list[PlannedEn
     return planned
 
 
-def _profile(backpack: Path, profile: str | None) -> DataProfile | None:
-    spec = load_backpack(backpack).data_spec
+def _profile(loaded: Backpack, profile: str | None) -> DataProfile | None:
+    spec = loaded.data_spec
     return spec.profile(profile) if spec is not None else None
 
 
 def fetch(backpack: Path, run_dir: Path, profile: str | None = None, *,
           progress: Progress | None = None, jobs: int = 4,
-          partials: Path | None = None) -> FetchReport:
-    """Put every entry of the chosen profile in place under `run_dir`, verified.
+          partials: Path | None = None, loaded: Backpack | None = None) -> FetchReport:
+    """Put every entry of the chosen profile in place under `run_dir`, verified. `loaded`:
+    the backpack as the caller loaded it (its data.yml and summary.json), else read here.
 
     Entries already in place and verified are skipped. Raises `DataError` (with `.report`)
     when any entry fails; the run folder then holds no half-made file under any target name.
@@ -195,11 +213,12 @@ def fetch(backpack: Path, run_dir: Path, profile: str | None = None, *,
     started = time.monotonic()
     root = Path(backpack).expanduser().absolute()
     run_dir = Path(run_dir).expanduser().absolute()
-    chosen = _profile(root, profile)
+    loaded = loaded or load_backpack(root)
+    chosen = _profile(loaded, profile)
     report = FetchReport(root, run_dir, chosen.name if chosen else None)
     if chosen is None:
         return report
-    planned = _plan(chosen, root, run_dir)
+    planned = _plan(chosen, root, run_dir, audit_layout(root, loaded))
     with writing_into(run_dir, RUN_DIR):
         run_dir.mkdir(parents=True, exist_ok=True)
     cancel = Cancel()  # set: stalled downloads are hung up, not waited for
@@ -317,16 +336,18 @@ def _post_fetch(target: Path, entry: DataEntry) -> list[str]:
         raise
 
 
-def verify(backpack: Path, run_dir: str | Path | None = None, profile: str | None = None
-           ) -> VerifyReport:
+def verify(backpack: Path, run_dir: str | Path | None = None, profile: str | None = None,
+           loaded: Backpack | None = None) -> VerifyReport:
     """Check sizes and checksums of what is in place: in `run_dir` when given, else the
-    local sources themselves (backpack, fs, file); remote entries then stay unchecked."""
+    local sources themselves (backpack, fs, file); remote entries then stay unchecked.
+    `loaded` as in `fetch`."""
     started = time.monotonic()
     root = Path(backpack).expanduser().absolute()
     run = Path(run_dir).expanduser().absolute() if run_dir is not None else None
-    chosen = _profile(root, profile)
+    loaded = loaded or load_backpack(root)
+    chosen = _profile(loaded, profile)
     report = VerifyReport(root, run, chosen.name if chosen else None)
-    workdir = (notebook_dir(run, chosen.entries, audit_layout(root))
+    workdir = (notebook_dir(run, chosen.entries, audit_layout(root, loaded))
                if run is not None and chosen else None)
     for entry in chosen.entries if chosen else []:
         result = EntryResult(entry.name, entry.source, None, status="verified")
