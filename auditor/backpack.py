@@ -23,7 +23,13 @@ import yaml
 from .data_spec import DataSpec, load_data_spec
 from .emit.compute import ComputeSpec
 from .errors import FloError, SpecError, UsageError
-from .specs import EnvSpec, environment_from_doc, load_yaml, parse_requirements
+from .specs import (
+    EnvSpec,
+    environment_from_doc,
+    load_yaml,
+    parse_requirements,
+    requirement_lines,
+)
 
 ENVIRONMENT = "software/environment.yml"
 WORKER_ENVIRONMENT = "software/worker-environment.yml"
@@ -326,20 +332,24 @@ def _read_environment(path: Path, warnings: list[str]) -> tuple[dict, EnvSpec]:
         doc = load_yaml(path)
         spec = environment_from_doc(path, doc, warnings)
     except SpecError as exc:
-        raise BackpackSpecError(exc.file, exc.key, exc.expected, exc.found) from None
+        raise _in_backpack(exc) from None
     assert isinstance(doc, dict)  # environment_from_doc accepts only a mapping
     return doc, spec
 
 
 def _read_requirements(path: Path) -> list[str]:
     """requirements.txt's lines without comments, each checked as a pip requirement."""
+    lines = requirement_lines(path.read_text(encoding="utf-8"))
     try:
-        parse_requirements(path)
+        parse_requirements(path, lines)
     except SpecError as exc:
-        raise BackpackSpecError(exc.file, exc.key, exc.expected, exc.found) from None
-    return [line.split(" #", 1)[0].strip() for line
-            in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+        raise _in_backpack(exc) from None
+    return lines
+
+
+def _in_backpack(exc: SpecError) -> BackpackSpecError:
+    """A spec model's error, as the error of the backpack that holds the file."""
+    return BackpackSpecError(exc.file, exc.key, exc.expected, exc.found, entry=exc.entry)
 
 
 _COMPUTE_KEYS = {"min-workers": "min_workers", "max-workers": "max_workers", "cores": "cores",

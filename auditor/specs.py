@@ -128,9 +128,19 @@ def environment_from_doc(path: Path, doc: object, warnings: list[str] | None = N
     return EnvSpec(python, pins, tuple(channels))
 
 
-def parse_requirements(path: Path) -> EnvSpec:
+def requirement_lines(text: str) -> list[str]:
+    """A requirements.txt's lines as pip reads them: comments and blank lines dropped."""
+    lines = (line.split(" #", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def parse_requirements(path: Path, lines: list[str] | None = None) -> EnvSpec:
+    """A requirements.txt's pins by canonical name (pip options are skipped); `lines` as
+    `requirement_lines` gives them, when the caller has read the file already."""
     pins = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    if lines is None:
+        lines = requirement_lines(path.read_text(encoding="utf-8"))
+    for line in lines:
         pin = _parse_pip_line(line, path)
         if pin:
             pins[pin.key] = pin
