@@ -438,6 +438,11 @@ def _render(summary: dict, backpack: str | None, as_json: bool, console: Console
             render: Callable[..., None]) -> None:
     if as_json:
         print(json.dumps({"backpack": backpack, **summary}, indent=2, default=str))
+        if not summary.get("complete", True):  # stdout is for programs; people read stderr
+            from .emit.report import incomplete_line
+
+            Console(stderr=True, highlight=False).print(incomplete_line(summary), markup=False,
+                                                        style="red bold", soft_wrap=True)
     else:
         render(summary, backpack, console)
 

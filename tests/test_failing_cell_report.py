@@ -40,6 +40,11 @@ def test_failing_cell_says_incomplete_on_stderr_and_uses_no_traceback_machinery(
     line = "INCOMPLETE: cell 2 raised ValueError: deliberate failure in the second cell"
     assert line in " ".join(done.stdout.split()), done.stdout
     assert line in done.stderr and "Traceback" not in done.stderr, done.stderr
+    as_json = subprocess.run([*flo_audit_argv(), "fails.ipynb", "-o", "out", "--force",
+                              "--json"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=600)
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["complete"] is False
+    assert as_json.stderr.strip().splitlines()[-1].startswith(line), as_json.stderr
 
     summary = json.loads((tmp_path / "out" / "audit" / "summary.json").read_text())
     pins = {_key(p["name"]): p for p in summary["packages"]}

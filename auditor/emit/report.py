@@ -104,7 +104,7 @@ def render_summary(summary: Mapping[str, Any], backpack: str | None,
     for warning in warnings:
         console.print(Text("warning: ", style="yellow bold") + Text(warning))
     if not summary.get("complete"):
-        _say_incomplete(_incomplete_line(summary), console)
+        _say_incomplete(incomplete_line(summary), console)
     if backpack:
         console.print(Text("backpack: ", style="green bold") + Text(backpack))
 
@@ -128,7 +128,8 @@ def _same_stream(one: IO[str], other: IO[str]) -> bool:
         return False
 
 
-def _incomplete_line(summary: Mapping[str, Any]) -> str:
+def incomplete_line(summary: Mapping[str, Any]) -> str:
+    """The one INCOMPLETE line of a run that did not complete (printed on stderr too)."""
     status = summary.get("status", "unknown")
     failed = summary.get("failed_cell") or {}
     if status == "failed" and failed:
