@@ -21,8 +21,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from . import __version__
-from .crash import EXIT_CODE as INTERNAL_ERROR
-from .crash import internal_error, reader_gone
+from .crash import last_resort
 from .errors import FloError, Interrupted, UsageError
 
 if TYPE_CHECKING:
@@ -278,12 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         error: FloError = Interrupted("interrupted; nothing was written")
     except FloError as exc:
         error = exc
-    except BrokenPipeError:
-        return reader_gone()
     except Exception as exc:  # not raised on purpose: one line here, the traceback in a log
-        err.print(internal_error("flo-audit", exc, argv), markup=False, highlight=False,
-                  soft_wrap=True)
-        return INTERNAL_ERROR
+        return last_resort("flo-audit", exc, argv, err)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

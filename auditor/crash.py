@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -39,6 +40,17 @@ def reader_gone() -> int:
     except (OSError, ValueError):
         pass
     return BROKEN_PIPE
+
+
+def last_resort(prog: str, error: Exception, argv: Sequence[str], console: Any) -> int:
+    """What both CLIs do with an exception nobody raised on purpose: quiet when the reader of
+    our output went away (`reader_gone`), else one line on `console` (a rich Console on stderr)
+    naming the crash log; returns the exit status."""
+    if isinstance(error, BrokenPipeError):
+        return reader_gone()
+    console.print(internal_error(prog, error, argv), markup=False, highlight=False,
+                  soft_wrap=True)
+    return EXIT_CODE
 
 
 def crash_dirs() -> list[Path]:

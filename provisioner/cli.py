@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from auditor.crash import EXIT_CODE as INTERNAL_ERROR
-from auditor.crash import internal_error, reader_gone
+from auditor.crash import last_resort
 from auditor.errors import FloError, UsageError
 
 from . import api
@@ -118,12 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloError as exc:
         console.print(f"flo-run: {exc}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
-    except BrokenPipeError:
-        return reader_gone()
     except Exception as exc:  # not raised on purpose: one line here, the traceback in a log
-        console.print(internal_error("flo-run", exc, args_list), markup=False, highlight=False,
-                      soft_wrap=True)
-        return INTERNAL_ERROR
+        return last_resort("flo-run", exc, args_list, console)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -123,13 +123,11 @@ def require(plan: PreflightPlan) -> Preflight:
 def check_disk(plan: PreflightPlan) -> list[Check]:
     """Free space where the run folder and the environments go, against the data total, the
     workers' disk (when they run on this machine) and the environments still to build."""
-    needs: dict[Path, list[tuple[str, int]]] = {}
-    data = _data_bytes(plan)
-    needs.setdefault(_existing(plan.scratch), []).append(("data", data))
+    scratch = [("data", _data_bytes(plan))]
     disk = plan.compute.disk * MB
     if plan.engine == "dask-local" and disk:
-        needs[_existing(plan.scratch)].append((f"{plan.workers} worker(s) x disk", disk *
-                                               plan.workers))
+        scratch.append((f"{plan.workers} worker(s) x disk", disk * plan.workers))
+    needs: dict[Path, list[tuple[str, int]]] = {_existing(plan.scratch): scratch}
     missing = [r for r in plan.requests if plan.cache.stamp(r.key) is None]
     if missing:
         estimate = sum(_environment_bytes(r) for r in missing)
