@@ -107,6 +107,17 @@ class RunReport:
                 "cluster": self.cluster, "notes": self.notes, "url": self.url}
 
 
+def new_run_folder(scratch: Path) -> Path:
+    """A fresh run folder under `scratch`, owned by this process.
+
+    Its path reaches the kernel as DASK_SCHEDULER_FILE, and dask reads every DASK_ variable
+    through `ast.literal_eval`: a random part that starts with a digit and a keyword ("1in",
+    "3if") makes Python 3.12+ print a SyntaxWarning into the notebook's first Dask cell. The
+    random part therefore continues a name ("...-r1in0x9z"), which never warns.
+    """
+    return stale.owned_folder(f"run-{time.strftime('%Y%m%d-%H%M%S')}-r", scratch)
+
+
 def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: None,
                  on_lab: Callable[[runner.Lab], None] | None = None) -> RunReport:
     """Run a backpack headless (`options.execute`) or interactively (JupyterLab until Ctrl-C).
@@ -119,7 +130,7 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
     with writing_into(scratch, SCRATCH):  # a read-only scratch: one line naming it
         scratch.mkdir(parents=True, exist_ok=True)
         stale.sweep(scratch, stale.RUN_PREFIXES)  # run folders of a flo-run that was killed
-        run_dir = stale.owned_folder(f"run-{time.strftime('%Y%m%d-%H%M%S')}-", scratch)
+        run_dir = new_run_folder(scratch)
     report = RunReport(Path(options.backpack).expanduser().absolute(), run_dir)
     cluster = None
     keep = options.keep

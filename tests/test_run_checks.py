@@ -210,3 +210,27 @@ def test_strict_validation_reads_scripts_as_they_will_run(tmp_path: Path) -> Non
     (bp / "workflow" / "main.py").write_bytes(b"print('\xff')\n")
     [problem] = api.validate(bp, strict=True).problems
     assert problem.file == "workflow/main.py" and "UTF-8" in problem.expected, problem
+
+
+@pytest.mark.parametrize("drawn", ["1inoeoq0", "3ifh68e5", "7or_a2b9"])
+def test_run_folder_path_reads_back_through_dask_config_without_a_warning(
+        tmp_path, monkeypatch, drawn) -> None:
+    """dask reads DASK_SCHEDULER_FILE (the run folder's scheduler.json) with ast.literal_eval:
+    a random part like "1in..." made Python print a SyntaxWarning into the notebook's output.
+    The draws are ones that warned with the old name; tempfile's draw is fixed to them."""
+    import ast
+    import tempfile
+    import warnings
+
+    from provisioner import run
+
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: iter([drawn]))
+    folder = run.new_run_folder(tmp_path)
+    assert folder.parent == tmp_path and folder.name.endswith(drawn)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ast.literal_eval(str(folder / "scheduler.json"))
+        except (SyntaxError, ValueError):
+            pass  # dask keeps the text as it is, as it should
+    assert not caught, [str(w.message) for w in caught]
