@@ -18,8 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import stale
 from .backpack import DATA, SUMMARY, check_destination, workflow_copies, write_backpack
+from .common import stale
+from .common.errors import Interrupted, RecordFormatError, UsageError
 from .emit.apt import RunObserver
 from .emit.cell_watch import CellWatch
 from .emit.cells import (
@@ -47,7 +48,6 @@ from .emit.environment import (
 )
 from .emit.report import build_summary
 from .emit.sides import WORKER_DIED, SideOutputs, derive_sides, pool_roots
-from .errors import Interrupted, RecordFormatError, UsageError
 from .events import Access, Event, assign_cells
 from .roles import PROCESS_KINDS, Roles, RoleTracker
 from .workflow import load_workflow

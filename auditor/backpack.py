@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .common.errors import FloError, SpecError, UsageError
 from .data_spec import DataSpec, load_data_spec
 from .emit.compute import ComputeSpec
-from .errors import FloError, SpecError, UsageError
 from .specs import (
     EnvSpec,
     environment_from_doc,

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+from .common.errors import RecordFormatError, UsageError
 from .emit.cells import CELLS, CellReport, CellsReport, load_cells_yml
-from .errors import RecordFormatError, UsageError
 
 FORMATS = ("table", "markdown", "yaml", "json", "dot")
 ROLES = ("manager", "worker")

@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from . import __version__
-from .crash import last_resort
-from .errors import FloError, Interrupted, UsageError
+from .common.crash import last_resort
+from .common.errors import FloError, Interrupted, UsageError
 
 if TYPE_CHECKING:
     from .minimize_run import Minimization

@@ -15,9 +15,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+from .common.errors import SpecError
 from .emit.checksums import parse_checksum
 from .emit.data import DataEntry
-from .errors import SpecError
 
 SOURCE_TYPES = ("backpack", "fs", "file", "http", "https", "s3")
 POST_FETCH = ("untar", "unzip")

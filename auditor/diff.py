@@ -14,7 +14,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from .errors import UsageError
+from .common.errors import UsageError
 from .specs import (
     DataItem,
     EnvSpec,

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import stale
 from .backpack import SUMMARY
+from .common import stale
 from .minimize import (
     RECORD,
     SPEC_FILES,

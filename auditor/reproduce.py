@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import stale
 from .backpack import SUMMARY
-from .errors import FloError, Interrupted, UsageError
+from .common import stale
+from .common.errors import FloError, Interrupted, UsageError
 from .verify import (
     FAILED,
     NOT_REPRODUCED,

@@ -15,7 +15,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import SpecError
+from .common.errors import SpecError
 
 
 @dataclass(frozen=True)

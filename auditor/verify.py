@@ -210,8 +210,8 @@ def explain_module(module: str, *, session: dict, backpack: Path) -> str:
     record, as derive builds it), and whether the backpack pins it."""
     from packaging.utils import canonicalize_name
 
+    from .common.errors import FloError
     from .emit.environment import OWN_DISTRIBUTIONS
-    from .errors import FloError
     from .resolve import Environment, index_environment
     from .resolve.modules import NOT_FOUND, ModuleOwners
 
@@ -267,7 +267,7 @@ def _relative(name: str, notebook_dir: Path) -> str:
 
 def _specs(backpack: Path) -> dict:
     from .backpack import load_backpack
-    from .errors import FloError
+    from .common.errors import FloError
 
     try:
         return load_backpack(backpack).specs
@@ -277,7 +277,7 @@ def _specs(backpack: Path) -> dict:
 
 def _data_entries(backpack: Path) -> list:
     from .backpack import load_backpack
-    from .errors import FloError
+    from .common.errors import FloError
 
     try:
         spec = load_backpack(backpack).data_spec

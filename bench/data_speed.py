@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from derive_speed import scale_record  # noqa: E402  (bench/ on sys.path first)
 
-from auditor.process import run  # noqa: E402
+from auditor.common.process import run  # noqa: E402
 
 CASE = "data_inputs"
 

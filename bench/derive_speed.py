@@ -30,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from auditor.common.process import run  # noqa: E402  (the repo on sys.path first)
 from auditor.events import MARK_PREFIX  # noqa: E402  (the repo on sys.path first)
-from auditor.process import run  # noqa: E402
 
 TID_SHIFT = 1_000_000  # copies of pid P are made by thread P + TID_SHIFT
 # Syscalls whose repetition would change the process tree, a cwd or a file's name.

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from auditor.process import run  # noqa: E402  (the repo on sys.path first)
+from auditor.common.process import run  # noqa: E402
 
 FIXTURES = REPO / "fixtures" / "notebooks"
 TARGETS = {"compute_bound": 1.10, "import_heavy": 1.5}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from auditor.backpack import Backpack, read_backpack
-from auditor.errors import FloError, SpecError
+from auditor.common.errors import FloError, SpecError
 from auditor.specs import EnvSpec
 
 from . import data as data_step

@@ -1,6 +1,6 @@
 """What a batch system says about itself, for the preflight: its commands, the largest node,
 and a queue's limits. One small function per system and question; each asks one command
-through `auditor.process.run` and parses its plain output (the parsers take text, so they are
+through `auditor.common.process.run` and parses its plain output (the parsers take text, so they are
 tested on recorded output too). None when the system does not say.
 """
 
@@ -11,8 +11,8 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from auditor.errors import CommandError
-from auditor.process import run
+from auditor.common.errors import CommandError
+from auditor.common.process import run
 
 #: What each batch engine needs on PATH, and the command that says whether it answers.
 BATCH_COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

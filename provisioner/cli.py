@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from auditor.crash import last_resort
-from auditor.errors import FloError, UsageError
+from auditor.common.crash import last_resort
+from auditor.common.errors import FloError, UsageError
 
 from . import api
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditor.errors import FloError
+from auditor.common.errors import FloError
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import psutil
 
+from auditor.common.errors import CommandError, FloError
+from auditor.common.process import run
 from auditor.data_spec import DataSpec
 from auditor.emit.compute import ComputeSpec
-from auditor.errors import CommandError, FloError
-from auditor.process import run
 
 from .batch_query import BATCH_COMMANDS, largest_node, queue_limits
 from .envs.base import EnvRequest

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from auditor import stale
 from auditor.backpack import Backpack
+from auditor.common import stale
+from auditor.common.errors import FloError, Interrupted, UsageError
 from auditor.emit.compute import ComputeSpec
-from auditor.errors import FloError, Interrupted, UsageError
 from auditor.specs import EnvSpec
 
 from . import api, data, preflight, runner
@@ -346,7 +346,7 @@ def _environments(report: RunReport, requests: Sequence[EnvRequest], cache: EnvC
     """Build (or take from the cache) each planned environment, timed per role: concurrently
     when there are several (manager and worker specs differ; each key has its own lock in
     the cache). The first is built in this thread; the others in daemon threads, so Ctrl-C
-    is not held up by them: their build commands die with flo-run (`auditor.process.run`
+    is not held up by them: their build commands die with flo-run (`auditor.common.process.run`
     ties them to it), and the cache's all-or-nothing builds leave nothing half-made."""
     built: dict[int, BuiltEnv] = {}
     failed: dict[int, BaseException] = {}

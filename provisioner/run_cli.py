@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from auditor.errors import UsageError
+from auditor.common.errors import UsageError
 
 from .run import PHASES, NotebookFailed, RunOptions, RunReport, run_backpack
 from .runner import Lab, parse_value

@@ -39,9 +39,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 import nbformat
 
-from auditor.errors import FloError
-from auditor.process import parent_death
-from auditor.record.interpreter import activated
+from auditor.common.errors import FloError
+from auditor.common.interpreter import activated
+from auditor.common.process import parent_death
 from auditor.workflow import load_workflow
 
 from .engines.base import env_prefix, free_port, wait_for
@@ -213,7 +213,7 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
         streams = {"stdout": log, "stderr": log} if log else {}
         handlers = _handlers()
         try:
-            # The kernel dies with flo-run, even on SIGKILL (auditor.process.parent_death).
+            # The kernel dies with flo-run, even on SIGKILL (auditor.common.process.parent_death).
             client.execute(env=activated(kernel_environment(env or {}), python),
                            preexec_fn=parent_death(signal.SIGKILL), **streams)
         except asyncio.CancelledError:  # our stop, before nbclient could turn it into an error

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from auditor.errors import FloError
+from auditor.common.errors import FloError
 
 #: The batch systems a site can name (each is an engine of the same name).
 BATCH_SYSTEMS = ("slurm", "pbs", "sge", "htcondor", "lsf")

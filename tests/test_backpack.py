@@ -10,8 +10,8 @@ from auditor.backpack import (
     workflow_copies,
     write_backpack,
 )
+from auditor.common.errors import UsageError
 from auditor.emit.compute import draft_compute, render_compute_yml
-from auditor.errors import UsageError
 
 ENV = "name: nb\nchannels: [conda-forge]\ndependencies:\n  - python=3.11.7\n  - pip\n" \
       "  - pip:\n      - numpy==2.2.6\n"
@@ -167,7 +167,7 @@ def test_audit_writes_a_backpack_that_derive_reproduces(tiny, tmp_path):
 @pytest.mark.slow
 def test_interrupted_audit_writes_nothing_and_leaves_no_temporary_folder(tiny, tmp_path):
     from auditor.api import AuditOptions, audit
-    from auditor.errors import Interrupted
+    from auditor.common.errors import Interrupted
 
     nb, scratch = tiny
 

@@ -14,13 +14,13 @@ import psutil
 import pytest
 import yaml
 
+from auditor.common.errors import UsageError
 from auditor.emit.checksums import directory_checksum, directory_files
 from auditor.emit.data import DataRules, draft_data
 from auditor.emit.data_hash import sha256_file, sha256_folder
 from auditor.emit.data_report import data_summary
 from auditor.emit.data_rules import SECRET_NOTE, normalize_url
 from auditor.emit.data_yml import bundle, parse_size, render_data_yml
-from auditor.errors import UsageError
 from auditor.events import Access, Connect
 from auditor.roles import Roles
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from auditor.common.errors import UsageError
 from auditor.diff import diff, render_markdown
-from auditor.errors import UsageError
 from auditor.specs import parse_conda_spec
 
 

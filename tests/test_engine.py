@@ -15,7 +15,7 @@ import nbformat
 import psutil
 import pytest
 
-from auditor.record.cleanup import TOKEN_VARIABLE
+from auditor.common.tree import TOKEN_VARIABLE
 from provisioner.engines import EngineError, EngineSpec, VersionMismatch, check_versions, get_engine
 from provisioner.engines.dask_local import DaskLocal
 from provisioner.runner import INJECTED_TAG, execute, inject_parameters, parse_value

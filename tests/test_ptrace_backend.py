@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from auditor.errors import RecordFormatError
+from auditor.common.errors import RecordFormatError
 from auditor.events import Access, CellMark, Connect, Exec, Exit, Spawn, mark_path, read_jsonl
 from auditor.record.ptrace import PtraceTracer, _probe
 

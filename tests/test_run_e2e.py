@@ -330,7 +330,7 @@ def test_invalid_backpack_fails_before_any_environment_work(places) -> None:
 
 def token_holders(flo_run_pid: int) -> list[str]:
     """Processes carrying the cleanup token of the engine started by flo-run `flo_run_pid`."""
-    from auditor.record.cleanup import TOKEN_VARIABLE
+    from auditor.common.tree import TOKEN_VARIABLE
 
     found = []
     for proc in psutil.process_iter(["pid", "status"]):

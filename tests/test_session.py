@@ -19,7 +19,7 @@ import nbformat
 import psutil
 import pytest
 
-from auditor.errors import RecordError
+from auditor.common.errors import RecordError
 from auditor.events import Access, Bind, Import, assign_cells, mark_path
 from auditor.record.base import Tracer
 from auditor.record.hooks import HooksTracer, hook_events, read_hook_log
@@ -236,7 +236,7 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     script = (
         "import sys, nbformat\n"
         "from pathlib import Path\n"
-        "from auditor.errors import Interrupted\n"
+        "from auditor.common.errors import Interrupted\n"
         "from auditor.record.hooks import HooksTracer\n"
         "from auditor.record.session import RecordOptions, record\n"
         f"path = Path({str(path)!r})\n"

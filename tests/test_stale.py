@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from auditor import stale
+from auditor.common import stale
 
 
 def _owner(folder: Path) -> dict:

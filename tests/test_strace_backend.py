@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from auditor.errors import RecordFormatError
+from auditor.common.errors import RecordFormatError
+from auditor.common.process import run
 from auditor.events import Access, CellMark, Exec, Exit, Spawn
-from auditor.process import run
 from auditor.record import base, strace
 from auditor.record.strace import StraceTracer
 

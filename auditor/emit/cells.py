@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from packaging.utils import canonicalize_name
 
-from ..errors import RecordFormatError
+from ..common.errors import RecordFormatError
 from ..roles import MANAGER, TOOL, WORKER
 from .cell_source import free_names, named_modules
 from .cell_watch import CellWatch

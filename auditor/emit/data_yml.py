@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import UsageError
+from ..common.errors import UsageError
 from .checksums import directory_files
 from .data import DataDraft
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from ..errors import TracerUnavailable, UsageError
+from ..common.errors import TracerUnavailable, UsageError
 from ..events import Event
 
 

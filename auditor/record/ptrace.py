@@ -14,9 +14,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import CommandError, RecordFormatError
+from ..common.errors import CommandError, RecordFormatError
+from ..common.process import run
 from ..events import Event, read_jsonl
-from ..process import run
 from .base import Tracer, merge_by_time, record_files, register
 
 RECORD_FILE = "trace.jsonl"

@@ -36,14 +36,14 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
-from ..errors import Interrupted, RecordError
-from ..process import parent_death
-from ..stale import owned_folder
+from ..common.errors import Interrupted, RecordError
+from ..common.interpreter import activated, require_module
+from ..common.process import parent_death
+from ..common.stale import owned_folder
+from ..common.tree import TOKEN_VARIABLE, ProcessTree
 from .base import Tracer
-from .cleanup import TOKEN_VARIABLE, ProcessTree
 from .companions import SAMPLES_FILE, Companions
 from .hooks import HOOK_LOG, kernel_record
-from .interpreter import activated, require_module
 from .traced_kernel import TracedKernelManager, bootstrap_code, kernel_name
 from .workers import WorkerWatch
 

@@ -26,9 +26,9 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import CommandError, RecordFormatError
+from ..common.errors import CommandError, RecordFormatError
+from ..common.process import run
 from ..events import Event
-from ..process import run
 from .base import Tracer, merge_by_time, record_files, register, which
 from .strace_parse import StraceParser
 

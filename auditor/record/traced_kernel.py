@@ -14,7 +14,7 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
 
-from ..errors import RecordError
+from ..common.errors import RecordError
 from .base import Tracer
 
 log = logging.getLogger("flo.record")

@@ -30,11 +30,11 @@ from typing import IO, Any
 
 import psutil
 
-from ..errors import RecordError
-from ..process import launch
-from ..stale import owned_folder
+from ..common.errors import RecordError
+from ..common.interpreter import require_module
+from ..common.process import launch
+from ..common.stale import owned_folder
 from .base import Tracer
-from .interpreter import require_module
 
 log = logging.getLogger("flo.record")
 

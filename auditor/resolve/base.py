@@ -17,8 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 from packaging.utils import canonicalize_name
 
-from ..errors import FloError
-from ..process import run
+from ..common.errors import FloError
+from ..common.process import run
 
 # Runs inside the probed interpreter, which may be any Python >= 3.8: stdlib only.
 _PROBE = r"""

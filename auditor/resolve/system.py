@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Iterable
 
-from ..process import run
+from ..common.process import run
 
 _BATCH = 200
 _MERGED = ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from auditor.backpack import Backpack, load_backpack
+from auditor.common.errors import FloError
 from auditor.data_spec import DataPolicy, DataProfile
 from auditor.emit.checksums import checksum_of, directory_stats, parse_checksum
 from auditor.emit.data import MAX_CLIMB, DataEntry, climb
 from auditor.emit.data_entry import beside
-from auditor.errors import FloError
 
 from ..folders import RUN_DIR, writing_into
 from .download import Cancel, Cancelled

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from auditor.errors import FloError
+from auditor.common.errors import FloError
 
 
 class DataError(FloError):

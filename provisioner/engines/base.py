@@ -4,7 +4,7 @@ An engine gives the notebook's kernel (the manager) a Dask scheduler to connect 
 running in the worker environment. The base classes do the bookkeeping every engine needs: the
 version check between manager and worker environments, free loopback ports, log files in the
 run folder, long-running processes in their own sessions, and teardown through the process tree
-of `auditor.record.cleanup` (every process carries the run's token, so stragglers are found).
+of `auditor.common.tree` (every process carries the run's token, so stragglers are found).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import TypeVar
 
 import psutil
 
-from auditor.errors import FloError
-from auditor.process import launch
-from auditor.record.cleanup import TOKEN_VARIABLE, ProcessTree
-from auditor.record.interpreter import activated
+from auditor.common.errors import FloError
+from auditor.common.interpreter import activated
+from auditor.common.process import launch
+from auditor.common.tree import TOKEN_VARIABLE, ProcessTree
 
 from ..site import SiteProfile
 

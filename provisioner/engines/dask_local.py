@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from auditor.record.cleanup import ProcessTree
+from auditor.common.tree import ProcessTree
 
 from .base import (
     Cluster,

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import psutil
 
-from auditor.errors import CommandError
-from auditor.process import run
-from auditor.record.cleanup import TOKEN_VARIABLE
+from auditor.common.errors import CommandError
+from auditor.common.process import run
+from auditor.common.tree import TOKEN_VARIABLE
 
 from .base import Cluster, Engine, EngineError, EngineSpec, wait_for
 

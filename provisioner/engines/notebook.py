@@ -10,7 +10,7 @@ its own workers, so a backpack re-runs as it was audited.
 
 from __future__ import annotations
 
-from auditor.record.cleanup import TOKEN_VARIABLE
+from auditor.common.tree import TOKEN_VARIABLE
 
 from .base import Cluster, Engine, EngineSpec, register
 

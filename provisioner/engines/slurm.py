@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from auditor.process import run
+from auditor.common.process import run
 
 from .base import EngineSpec, register
 from .jobqueue import BatchCluster, BatchEngine, user, workdir

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from auditor.errors import FloError
+from auditor.common.errors import FloError
 from auditor.specs import EnvSpec, Pin
 
 from .interpreters import Interpreter

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from auditor.errors import CommandError
-from auditor.process import run
+from auditor.common.errors import CommandError
+from auditor.common.process import run
 from auditor.specs import EnvSpec, Pin
 
 from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register

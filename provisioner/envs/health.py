@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from auditor.errors import CommandError
-from auditor.process import run
+from auditor.common.errors import CommandError
+from auditor.common.process import run
 
 #: Seconds the check may take; one that times out (a loaded machine) is not taken as damage.
 CHECK_TIMEOUT = 120

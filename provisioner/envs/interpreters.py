@@ -14,8 +14,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from auditor.errors import CommandError, FloError
-from auditor.process import run
+from auditor.common.errors import CommandError, FloError
+from auditor.common.process import run
 
 # Printed by the probed interpreter itself: what it is, exactly, for the cache key.
 _PROBE = (

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from auditor.errors import CommandError
-from auditor.process import run
+from auditor.common.errors import CommandError
+from auditor.common.process import run
 
 from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
 from .uv import _cause, install_pins, requirement_lines

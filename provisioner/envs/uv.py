@@ -18,8 +18,8 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from auditor.errors import CommandError, FloError
-from auditor.process import run
+from auditor.common.errors import CommandError, FloError
+from auditor.common.process import run
 from auditor.specs import Pin
 
 from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
