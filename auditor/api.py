@@ -18,21 +18,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .backpack import DATA, SUMMARY, check_destination, workflow_copies, write_backpack
+from .backpack.cells import CELLS, EXECUTED, render_cells_yml
+from .backpack.compute import ComputeSpec
+from .backpack.layout import DATA, SUMMARY, check_destination, workflow_copies, write_backpack
+from .backpack.workflow import load_workflow
 from .common import stale
 from .common.errors import Interrupted, RecordFormatError, UsageError
 from .emit.apt import RunObserver
 from .emit.cell_watch import CellWatch
-from .emit.cells import (
-    CELLS,
-    EXECUTED,
-    CellFacts,
-    annotate_executed,
-    build_cells,
-    executed_facts,
-    render_cells_yml,
-)
-from .emit.compute import ComputeSpec
+from .emit.cells import CellFacts, annotate_executed, build_cells, executed_facts
 from .emit.data import DataDraft
 from .emit.data_report import data_summary
 from .emit.data_rules import SYSTEM_PREFIXES
@@ -50,7 +44,6 @@ from .emit.report import build_summary
 from .emit.sides import WORKER_DIED, SideOutputs, derive_sides, pool_roots
 from .events import Access, Event, assign_cells
 from .roles import PROCESS_KINDS, Roles, RoleTracker
-from .workflow import load_workflow
 
 # Outputs derive writes into audit/: never copied from an older record over the new ones.
 _DERIVED_IN_AUDIT = ("summary.json", "cells.yml")

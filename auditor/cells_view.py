@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+from .backpack.cells import CELLS, CellReport, CellsReport, load_cells_yml
 from .common.errors import RecordFormatError, UsageError
-from .emit.cells import CELLS, CellReport, CellsReport, load_cells_yml
 
 FORMATS = ("table", "markdown", "yaml", "json", "dot")
 ROLES = ("manager", "worker")

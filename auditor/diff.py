@@ -14,16 +14,9 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
+from .backpack.data import DataItem, parse_data
+from .backpack.environment import EnvSpec, Pin, load_yaml, parse_environment, parse_requirements
 from .common.errors import UsageError
-from .specs import (
-    DataItem,
-    EnvSpec,
-    Pin,
-    load_yaml,
-    parse_data,
-    parse_environment,
-    parse_requirements,
-)
 
 ROLES = ("manager", "worker")
 ENV_FILES = {"manager": "environment.yml", "worker": "worker-environment.yml"}

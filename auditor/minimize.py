@@ -22,7 +22,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .specs import parse_conda_spec
+from .backpack.environment import parse_conda_spec
 
 #: The record of a minimization, in the audit folder (derive reads it; never derived).
 RECORD = "minimize.json"
@@ -40,7 +40,7 @@ def run_budget(candidates: int) -> int:
 
 
 def dropped_keys(pins: Iterable[Any], removal: Iterable[str], index: Any) -> set[str]:
-    """The pins (`emit.environment.Pin`) of one spec that go when `removal` is removed: the
+    """The pins (`emit.environment.DraftPin`) of one spec that go when `removal` is removed: the
     spec re-closed from its remaining roots (used pins, the kernel machinery); what that
     closure still holds stays, even when asked for."""
     pins = list(pins)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backpack import SUMMARY
+from .backpack.layout import SUMMARY
 from .common import stale
 from .common.errors import FloError, Interrupted, UsageError
 from .verify import (

@@ -266,7 +266,7 @@ def _relative(name: str, notebook_dir: Path) -> str:
 
 
 def _specs(backpack: Path) -> dict:
-    from .backpack import load_backpack
+    from .backpack.layout import load_backpack
     from .common.errors import FloError
 
     try:
@@ -276,7 +276,7 @@ def _specs(backpack: Path) -> dict:
 
 
 def _data_entries(backpack: Path) -> list:
-    from .backpack import load_backpack
+    from .backpack.layout import load_backpack
     from .common.errors import FloError
 
     try:

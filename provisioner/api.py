@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from auditor.backpack import Backpack, read_backpack
+from auditor.backpack.environment import EnvSpec
+from auditor.backpack.layout import Backpack, read_backpack
 from auditor.common.errors import FloError, SpecError
-from auditor.specs import EnvSpec
 
 from . import data as data_step
 from .data import FetchReport, VerifyReport, default_run_dir, default_scratch_dir
@@ -62,7 +62,7 @@ class ValidationResult:
     specs: dict[str, EnvSpec] = field(default_factory=dict)  # role -> spec
     #: The backpack as loaded (once, for the whole command); None when it is invalid.
     backpack: Backpack | None = None
-    checked_with: str = "auditor.backpack"  # which loader validated the spec files
+    checked_with: str = "auditor.backpack.layout"  # which loader validated the spec files
     seconds: float = 0.0
 
     @property
@@ -122,7 +122,7 @@ def _problem(exc: SpecError, root: Path) -> Problem:
 def _check_notebook(root: Path, workflow: Path, result: ValidationResult) -> None:
     """The workflow as flo-run will execute it: read by the audit's loader (a notebook must
     be valid nbformat; a script UTF-8 text), and a script must compile."""
-    from auditor.workflow import load_workflow
+    from auditor.backpack.workflow import load_workflow
 
     relative = str(workflow.relative_to(root))
     try:

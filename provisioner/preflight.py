@@ -24,10 +24,10 @@ from pathlib import Path
 
 import psutil
 
+from auditor.backpack.compute import ComputeSpec
+from auditor.backpack.data import DataSpec
 from auditor.common.errors import CommandError, FloError
 from auditor.common.process import run
-from auditor.data_spec import DataSpec
-from auditor.emit.compute import ComputeSpec
 
 from .batch_query import BATCH_COMMANDS, largest_node, queue_limits
 from .envs.base import EnvRequest

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from auditor.backpack import Backpack
+from auditor.backpack.compute import ComputeSpec
+from auditor.backpack.environment import EnvSpec
+from auditor.backpack.layout import Backpack
 from auditor.common import stale
 from auditor.common.errors import FloError, Interrupted, UsageError
-from auditor.emit.compute import ComputeSpec
-from auditor.specs import EnvSpec
 
 from . import api, data, preflight, runner
 from .engines import Cluster, EngineSpec, get_engine
@@ -421,7 +421,7 @@ def choose_engine(asked: str, summary: dict | None) -> str:
 
 def _cells_for(backpack: Path, cell: int) -> list[int]:
     """`--cell N`: N and the cells it transitively depends on, from the audit's cell graph."""
-    from auditor.emit.cells import CELLS, load_cells_yml
+    from auditor.backpack.cells import CELLS, load_cells_yml
 
     report = load_cells_yml(backpack / CELLS)
     if report.cell(cell) is None:

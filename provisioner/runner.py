@@ -2,12 +2,13 @@
 
 Headless: a kernelspec written for this run in a temporary JUPYTER_PATH-style folder names the
 manager environment's python (`-m ipykernel_launcher`), so the kernel is that environment's
-whatever flo-run itself runs in. The workflow is read by the audit's own loader
-(`auditor.workflow.load_workflow`): a `.py` script runs as the notebook the audit ran (one cell
-per `# %%`, else one cell; `__file__` set as under the audit), so cell numbers agree. Parameters
-are injected papermill-style. Once the kernel is up, the executed notebook is written whatever
-happens to the cells; `Execution.status` says how it ended. A kernel that cannot start is a
-`KernelStartFailed` naming the environment and the kernel log, and nothing is written.
+whatever flo-run itself runs in. The workflow is read by the backpack's one loader
+(`auditor.backpack.workflow.load_workflow`): a `.py` script runs as the notebook the audit ran
+(one cell per `# %%`, else one cell; `__file__` set as under the audit), so cell numbers agree.
+Parameters are injected papermill-style. Once the kernel is up, the executed notebook is
+written whatever happens to the cells; `Execution.status` says how it ended. A kernel that
+cannot start is a `KernelStartFailed` naming the environment and the kernel log, and nothing
+is written.
 
 SIGINT and SIGTERM during execution: nbclient installs its own event-loop handlers for both, which
 only start a kernel shutdown and let the cell wait go on (flo-run kept running for minutes). Our
@@ -39,10 +40,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import nbformat
 
+from auditor.backpack.workflow import load_workflow
 from auditor.common.errors import FloError
 from auditor.common.interpreter import activated
 from auditor.common.process import parent_death
-from auditor.workflow import load_workflow
 
 from .engines.base import env_prefix, free_port, wait_for
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from auditor.backpack import (
+from auditor.backpack.compute import draft_compute, render_compute_yml
+from auditor.backpack.layout import (
     BackpackError,
     load_backpack,
     workflow_copies,
     write_backpack,
 )
 from auditor.common.errors import UsageError
-from auditor.emit.compute import draft_compute, render_compute_yml
 
 ENV = "name: nb\nchannels: [conda-forge]\ndependencies:\n  - python=3.11.7\n  - pip\n" \
       "  - pip:\n      - numpy==2.2.6\n"

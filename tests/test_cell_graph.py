@@ -17,8 +17,8 @@ import yaml
 from conftest import STAND_IN_SHELL, AuditRun, Scenario, flo_audit_argv
 from test_kernel_side import KERNEL_SIDE, _interpreters
 
+from auditor.backpack.cells import load_cells_yml
 from auditor.emit.cell_source import free_names
-from auditor.emit.cells import load_cells_yml
 
 # argv: kernel side path, log path. Three cells around a namespace the script edits itself.
 NAMES_SCRIPT = STAND_IN_SHELL + r'''

@@ -82,7 +82,7 @@ def test_a_file_named_like_a_subcommand_is_audited_as_a_path(tmp_path):
 
 
 def test_a_percent_script_becomes_one_cell_per_marker(tmp_path):
-    from auditor.workflow import load_workflow
+    from auditor.backpack.workflow import load_workflow
 
     script = tmp_path / "job.py"
     script.write_text("import os\n# %%\nx = 1\n# %% [markdown]\n# Notes\n# %% Plot\nprint(x)\n")

@@ -21,7 +21,7 @@ import yaml
 from conftest import AUDIT_TIMEOUT_S, FIXTURES, Scenario, flo_audit_argv
 from rich.console import Console
 
-from auditor.emit.checksums import directory_checksum, file_checksum
+from auditor.backpack.checksums import directory_checksum, file_checksum
 from auditor.emit.data_report import render_data
 from auditor.emit.data_rules import SECRET_NOTE
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 import yaml
 
+from auditor.backpack.checksums import directory_checksum, directory_files
 from auditor.common.errors import UsageError
-from auditor.emit.checksums import directory_checksum, directory_files
 from auditor.emit.data import DataRules, draft_data
 from auditor.emit.data_hash import sha256_file, sha256_folder
 from auditor.emit.data_report import data_summary

@@ -21,9 +21,9 @@ import pytest
 import yaml
 from test_envs import make_backpack
 
-from auditor.backpack import load_backpack
-from auditor.data_spec import DataSpecError
-from auditor.emit.checksums import directory_checksum, parse_checksum
+from auditor.backpack.checksums import directory_checksum, parse_checksum
+from auditor.backpack.data import DataSpecError
+from auditor.backpack.layout import load_backpack
 from provisioner.data import DataError, fetch, profile_notebook_dir, verify
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, not repetitive within a chunk boundary

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import STAND_IN_SHELL
 
-from auditor.emit.checksums import directory_checksum
+from auditor.backpack.checksums import directory_checksum
 from auditor.emit.data import DataRules, draft_data
 from auditor.record.hooks import HooksTracer
 

@@ -26,9 +26,9 @@ import trustme
 from moto.server import ThreadedMotoServer
 from test_data_fetch import PAYLOAD, FileServer, _Handler, all_files, backpack_with, sha256
 
-from auditor.backpack import load_backpack
-from auditor.data_spec import DataSpecError
-from auditor.emit.checksums import directory_checksum
+from auditor.backpack.checksums import directory_checksum
+from auditor.backpack.data import DataSpecError
+from auditor.backpack.layout import load_backpack
 from provisioner.data import DataError, fetch
 
 FLO_RUN = [sys.executable, "-m", "provisioner.cli"]

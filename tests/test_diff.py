@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from auditor.backpack.environment import parse_conda_spec
 from auditor.common.errors import UsageError
 from auditor.diff import diff, render_markdown
-from auditor.specs import parse_conda_spec
 
 
 def write_env(folder: Path, body: str, name: str = "environment.yml") -> Path:

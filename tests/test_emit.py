@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import yaml
 from rich.console import Console
 
-from auditor.emit.compute import draft_compute, measure_compute, render_compute_yml
+from auditor.backpack.compute import draft_compute, render_compute_yml
+from auditor.emit.compute import measure_compute
 from auditor.emit.environment import (
     draft_environment,
     env_name,

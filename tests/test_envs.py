@@ -190,7 +190,7 @@ def _wait_for_blocked_flocks(lock_file: Path, count: int, procs: list, limit: fl
 
 
 def test_conda_pins_map_to_pypi_names() -> None:
-    from auditor.specs import Pin
+    from auditor.backpack.environment import Pin
     from provisioner.envs.uv import requirement_line
 
     assert requirement_line(Pin("pytorch", "2.1.0", "conda", "conda-forge")) == "torch==2.1.0"

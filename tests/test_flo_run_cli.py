@@ -33,7 +33,7 @@ def test_validate_good_backpack(good: Path) -> None:
     result = json.loads(done.stdout)
     assert result["valid"] and result["workflow"].endswith("workflow/analysis.ipynb")
     assert result["python"] == {"manager": "3.11.7", "worker": "3.11.7"}
-    assert result["checked_with"] == "auditor.backpack"
+    assert result["checked_with"] == "auditor.backpack.layout"
 
 
 def problems(backpack: Path, *extra: str, capsys: pytest.CaptureFixture[str]) -> list[dict]:

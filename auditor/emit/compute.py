@@ -1,4 +1,4 @@
-"""The worker resources spec, `compute/compute.yml` (DESIGN.md format, under vine_factory_config).
+"""Measuring the worker resources that go into `compute/compute.yml` (auditor/backpack/compute.py).
 
 Measured from the recorder's psutil samples (audit/samples.jsonl) of the worker processes, each
 together with its children (tools a task ran): peak resident memory, CPU time over wall time,
@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 
+from ..backpack.compute import ComputeSpec
 from .disk import DiskUse
 
 MB = 1024 * 1024
@@ -28,29 +28,6 @@ DISK_HEADROOM = 2.0  # x the most a worker kept in files
 DISK_STEP = 1024  # MB, also the least disk given
 CPU_WINDOW_S = 1.0  # CPU rate is measured over windows at least this long
 BUSY_CORES = 0.2  # a worker using this many cores in a window is running a task
-
-
-@dataclass
-class ComputeSpec:
-    """Per-worker resources; memory and disk in MB. `notes`: key -> how the value was derived."""
-
-    min_workers: int = 1
-    max_workers: int = 1
-    cores: int = 1
-    memory: int = 4096
-    disk: int = 10000
-    measured: bool = False
-    notes: dict[str, str] = field(default_factory=dict)
-    #: The figures measured (peak_rss_mb, peak_cores, mean_cores, disk_mb, workers_seen, ...).
-    measurements: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-def draft_compute() -> ComputeSpec:
-    """The defaults: one single-core worker with 4 GB of memory and 10 GB of disk."""
-    return ComputeSpec()
 
 
 def measure_compute(samples: Iterable[dict], worker_of: dict[int, int],
@@ -148,19 +125,3 @@ def _cpu(ticks: dict[int, dict[float, list[float]]]) -> tuple[float, float, int]
                 busy_at[int(times[0])].add(worker)
     busy = max((len(workers) for workers in busy_at.values()), default=0)
     return peak, mean, busy
-
-
-def render_compute_yml(spec: ComputeSpec, notebook: str, date: str) -> str:
-    """`compute/compute.yml` with a comment on each value saying where it came from."""
-    default = spec.notes.get("all", "default, not measured: edit to fit the workload")
-    lines = [f"# Drafted by flo-audit from a traced run of {notebook} on {date}.",
-             "# Per-worker resources; memory and disk in MB."]
-    if spec.measured:
-        lines.append("# Measured: psutil samples of each worker process and its children "
-                     "(audit/samples.jsonl).")
-    lines.append("vine_factory_config:")
-    for key, value in (("min-workers", spec.min_workers), ("max-workers", spec.max_workers),
-                       ("cores", spec.cores), ("memory", spec.memory), ("disk", spec.disk)):
-        note = spec.notes.get(key, default)
-        lines.append(f"  {key}: {value}  # {note}")
-    return "\n".join(lines) + "\n"

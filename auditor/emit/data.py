@@ -16,19 +16,9 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from ..backpack.data import MAX_CLIMB, DataEntry, beside, climb
 from ..events import Accept, Access, Connect, Event
-from .data_entry import (
-    MANAGER,
-    MAX_CLIMB,
-    TOOL,
-    TRACER,
-    DataDraft,
-    DataEntry,
-    Use,
-    beside,
-    climb,
-    entry_name,
-)
+from .data_entry import MANAGER, TOOL, TRACER, DataDraft, Use, entry_name
 from .data_hash import Progress, sha256_file, sha256_folder
 from .data_rules import CODE_SUFFIXES, DataRules, Owned, environment_owner, normalize_url
 from .data_stores import store_as_named, stores_of

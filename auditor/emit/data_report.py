@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..backpack import DATA
+from ..backpack.layout import DATA
 from .data import DataDraft
 from .data_rules import ABSOLUTE_NOTE, SECRET_NOTE, SIGNED_URL_NOTE, UNREAD_URL_NOTE
 from .data_yml import human_size

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..backpack import DATA
+from ..backpack.layout import DATA
 from .data import DataCollector, DataRules, environment_owner
 from .data_report import data_summary
 from .data_urls import read_responses

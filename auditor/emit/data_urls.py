@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..backpack.data import DataEntry
 from ..record.hooks import HOOK_LOG
-from .data_entry import DataDraft, DataEntry, Use, entry_name
+from .data_entry import DataDraft, Use, entry_name
 from .data_hash import Progress, checksum_url
 from .data_rules import PORTS, is_local, normalize_url, strip_credentials
 

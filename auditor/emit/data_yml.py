@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from ..backpack.checksums import directory_files
 from ..common.errors import UsageError
-from .checksums import directory_files
 from .data import DataDraft
 
 #: Where the bundled copies go, relative to the backpack (data.yml sits there too).
@@ -43,7 +43,7 @@ def render_data_yml(draft: DataDraft, notebook: str) -> str:
                       f"({', '.join(entry.credentials or ())}); supply them at run time.")
     if any(e.files is not None for e in draft.inputs):
         header.append("# A folder's checksum covers its files' relative paths, sizes and "
-                      "contents (auditor/emit/checksums.py).")
+                      "contents (auditor/backpack/checksums.py).")
     doc = {"schema_version": 1.0, "default_profile": "local_data",
            "profiles": {"local_data": {"policy": {"retry_attempts": 3, "timeout": 60},
                                        "data": [e.to_yaml_dict() for e in draft.inputs]}}}

@@ -39,8 +39,8 @@ _IMPORT_LINE = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*(?:\s*,\s*[A-Z
 
 
 @dataclass
-class Pin:
-    """One pinned distribution and why it is in the spec."""
+class DraftPin:
+    """One distribution the draft pins, and why (the pin as read back: backpack.environment.Pin)."""
 
     dist: Any  # auditor.resolve Distribution
     reason: str  # "used" | "required by <name>" | "kernel machinery"
@@ -79,15 +79,15 @@ class EnvironmentSpec:
 
     name: str
     python: str
-    pins: list[Pin]
+    pins: list[DraftPin]
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def conda_pins(self) -> list[Pin]:
+    def conda_pins(self) -> list[DraftPin]:
         return sorted((p for p in self.pins if p.kind == "conda"), key=lambda p: p.key)
 
     @property
-    def pip_pins(self) -> list[Pin]:
+    def pip_pins(self) -> list[DraftPin]:
         return sorted((p for p in self.pins if p.kind != "conda"), key=lambda p: p.key)
 
 
@@ -188,7 +188,7 @@ def draft_environment(resolution: Any, index: Any, *, python: str, notebook_stem
     for ckey, dist in members.items():
         if ckey in excluded or (dist.kind == "conda" and ckey in _CONDA_IMPLICIT):
             continue
-        pins.append(Pin(dist, reasons.get(ckey, "required"), sorted(cells.get(ckey, ())),
+        pins.append(DraftPin(dist, reasons.get(ckey, "required"), sorted(cells.get(ckey, ())),
                         sorted(used_roles.get(ckey, ()))))
         if getattr(dist, "local", False):
             warnings.append(f"{dist.name} is a local/editable install ({_direct_url(dist)}): "
@@ -248,7 +248,7 @@ def _explain_requirements(seeds: dict[str, Any], members: dict[str, Any],
         frontier = following
 
 
-def _comment(pin: Pin) -> str:
+def _comment(pin: DraftPin) -> str:
     if pin.reason == USED and pin.cells:
         where = "cell" if len(pin.cells) == 1 else "cells"
         return f"used in {where} {', '.join(str(c) for c in pin.cells)}"

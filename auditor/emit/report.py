@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .compute import ComputeSpec
+from ..backpack.compute import ComputeSpec
 from .data_report import render_data
 from .environment import USED, EnvironmentSpec
 

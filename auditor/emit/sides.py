@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backpack.compute import ComputeSpec, draft_compute, render_compute_yml
 from ..roles import MANAGER, SIDES, TOOL, WORKER, Roles
 from .apt import AptSpec, RunObserver, draft_apt, render_apt_txt
-from .compute import MB, ComputeSpec, draft_compute, measure_compute, render_compute_yml
+from .compute import MB, measure_compute
 from .data_rules import is_local
 from .disk import measure_disk, save_written, worker_written, written_sizes
 from .environment import USED, EnvironmentSpec, render_environment_yml

@@ -18,8 +18,8 @@ from .environment import (
     _CONDA_IMPLICIT,
     OWN_DISTRIBUTIONS,
     USED,
+    DraftPin,
     EnvironmentSpec,
-    Pin,
     _explain_requirements,
     _installed,
     env_name,
@@ -59,7 +59,7 @@ def draft_worker_environment(resolution: Any, index: Any, roles: Roles, *, pytho
     members.update(seeds)
     _explain_requirements(seeds, members, reasons)
     # No cells: a cell number says when a task ran, not that the worker needs it for that cell.
-    pins = [Pin(dist, reasons.get(ckey, "required"), [], [WORKER])
+    pins = [DraftPin(dist, reasons.get(ckey, "required"), [], [WORKER])
             for ckey, dist in members.items()
             if ckey not in excluded and not (dist.kind == "conda" and ckey in _CONDA_IMPLICIT)]
     pins.sort(key=lambda p: p.key)

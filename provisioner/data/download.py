@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from auditor.backpack.data import DataPolicy
 from auditor.common.errors import FloError
-from auditor.data_spec import DataPolicy
 
 CHUNK = 1 << 16
 USER_AGENT = "flo-run (flo-backpack)"

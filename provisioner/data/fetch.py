@@ -1,6 +1,6 @@
 """Fetch and verify a backpack's data: data.yml -> verified files at their run-folder targets.
 
-Order of work, so that a bad entry costs nothing: read data.yml (through auditor.backpack),
+Order of work, so that a bad entry costs nothing: read data.yml (through auditor.backpack.layout),
 resolve every target (inside the run folder, or "use in place"), check every local source
 exists, and only then copy or download, concurrently. Each entry is staged next to its target,
 verified (size, file count, checksum), and renamed into place; a failure cancels the rest and
@@ -20,12 +20,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditor.backpack import Backpack, load_backpack
+from auditor.backpack.checksums import checksum_of, directory_stats, parse_checksum
+from auditor.backpack.data import MAX_CLIMB, DataEntry, DataPolicy, DataProfile, beside, climb
+from auditor.backpack.layout import Backpack, load_backpack
 from auditor.common.errors import FloError
-from auditor.data_spec import DataPolicy, DataProfile
-from auditor.emit.checksums import checksum_of, directory_stats, parse_checksum
-from auditor.emit.data import MAX_CLIMB, DataEntry, climb
-from auditor.emit.data_entry import beside
 
 from ..folders import RUN_DIR, writing_into
 from .download import Cancel, Cancelled

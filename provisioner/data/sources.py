@@ -20,8 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import ClassVar
 from urllib.parse import unquote, urlparse
 
-from auditor.data_spec import DataPolicy
-from auditor.emit.data import DataEntry
+from auditor.backpack.data import DataEntry, DataPolicy
 
 from .download import ByteProgress, Cancelled, DownloadError, download, pause
 from .results import DataError

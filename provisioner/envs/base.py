@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from auditor.backpack.environment import EnvSpec, Pin
 from auditor.common.errors import FloError
-from auditor.specs import EnvSpec, Pin
 
 from .interpreters import Interpreter
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from auditor.backpack.environment import EnvSpec, Pin
 from auditor.common.errors import CommandError
 from auditor.common.process import run
-from auditor.specs import EnvSpec, Pin
 
 from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
 from .interpreters import Interpreter, probe

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from auditor.backpack.environment import Pin
 from auditor.common.errors import CommandError, FloError
 from auditor.common.process import run
-from auditor.specs import Pin
 
 from .base import BuildOutcome, EnvBuilder, EnvBuildError, EnvRequest, register
 

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .common.errors import FloError, SpecError, UsageError
-from .data_spec import DataSpec, load_data_spec
-from .emit.compute import ComputeSpec
-from .specs import (
+from ..common.errors import FloError, SpecError, UsageError
+from .compute import ComputeSpec, compute_from_doc
+from .data import DataSpec, load_data_spec
+from .environment import (
     EnvSpec,
     environment_from_doc,
     load_yaml,
@@ -352,29 +352,9 @@ def _in_backpack(exc: SpecError) -> BackpackSpecError:
     return BackpackSpecError(exc.file, exc.key, exc.expected, exc.found, entry=exc.entry)
 
 
-_COMPUTE_KEYS = {"min-workers": "min_workers", "max-workers": "max_workers", "cores": "cores",
-                 "memory": "memory", "disk": "disk"}
-
-
 def _read_compute(path: Path, warnings: list[str]) -> ComputeSpec:
     doc = _read_yaml(path, "a mapping with 'vine_factory_config'")
-    for key in sorted(set(doc) - {"vine_factory_config"}):
-        warnings.append(f"{path}: unknown key {key!r} ignored")
-    config = doc.get("vine_factory_config")
-    if not isinstance(config, dict):
-        raise BackpackSpecError(path, "vine_factory_config", "expected a mapping of "
-                                + ", ".join(_COMPUTE_KEYS))
-    values: dict[str, Any] = {}  # ComputeSpec's keyword arguments, each checked below
-    for key, value in config.items():
-        if key not in _COMPUTE_KEYS:
-            warnings.append(f"{path}: unknown key 'vine_factory_config.{key}' ignored")
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise BackpackSpecError(path, f"vine_factory_config.{key}",
-                                    "expected a non-negative integer", repr(value))
-        values[_COMPUTE_KEYS[key]] = value
-    spec = ComputeSpec(**values)
-    if spec.min_workers > spec.max_workers:
-        raise BackpackSpecError(path, "vine_factory_config.min-workers", "expected at most "
-                                f"max-workers ({spec.max_workers})", str(spec.min_workers))
-    return spec
+    try:
+        return compute_from_doc(path, doc, warnings)
+    except SpecError as exc:
+        raise _in_backpack(exc) from None

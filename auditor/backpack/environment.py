@@ -1,9 +1,9 @@
-"""Models of the backpack's spec files as both sides read them: environments and data entries.
+"""software/environment.yml and requirements.txt as both sides read them: `Pin`, `EnvSpec`.
 
 `parse_environment` reads a conda-format environment.yml (conda specs and the `pip:` list) into
-exact pins; `parse_data` reads data.yml in the Floability schema (profiles) or the legacy flat
-list. Errors name the file, the key and what was expected. The audit's diff and the
-provisioner's environment builder both read specs through here.
+exact pins; `parse_requirements` a requirements.txt. Errors name the file, the key and what was
+expected. The audit's diff, its --verify and the provisioner's environment builders all read
+specs through here; the audit writes them (auditor/emit/environment.py renders the draft).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .common.errors import SpecError
+from ..common.errors import SpecError
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,6 @@ class EnvSpec:
     python: str | None
     pins: dict[str, Pin]
     channels: tuple[str, ...] = ()  # environment.yml's `channels:`, in order
-
-
-@dataclass(frozen=True)
-class DataItem:
-    name: str
-    target: str
-    checksum: str | None
-    size: int | None
 
 
 def load_yaml(path: Path) -> object:
@@ -164,14 +156,3 @@ def _parse_pip_line(line: str, path: Path) -> Pin | None:
         return Pin(req.name, req.url, "pip")
     exact = [s.version for s in req.specifier if s.operator in ("==", "===")]
     return Pin(req.name, exact[0] if exact else None, "pip")
-
-
-def parse_data(path: Path) -> dict[tuple[str, str], DataItem]:
-    """Data entries of a data.yml, every profile's, by (name, target_location); the schema is
-    checked by `auditor.data_spec` (Floability profiles, or the legacy flat `data:` list)."""
-    from .data_spec import load_data_spec
-
-    spec = load_data_spec(path, load_yaml(path))
-    return {(e.name, e.target_location): DataItem(e.name, e.target_location, e.checksum,
-                                                  e.expected_size)
-            for profile in spec.profiles.values() for e in profile.entries}

@@ -9,15 +9,74 @@ reported as warnings, never errors. Errors name the file, the entry and what was
 
 from __future__ import annotations
 
+import os
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from .common.errors import SpecError
-from .emit.checksums import parse_checksum
-from .emit.data import DataEntry
+from ..common.errors import SpecError
+from .checksums import parse_checksum
+from .environment import load_yaml
+
+MANAGER = "manager"  # read_by: the role that read an input
+
+#: A target_location may climb this many folders above the notebook ('../data/x.csv'): flo-run
+#: then runs the notebook that many folders down inside the run folder, so nothing leaves it.
+MAX_CLIMB = 8
+
+
+def climb(path: str) -> int:
+    """How many folders a relative path climbs above where it starts ('../../x' -> 2)."""
+    parts = posixpath.normpath(path.replace("\\", "/")).split("/")
+    return next((i for i, part in enumerate(parts) if part != ".."), len(parts))
+
+
+#: How far above the notebook's folder an absolutely named input still counts as the
+#: project's ('/p/notebooks' -> '/p/data': 1), and is copied rather than used in place.
+NEAR_CLIMB = 2
+
+
+def beside(path: str, folder: str, most: int = NEAR_CLIMB) -> bool:
+    """Whether absolute `path` lies in the project of `folder`: at most `most` folders above
+    it, under a common folder two or more levels below the root (not /tmp or /home)."""
+    if climb(os.path.relpath(path, folder)) > most:
+        return False
+    return len(Path(os.path.commonpath([path, folder])).parts) >= 3
+
+
+@dataclass
+class DataEntry:
+    """One input of the run, as a data.yml entry."""
+
+    name: str
+    source_type: str  # fs | backpack | http | https
+    source: str
+    target_location: str
+    expected_size: int | None = None
+    checksum: str | None = None
+    read_by: str = MANAGER
+    first_cell: int | None = None
+    files: int | None = None  # directory entries: how many files
+    post_fetch: dict[str, str] | None = None
+    absolute: bool = False  # outside the notebook's folder: not portable as it is
+    credentials: list[str] | None = None  # URL parameters removed: credentials, signing
+    storage_options: dict[str, object] | None = None  # s3: passed to fsspec (endpoint_url, anon)
+
+    def to_yaml_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "source_type": self.source_type,
+                                  "source": self.source, "target_location": self.target_location}
+        for key in ("expected_size", "checksum", "files", "post_fetch", "storage_options"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        out["read_by"] = self.read_by
+        if self.first_cell is not None:
+            out["first_cell"] = self.first_cell
+        return out
+
 
 SOURCE_TYPES = ("backpack", "fs", "file", "http", "https", "s3")
 POST_FETCH = ("untar", "unzip")
@@ -258,3 +317,20 @@ def _infer_source_type(source: str) -> str:
     if scheme:
         return scheme
     return "fs" if source.startswith("/") else "backpack"
+
+
+@dataclass(frozen=True)
+class DataItem:
+    name: str
+    target: str
+    checksum: str | None
+    size: int | None
+
+
+def parse_data(path: Path) -> dict[tuple[str, str], DataItem]:
+    """Data entries of a data.yml, every profile's, by (name, target_location); the schema is
+    checked by `auditor.backpack.data` (Floability profiles, or the legacy flat `data:` list)."""
+    spec = load_data_spec(path, load_yaml(path))
+    return {(e.name, e.target_location): DataItem(e.name, e.target_location, e.checksum,
+                                                  e.expected_size)
+            for profile in spec.profiles.values() for e in profile.entries}

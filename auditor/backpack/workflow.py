@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-from .common.errors import UsageError
+from ..common.errors import UsageError
 
 SUPPORTED = (".ipynb", ".py")
 
