@@ -20,7 +20,9 @@ from typing import Any
 
 from .backpack.cells import CELLS, EXECUTED, render_cells_yml
 from .backpack.compute import ComputeSpec
-from .backpack.layout import DATA, SUMMARY, check_destination, workflow_copies, write_backpack
+from .backpack.layout import DATA, check_destination, workflow_copies, write_backpack
+from .backpack.session import Session, read_session
+from .backpack.summary import SUMMARY
 from .backpack.workflow import load_workflow
 from .common import stale
 from .common.errors import Interrupted, RecordFormatError, UsageError
@@ -76,7 +78,7 @@ class AuditOptions:
 class Derived:
     """Everything derived from one record folder: the specs as data, their texts, the summary."""
 
-    session: dict
+    session: Session
     roles: Roles
     resolution: Any
     environment: EnvironmentSpec
@@ -92,8 +94,7 @@ class Derived:
 
     @property
     def complete(self) -> bool:
-        return self.session.get("status") == "complete" and not (self.sides and
-                                                                 self.sides.crashed)
+        return self.session.complete and not (self.sides and self.sides.crashed)
 
 
 @dataclass
@@ -116,22 +117,6 @@ def own_code_dirs() -> list[str]:
     root = Path(__file__).resolve().parent.parent
     return [str(root / name) for name in ("auditor", "provisioner", "kernels")
             if (root / name).is_dir()]
-
-
-def read_session(record_dir: str | Path) -> dict:
-    path = Path(record_dir) / "session.json"
-    try:
-        session = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecordFormatError(f"{path} is missing: {record_dir} is not an audit record "
-                                "(give the audit/ folder of a backpack)") from None
-    except (OSError, ValueError) as exc:
-        raise RecordFormatError(f"{path} is not readable JSON ({exc}); "
-                                "re-run flo-audit on the notebook") from None
-    if not isinstance(session, dict) or "backend" not in session or "kernel" not in session:
-        raise RecordFormatError(f"{path}: expected an object with 'backend' and 'kernel' "
-                                "(docs/internals.md); re-run flo-audit on the notebook")
-    return session
 
 
 def record_events(record_dir: Path, backend: str) -> tuple[Iterator[Event], list[str]]:
@@ -212,29 +197,28 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     started = time.monotonic()
     record_dir = Path(record_dir)
     session = read_session(record_dir)
-    notebook = str(session.get("notebook") or "notebook.ipynb")
+    notebook = session.notebook or "notebook.ipynb"
     notebook_dir = str(notebook_dir or Path(notebook).parent)
     if cell_sources is None:
         cell_sources = _cell_sources(record_dir / "executed.ipynb")
 
-    events, warnings = record_events(record_dir, session["backend"])
-    cell_of_seq = {int(c["seq"]): int(c["index"]) for c in session.get("cells") or ()}
-    tracker = RoleTracker(session.get("kernel_pid"), session.get("tracer_pid"),
-                          pool_roots(session))
+    events, warnings = record_events(record_dir, session.backend)
+    cell_of_seq = session.cell_of_seq
+    tracker = RoleTracker(session.kernel_pid, session.tracer_pid, pool_roots(session))
     observer = _Observer(tracker)
-    run_observer = RunObserver(session.get("kernel_pid"))
+    run_observer = RunObserver(session.kernel_pid)
     cell_watch = CellWatch()
     stream = cell_watch.watch(run_observer.watch(observer.watch(assign_cells(events,
                                                                              cell_of_seq))))
 
-    env = Environment.from_kernel_record(session["kernel"])
+    env = Environment.from_kernel_record(session.kernel)
     index = index_environment(env, exclude_names=OWN_DISTRIBUTIONS)
     data = collector_for_record(session, index, notebook_dir, ignore=own_code_dirs(),
                                 record_dir=record_dir)
     observer.on_data = data.note  # before the stream is consumed (by resolve)
     resolution = resolve(stream, index, notebook_dir, ignore=own_code_dirs())
     roles = tracker.roles()
-    draft = data.draft(roles, workflow=resolution.workflow, started=session.get("started"),
+    draft = data.draft(roles, workflow=resolution.workflow, started=session.started,
                        progress=on_hash, checksum_remote=checksum_remote)
 
     stem = Path(notebook).stem
@@ -249,10 +233,9 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
                          record_dir=record_dir)
     compute = sides.compute
     keep = set(resolution.workflow) | {p for p in resolution.outside if not p.startswith(_SYSTEM)}
-    warnings = _unique([*(session.get("warnings") or ()), *extra_warnings, *warnings,
+    warnings = _unique([*session.warnings, *extra_warnings, *warnings,
                         *spec.warnings, *draft.warnings])
-    timings = {"run_seconds": round(float(session.get("ended") or 0)
-                                    - float(session.get("started") or 0), 3),
+    timings = {"run_seconds": round(session.seconds, 3),
                "derive_seconds": round(time.monotonic() - started, 3)}
     summary = build_summary(session=session, spec=spec, compute=compute, resolution=resolution,
                             roles=roles, cell_sources=cell_sources,
@@ -260,10 +243,10 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
                             timings=timings)
     summary["data"] = data_summary(draft)
     summary.update(roles=sides.report, apt=sides.apt.to_json())
-    module_owner = ModuleOwners(index, session["kernel"].get("path") or (), notebook_dir).owner
+    module_owner = ModuleOwners(index, session.kernel.get("path") or (), notebook_dir).owner
     candidates = find_candidates(record_dir, pins=spec.pins, index=index,
                                  module_owner=module_owner, notebook_dir=notebook_dir,
-                                 kernel_pid=session.get("kernel_pid"), python=env.version,
+                                 kernel_pid=session.kernel_pid, python=env.version,
                                  cell_sources=cell_sources)
     minimized = read_minimize_record(record_dir)
     summary["minimize"] = {"candidates": [c.to_json() for c in candidates],
@@ -272,7 +255,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
         summary["worker_packages"] = [pin.to_json() for pin in sides.worker_spec.pins]
     if sides.crashed and summary.get("complete"):
         summary.update(status=WORKER_DIED, complete=False)
-    date = datetime.fromtimestamp(float(session.get("started") or time.time())).strftime("%Y-%m-%d")
+    date = datetime.fromtimestamp(session.started or time.time()).strftime("%Y-%m-%d")
     name = Path(notebook).name
     texts = {
         "software/environment.yml": render_environment_yml(spec, name, date),
@@ -287,7 +270,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
         watch=cell_watch, session=session, roles=roles, used=resolution.used.values(),
         manager_used={pin.key for pin in spec.pins if pin.reason == USED}, draft=draft,
         paths=data.cell_uses(), url_cells=data.url_cells, samples=samples,
-        cwd=str(session.get("cwd") or notebook_dir),
+        cwd=session.cwd or notebook_dir,
         module_owner=module_owner))
     texts[CELLS] = render_cells_yml(cells)
     if (annotated := annotate_executed(record_dir / "executed.ipynb", cells)) is not None:
@@ -412,7 +395,7 @@ def derive_backpack(audit_dir: str | Path, output: str | Path | None = None,
     root = Path(audit_dir)
     record_dir = root / "audit" if (root / "audit" / "session.json").exists() else root
     session = read_session(record_dir)
-    notebook = Path(str(session.get("notebook") or ""))
+    notebook = Path(session.notebook)
     derived = derive(record_dir, notebook.parent)
     if output is None:
         return derived, None

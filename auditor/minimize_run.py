@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backpack.layout import SUMMARY
+from .backpack.summary import SUMMARY
 from .common import stale
 from .minimize import (
     RECORD,

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backpack.layout import SUMMARY
+from .backpack.session import Session, read_session
+from .backpack.summary import SUMMARY
 from .common import stale
 from .common.errors import FloError, Interrupted, UsageError
 from .verify import (
@@ -69,12 +70,10 @@ def verify_backpack(backpack: str | os.PathLike[str], options: VerifyOptions | N
     from provisioner.folders import NotWritable
     from provisioner.run import NotebookFailed, RunOptions, run_backpack
 
-    from .api import read_session
-
     options = options or VerifyOptions()
     say = options.say
     root = Path(backpack).expanduser().absolute()
-    audited, session = _audited_run(root, read_session)
+    audited, session = _audited_run(root)
     started = time.monotonic()
     stale.sweep(None, (VERIFY_PREFIX,))  # what a killed verification left
     work = stale.owned_folder(VERIFY_PREFIX)
@@ -97,10 +96,10 @@ def verify_backpack(backpack: str | os.PathLike[str], options: VerifyOptions | N
         say("verify: comparing the re-run with the audited run, cell by cell")
         rerun = _notebook(rerun_path) if rerun_path.is_file() else None
         normalise = Normaliser.for_runs(
-            notebook_dirs=[p for p in (report and report.notebook_dir, session.get("cwd"),
-                                       Path(str(session.get("notebook", ""))).parent) if p],
+            notebook_dirs=[p for p in (report and report.notebook_dir, session.cwd,
+                                       Path(session.notebook).parent) if p],
             env_prefixes=[*(e.path for e in (report.envs.values() if report else ())),
-                          *(p for p in ((session.get("kernel") or {}).get("prefix"),) if p)],
+                          *(p for p in (session.kernel.get("prefix"),) if p)],
             temp_dirs=[work])
         cells = compare_notebooks(audited, rerun, normalise)
         first = next((c for c in cells if c.outcome == FAILED), None)
@@ -108,8 +107,7 @@ def verify_backpack(backpack: str | os.PathLike[str], options: VerifyOptions | N
             explanation = f"flo-run could not deploy the backpack: {deploy_error}"
         elif first is not None:
             explanation = explain(first, session=session, backpack=root)
-        elif report is not None and report.status != "complete" and session.get(
-                "status") == "complete":
+        elif report is not None and report.status != "complete" and session.complete:
             explanation = f"the re-run did not complete: {report.message}"
         else:
             explanation = None
@@ -136,7 +134,7 @@ def verify_backpack(backpack: str | os.PathLike[str], options: VerifyOptions | N
     return Verification(root, result)
 
 
-def _audited_run(root: Path, read_session: Callable[[Path], dict]) -> tuple[dict, dict]:
+def _audited_run(root: Path) -> tuple[dict, Session]:
     executed = root / EXECUTED
     if not root.is_dir() or not executed.is_file() or not (root / SUMMARY).is_file():
         raise UsageError(f"{root} is not a backpack written by flo-audit (no {EXECUTED} or "

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backpack.session import Session
+
 #: Verdicts, in summary.json's `verify.verdict` and printed.
 REPRODUCED = "reproduced"
 WITH_DIFFERENCES = "reproduced with differences"
@@ -187,7 +189,7 @@ _NO_FILE = re.compile(r"No such file or directory: '([^']+)'")
 _NO_FILE_ERRORS = ("FileNotFoundError", "OSError", "IOError")
 
 
-def explain(cell: CellResult, *, session: dict, backpack: Path) -> str:
+def explain(cell: CellResult, *, session: Session, backpack: Path) -> str:
     """The first failing cell, in terms of the backpack: which distribution or data entry is
     missing, and why the audit may not have seen it."""
     where = f"cell {cell.index}"
@@ -205,7 +207,7 @@ def explain(cell: CellResult, *, session: dict, backpack: Path) -> str:
     return f"{said} in the re-run; the audited run ran it as {cell.audited}"
 
 
-def explain_module(module: str, *, session: dict, backpack: Path) -> str:
+def explain_module(module: str, *, session: Session, backpack: Path) -> str:
     """Who provides `module` in the audited environment (built from the session's kernel
     record, as derive builds it), and whether the backpack pins it."""
     from packaging.utils import canonicalize_name
@@ -215,13 +217,13 @@ def explain_module(module: str, *, session: dict, backpack: Path) -> str:
     from .resolve import Environment, index_environment
     from .resolve.modules import NOT_FOUND, ModuleOwners
 
-    kernel = session.get("kernel") or {}
+    kernel = session.kernel
     try:
         index = index_environment(Environment.from_kernel_record(kernel),
                                   exclude_names=OWN_DISTRIBUTIONS)
     except FloError as exc:
         return f"the audited environment cannot be read here ({exc})"
-    notebook_dir = str(session.get("cwd") or Path(str(session.get("notebook", ""))).parent)
+    notebook_dir = session.folder
     owner = ModuleOwners(index, kernel.get("path") or (), notebook_dir).owner(module)
     prefix = kernel.get("prefix", "?")
     if owner == NOT_FOUND:
@@ -245,10 +247,10 @@ def explain_module(module: str, *, session: dict, backpack: Path) -> str:
             f"time; add {pin} to software/environment.yml, or audit again with that path taken")
 
 
-def explain_file(name: str, *, session: dict, backpack: Path) -> str:
+def explain_file(name: str, *, session: Session, backpack: Path) -> str:
     """The data.yml entry that should have put `name` in place, or that the audit never saw
     the file read."""
-    notebook_dir = Path(str(session.get("cwd") or Path(str(session.get("notebook", ""))).parent))
+    notebook_dir = Path(session.folder)
     wanted = _relative(name, notebook_dir)
     for entry in _data_entries(backpack):
         if os.path.normpath(entry.target_location) == wanted:

@@ -21,6 +21,7 @@ from typing import TypeVar
 from auditor.backpack.compute import ComputeSpec
 from auditor.backpack.environment import EnvSpec
 from auditor.backpack.layout import Backpack
+from auditor.backpack.summary import Summary
 from auditor.common import stale
 from auditor.common.errors import FloError, Interrupted, UsageError
 
@@ -391,10 +392,10 @@ def _default_cache(options: RunOptions) -> Path:
     return default_cache_dir(options.scratch_dir)  # the rule lives in envs/cache.py
 
 
-def flagged_secrets(summary: dict | None) -> str | None:
+def flagged_secrets(summary: Summary | None) -> str | None:
     """A line naming the secrets the audit saw the notebook read (never put in a backpack),
     so a run that fails without them says why first; None when there were none."""
-    data = (summary or {}).get("data") or {}
+    data = summary.data if summary else {}
     found = [item.get("path") if isinstance(item, dict) else item
              for item in data.get("secrets") or ()]
     found += [item.get("url") if isinstance(item, dict) else item
@@ -406,14 +407,14 @@ def flagged_secrets(summary: dict | None) -> str | None:
             f"{', '.join(named)}; put them in place (or a fresh signed URL) on this machine")
 
 
-def choose_engine(asked: str, summary: dict | None) -> str:
+def choose_engine(asked: str, summary: Summary | None) -> str:
     """`auto`: the notebook's own workers when its audit saw it start them (a notebook that
     calls `Client(n_workers=2)` must not be pointed at a provisioned scheduler) or saw no
     worker at all, else Dask workers started here. A hand-written backpack has no audit:
     dask-local."""
     if asked != "auto":
         return asked
-    worker = ((summary or {}).get("roles") or {}).get("worker")
+    worker = summary.roles.get("worker") if summary else None
     if worker is not None and not worker.get("processes"):
         return "notebook"  # audited, and no worker ran: nothing to provision
     return "notebook" if (worker or {}).get("started_by") == "notebook" else "dask-local"

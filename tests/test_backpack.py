@@ -21,7 +21,8 @@ def texts(marker="new"):
     return {"software/environment.yml": ENV,
             "software/requirements.txt": f"# {marker}\nnumpy==2.2.6  # used in cell 1\n",
             "compute/compute.yml": render_compute_yml(draft_compute(), "nb.ipynb", "today"),
-            "audit/summary.json": '{"notebook": "/x/nb.ipynb", "complete": true}'}
+            "audit/summary.json": '{"schema": 1, "notebook": "/x/nb.ipynb", "status": "complete", '
+                                  '"complete": true}'}
 
 
 @pytest.fixture

@@ -532,7 +532,8 @@ def test_the_notebook_runs_deep_enough_for_what_the_audit_saw_it_write(tmp_path:
 
     bp = tmp_path / "bp"
     (bp / "audit").mkdir(parents=True)
-    summary = {"notebook": "/home/u/proj/analysis/notebooks/nb.ipynb",
+    summary = {"schema": 1, "status": "complete",
+               "notebook": "/home/u/proj/analysis/notebooks/nb.ipynb",
                "data": {"outputs": ["/home/u/proj/out/r.txt", "/var/tmp/far/x"],
                         "intermediates": ["/home/u/proj/analysis/notebooks/mid.csv"]}}
     (bp / "audit" / "summary.json").write_text(json.dumps(summary))

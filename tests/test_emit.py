@@ -10,6 +10,7 @@ import yaml
 from rich.console import Console
 
 from auditor.backpack.compute import draft_compute, render_compute_yml
+from auditor.backpack.session import Session
 from auditor.emit.compute import measure_compute
 from auditor.emit.environment import (
     draft_environment,
@@ -273,8 +274,9 @@ def test_compute_cores_count_workers_shorter_than_a_cpu_window():
 
 
 def summary(status="complete", failed=None):
-    session = {"notebook": "/nb/analysis.ipynb", "status": status, "failed_cell": failed,
-               "backend": "strace", "kernel": {"executable": "/env/bin/python"}}
+    session = Session.from_json({
+        "schema": 1, "notebook": "/nb/analysis.ipynb", "status": status, "failed_cell": failed,
+        "backend": "strace", "kernel": {"executable": "/env/bin/python"}})
     return build_summary(session=session, spec=spec(), compute=draft_compute(),
                          resolution=resolution(), roles=ROLES,
                          cell_sources={1: "import numpy", 2: "import sklearn", 3: "import floedit",

@@ -195,7 +195,8 @@ def test_strict_validation_reads_scripts_as_they_will_run(tmp_path: Path) -> Non
     ambiguous = api.validate(bp, strict=True)
     assert not ambiguous.valid and "exactly one" in str(ambiguous.problems[0])
     (bp / "audit").mkdir()  # the audit names the workflow among the helper modules
-    (bp / "audit" / "summary.json").write_text(json.dumps({"notebook": "/elsewhere/main.py"}))
+    (bp / "audit" / "summary.json").write_text(json.dumps({"schema": 1, "status": "complete",
+                                                            "notebook": "/elsewhere/main.py"}))
     checked = api.validate(bp, strict=True)
     assert checked.valid, checked.problems
     assert checked.workflow == bp.absolute() / "workflow" / "main.py"

@@ -23,6 +23,7 @@ import psutil
 import pytest
 from conftest import AuditRun, Scenario, flo_audit_argv
 
+from auditor.backpack.session import read_session
 from auditor.verify import (
     DIFFERS,
     FAILED,
@@ -228,10 +229,10 @@ def test_file_not_found_names_the_data_entry_or_says_the_audit_never_saw_it(
         "schema_version: 1.0\ndefault_profile: local_data\nprofiles:\n  local_data:\n"
         "    data:\n      - name: table\n        source_type: backpack\n"
         "        source: data/table.csv\n        target_location: inputs/table.csv\n")
-    session = json.loads((backpack / "audit/session.json").read_text())
+    session = read_session(backpack / "audit")
     named = explain_file("inputs/table.csv", session=session, backpack=backpack)
     assert "data.yml entry 'table'" in named, named
-    absolute = str(Path(session["cwd"]) / "inputs/table.csv")
+    absolute = str(Path(session.cwd) / "inputs/table.csv")
     assert "entry 'table'" in explain_file(absolute, session=session, backpack=backpack)
     unseen = explain_file("other.csv", session=session, backpack=backpack)
     assert "the audit never saw other.csv read" in unseen, unseen

@@ -9,7 +9,6 @@ file, the key and what was expected.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -30,13 +29,13 @@ from .environment import (
     parse_requirements,
     requirement_lines,
 )
+from .summary import Summary, read_summary
 
 ENVIRONMENT = "software/environment.yml"
 WORKER_ENVIRONMENT = "software/worker-environment.yml"
 REQUIREMENTS = "software/requirements.txt"
 COMPUTE = "compute/compute.yml"
 DATA = "data/data.yml"
-SUMMARY = "audit/summary.json"
 T = TypeVar("T")
 
 
@@ -200,7 +199,7 @@ class Backpack:
     compute: ComputeSpec
     requirements: list[str] | None = None
     data: dict | None = None
-    summary: dict | None = None
+    summary: Summary | None = None
     warnings: list[str] = field(default_factory=list)
     data_spec: DataSpec | None = None  # data.yml as a model (profiles of DataEntry)
     #: The environment files as pins, by role ("manager", and "worker" when the file exists).
@@ -208,7 +207,7 @@ class Backpack:
 
     @property
     def complete(self) -> bool:
-        return bool(self.summary is None or self.summary.get("complete", True))
+        return self.summary is None or self.summary.complete
 
 
 def load_backpack(path: str | Path) -> Backpack:
@@ -288,21 +287,14 @@ def _read_yaml(path: Path, expected: str) -> Any:
     return doc
 
 
-def _read_summary(root: Path) -> dict | None:
-    path = root / SUMMARY
-    if not path.exists():
-        return None
+def _read_summary(root: Path) -> Summary | None:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BackpackSpecError(path, "", f"not valid JSON: {exc.msg} at line {exc.lineno}"
-                                ) from None
-    if not isinstance(doc, dict):
-        raise BackpackSpecError(path, "", "expected a JSON object")
-    return doc
+        return read_summary(root)
+    except SpecError as exc:
+        raise _in_backpack(exc) from None
 
 
-def find_workflow(root: Path, summary: dict | None) -> Path:
+def find_workflow(root: Path, summary: Summary | None) -> Path:
     """The workflow in workflow/: the file the audit ran (summary.json's "notebook") when it
     is there; else the one notebook; else, without a notebook, the one .py script (helper
     modules sit beside a notebook, so .py files count only without one)."""
@@ -310,8 +302,8 @@ def find_workflow(root: Path, summary: dict | None) -> Path:
     if not folder.is_dir():
         raise BackpackSpecError(f"{folder}/", "", "missing; expected a folder with the "
                                 "notebook (.ipynb) or script (.py)")
-    if summary and summary.get("notebook"):
-        named = folder / Path(str(summary["notebook"])).name
+    if summary and summary.notebook:
+        named = folder / Path(summary.notebook).name
         if named.is_file():
             return named  # a script beside its helper modules: the audit names it
     notebooks = sorted(p for p in folder.glob("*.ipynb") if p.is_file())

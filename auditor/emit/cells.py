@@ -25,6 +25,7 @@ from packaging.utils import canonicalize_name
 
 from ..backpack.cells import ERROR, NOT_RUN, OK, CellReport, CellsReport, Predecessor
 from ..backpack.data import climb
+from ..backpack.session import Session
 from ..roles import MANAGER, TOOL, WORKER
 from .cell_source import free_names, named_modules
 from .cell_watch import CellWatch
@@ -39,7 +40,7 @@ class CellFacts:
     sources: Mapping[int, str]  # code cell index -> source
     executed: Mapping[int, tuple[int | None, bool]]  # index -> (execution_count, raised)
     watch: CellWatch
-    session: Mapping[str, Any]
+    session: Session
     roles: Any  # auditor.roles.Roles
     used: Iterable[Any]  # auditor.resolve.Use, with `at` (cell, pid) pairs
     manager_used: set[str]  # canonical names the manager spec pins as used
@@ -57,8 +58,8 @@ class CellFacts:
 def build_cells(facts: CellFacts) -> CellsReport:
     """The per-cell report and the graph from one derive's facts."""
     session, watch = facts.session, facts.watch
-    failed = (session.get("failed_cell") or {}).get("index")
-    sent = {int(c["index"]) for c in session.get("cells") or () if "index" in c}
+    failed = session.failed_index
+    sent = {index for _, index in session.cells}
     reports: dict[int, CellReport] = {}
     for index in sorted(facts.sources):
         count, raised = facts.executed.get(index, (None, False))
@@ -72,7 +73,7 @@ def build_cells(facts: CellFacts) -> CellsReport:
             cell=index, execution_count=count, first_line=_first_line(facts.sources[index]),
             status=status,
             seconds=round(end - start, 3) if start is not None and end is not None else None)
-    _memory(reports, watch, facts.samples, session.get("kernel_pid"))
+    _memory(reports, watch, facts.samples, session.kernel_pid)
     _code(reports, facts)
     if facts.module_owner is not None:
         _static(reports, facts.sources, facts.module_owner)
@@ -83,7 +84,7 @@ def build_cells(facts: CellFacts) -> CellsReport:
     for report in reports.values():
         if report.group is not None:
             groups.setdefault(report.group, []).append(report.cell)
-    notebook = os.path.basename(str(session.get("notebook") or ""))
+    notebook = os.path.basename(session.notebook)
     return CellsReport(notebook, list(reports.values()),
                        [sorted(groups[g]) for g in sorted(groups)])
 

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from ..backpack.layout import DATA
+from ..backpack.session import Session
 from .data import DataCollector, DataRules, environment_owner
 from .data_report import data_summary
 from .data_urls import read_responses
 from .data_yml import bundle, render_data_yml
 
 
-def collector_for_record(session: Mapping[str, Any], index: Any, notebook_dir: str | Path,
+def collector_for_record(session: Session, index: Any, notebook_dir: str | Path,
                          ignore: Iterable[str] = (),
                          record_dir: str | Path | None = None) -> DataCollector:
     """A DataCollector judging paths for the kernel of `session` (session.json).
@@ -29,10 +30,10 @@ def collector_for_record(session: Mapping[str, Any], index: Any, notebook_dir: s
     HOME); `ignore` holds flo-backpack's own code folders. With `record_dir`, the URL
     responses it logged decide which requested URLs were read.
     """
-    kernel = session.get("kernel") or {}
+    kernel = session.kernel
     home = kernel.get("home") or os.path.expanduser("~")
     notebook_dir = str(notebook_dir)
-    cwd = str(session.get("cwd") or kernel.get("cwd") or notebook_dir)
+    cwd = str(session.cwd or kernel.get("cwd") or notebook_dir)
     tool_dirs = kernel.get("tool_dirs")
     rules = DataRules(home=home, ignore=ignore,
                       environ=dict(tool_dirs) if isinstance(tool_dirs, Mapping) else {})
@@ -49,7 +50,7 @@ def bundle_inputs(derived: Any, notebook_dir: str | Path,
     if draft is None:
         return [], []
     copies, warnings = bundle(draft, notebook_dir, max_bytes)
-    notebook = Path(str(derived.session.get("notebook") or "notebook.ipynb")).name
+    notebook = Path(derived.session.notebook or "notebook.ipynb").name
     derived.texts[DATA] = render_data_yml(draft, notebook)
     derived.summary["data"] = data_summary(draft)
     derived.summary["data"]["warnings"] += warnings

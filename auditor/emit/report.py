@@ -16,14 +16,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ..backpack.compute import ComputeSpec
+from ..backpack.session import Session
+from ..backpack.summary import SCHEMA as SUMMARY_SCHEMA
 from .data_report import render_data
 from .environment import USED, EnvironmentSpec
 
-SUMMARY_SCHEMA = 1
 COMPLETE = "complete"
 
 
-def build_summary(*, session: Mapping[str, Any], spec: EnvironmentSpec, compute: ComputeSpec,
+def build_summary(*, session: Session, spec: EnvironmentSpec, compute: ComputeSpec,
                   resolution: Any, roles: Any, cell_sources: Mapping[int, str],
                   cell_files: Mapping[int, Iterable[str]], warnings: list[str],
                   timings: Mapping[str, float]) -> dict:
@@ -32,7 +33,7 @@ def build_summary(*, session: Mapping[str, Any], spec: EnvironmentSpec, compute:
     `cell_sources` maps notebook cell index -> source for every code cell; `cell_files`
     maps cell index -> workflow and unknown files that cell read.
     """
-    status = session.get("status", "unknown")
+    status = session.status
     packages_of: dict[int, set[str]] = {index: set() for index in cell_sources}
     for pin in spec.pins:
         for cell in pin.cells:
@@ -41,15 +42,15 @@ def build_summary(*, session: Mapping[str, Any], spec: EnvironmentSpec, compute:
               "packages": sorted(packages_of.get(index, ()), key=str.lower),
               "files": sorted(set(cell_files.get(index, ())))}
              for index in sorted(set(cell_sources) | set(packages_of))]
-    kernel = session.get("kernel") or {}
+    kernel = session.kernel
     stdlib_cells = getattr(resolution, "stdlib_cells", None) or ()
     return {
-        "schema": SUMMARY_SCHEMA,
-        "notebook": session.get("notebook"),
+        "schema": SUMMARY_SCHEMA,  # auditor/backpack/summary.py reads it back
+        "notebook": session.notebook,
         "status": status,
         "complete": status == COMPLETE,
-        "failed_cell": session.get("failed_cell"),
-        "backend": session.get("backend"),
+        "failed_cell": session.to_json()["failed_cell"],
+        "backend": session.backend,
         "python": {"version": spec.python, "executable": kernel.get("executable"),
                    "prefix": kernel.get("prefix")},
         "environment": {"name": spec.name, "file": "software/environment.yml"},

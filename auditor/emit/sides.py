@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backpack.compute import ComputeSpec, draft_compute, render_compute_yml
+from ..backpack.session import Session
 from ..roles import MANAGER, SIDES, TOOL, WORKER, Roles
 from .apt import AptSpec, RunObserver, draft_apt, render_apt_txt
 from .compute import MB, measure_compute
@@ -66,14 +67,14 @@ class SideOutputs:
         return texts
 
 
-def pool_roots(session: dict) -> dict[int, str]:
+def pool_roots(session: Session) -> dict[int, str]:
     """pid -> role of the processes `--workers` started (session.json `pool`)."""
-    pool = session.get("pool") or {}
+    pool = session.pool or {}
     return {int(p["pid"]): str(p["role"]) for p in pool.get("processes") or ()
             if p.get("pid") is not None}
 
 
-def derive_sides(*, session: dict, roles: Roles, resolution: Any, index: Any,
+def derive_sides(*, session: Session, roles: Roles, resolution: Any, index: Any,
                  observer: RunObserver, samples: list[dict], manager_spec: EnvironmentSpec,
                  python: str, notebook_stem: str,
                  record_dir: Path | None = None) -> SideOutputs:
@@ -81,7 +82,7 @@ def derive_sides(*, session: dict, roles: Roles, resolution: Any, index: Any,
                                            notebook_stem=notebook_stem)
     roots = roles.worker_roots()
     owner = worker_of(roles)
-    cwd = session.get("cwd")
+    cwd = session.cwd or None
     traced = worker_written(observer.writes, owner, cwd)
     sizes, new = written_sizes(record_dir, set().union(*traced.values()))
     disk = measure_disk(samples, owner, traced, sizes, cwd)
@@ -131,9 +132,9 @@ def worker_of(roles: Roles) -> dict[int, int]:
     return owner
 
 
-def crashed_workers(roles: Roles, session: dict) -> list[dict[str, Any]]:
+def crashed_workers(roles: Roles, session: Session) -> list[dict[str, Any]]:
     """Workers that ended during the run with an abnormal status (see the module doc)."""
-    ended = float(session.get("ended") or 0) or None
+    ended = session.ended or None
     crashed = []
     for pid in roles.worker_roots():
         status = roles.exits.get(pid)
@@ -143,7 +144,7 @@ def crashed_workers(roles: Roles, session: dict) -> list[dict[str, Any]]:
         if ended is not None and when is not None and when >= ended:
             continue  # ended by teardown
         crashed.append({"pid": pid, "exit": status, "how": _how(status)})
-    for member in (session.get("pool") or {}).get("processes") or ():
+    for member in (session.pool or {}).get("processes") or ():
         if (member.get("role") == WORKER and member.get("during_run")
                 and member.get("exit") not in _NORMAL_EXITS
                 and all(c["pid"] != member.get("pid") for c in crashed)):
@@ -170,7 +171,7 @@ def _peak_rss(samples: list[dict], pids: set[int]) -> float | None:
     return round(max(by_tick.values()) / MB, 1) if by_tick else None
 
 
-def _started_by(roots: list[int], session: dict) -> str | None:
+def _started_by(roots: list[int], session: Session) -> str | None:
     """Who started the workers that ran tasks: "notebook" (its own LocalCluster, pool,
     executor), "flo-audit --workers" (a pool the notebook connected to), or None.
 
@@ -183,9 +184,9 @@ def _started_by(roots: list[int], session: dict) -> str | None:
     return "flo-audit --workers" if roots else None
 
 
-def _worker_note(roots: list[int], session: dict, roles: Roles, observer: RunObserver,
+def _worker_note(roots: list[int], session: Session, roles: Roles, observer: RunObserver,
                  worker_spec: EnvironmentSpec | None, *, dask: bool = False) -> str:
-    pool = session.get("pool") or {}
+    pool = session.pool or {}
     address = str(pool.get("address") or "")
     if address:
         target = address.rpartition("://")[2]

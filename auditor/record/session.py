@@ -14,7 +14,6 @@ recorder started is left running when `record` returns or raises.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,6 +35,16 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
+from ..backpack.session import (
+    COMPLETE,
+    FAILED,
+    KERNEL_DIED,
+    TIMEOUT,
+    WORKER_DIED,
+    FailedCell,
+    Session,
+    write_session,
+)
 from ..common.errors import Interrupted, RecordError
 from ..common.interpreter import activated, require_module
 from ..common.process import parent_death
@@ -52,10 +61,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flo.record")
 
-SESSION_FILE = "session.json"
 EXECUTED_NOTEBOOK = "executed.ipynb"
 KERNEL_STDERR = "kernel.stderr"
-SCHEMA = 1
 #: How long a kernel asked to quit after the last cell gets before teardown stops it.
 EXIT_WAIT_S = 2.0
 #: How long the notebook's own pools get to close before the kernel is asked to quit.
@@ -81,8 +88,6 @@ _flo_close_pools()
 del _flo_close_pools
 """
 
-COMPLETE, FAILED, TIMEOUT, KERNEL_DIED = "complete", "failed", "timeout", "kernel-died"
-WORKER_DIED = "worker-died"  # a --workers worker ended during a cell
 
 #: on_cell(position, count, phase): `position` is the 0-based rank of the cell among the
 #: `count` cells that will run; phase is "start", then "end" or the run's failure status.
@@ -105,13 +110,6 @@ class RecordOptions:
     user_file: Path | None = None  # sets `__file__` in the user namespace (.py workflows)
     on_cell: CellProgress | None = None
     workers: int = 0  # start a Dask scheduler and this many traced workers (--workers)
-
-
-@dataclass
-class FailedCell:
-    index: int  # notebook cell index
-    ename: str
-    evalue: str
 
 
 @dataclass
@@ -143,17 +141,14 @@ class Recording:
     def cell_of_seq(self) -> dict[int, int]:
         return dict(self.cells)
 
-    def session_json(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA, "notebook": str(self.notebook), "cwd": str(self.cwd),
-            "backend": self.backend, "started": self.started, "ended": self.ended,
-            "status": self.status,
-            "failed_cell": asdict(self.failed_cell) if self.failed_cell else None,
-            "cells": [{"seq": seq, "index": index} for seq, index in self.cells],
-            "code_cells": self.code_cells, "kernel": self.kernel,
-            "kernel_pid": self.kernel_pid, "tracer_pid": self.tracer_pid,
-            "warnings": self.warnings, "pool": self.pool, "samples": SAMPLES_FILE,
-        }
+    def session(self) -> Session:
+        """What goes into session.json (auditor/backpack/session.py)."""
+        return Session(
+            notebook=str(self.notebook), cwd=str(self.cwd), backend=self.backend,
+            status=self.status, started=self.started, ended=self.ended, cells=self.cells,
+            code_cells=self.code_cells, failed_cell=self.failed_cell, kernel=self.kernel,
+            kernel_pid=self.kernel_pid, tracer_pid=self.tracer_pid, warnings=self.warnings,
+            samples=SAMPLES_FILE, pool=self.pool)
 
 
 def record(options: RecordOptions) -> Recording:
@@ -390,9 +385,7 @@ class _Run:
             warnings=list(self.warnings), connection_file=self.km.connection_file,
             pool=self.companions.pool_json())
         nbformat.write(self.nb, str(self.record_dir / EXECUTED_NOTEBOOK))
-        with open(self.record_dir / SESSION_FILE, "w", encoding="utf-8") as out:
-            json.dump(recording.session_json(), out, indent=1)
-            out.write("\n")
+        write_session(self.record_dir, recording.session())
         return recording
 
     def _stderr_tail(self) -> str:

@@ -10,7 +10,6 @@ raises `DataError` with one line naming the entry, what was expected and what wa
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 from auditor.backpack.checksums import checksum_of, directory_stats, parse_checksum
 from auditor.backpack.data import MAX_CLIMB, DataEntry, DataPolicy, DataProfile, beside, climb
 from auditor.backpack.layout import Backpack, load_backpack
+from auditor.backpack.summary import Summary, read_summary
 from auditor.common.errors import FloError
 
 from ..folders import RUN_DIR, writing_into
@@ -81,24 +81,18 @@ def audit_layout(backpack: Path, loaded: Backpack | None = None) -> Layout:
     if loaded is not None:
         return _layout_of(loaded.summary)
     try:
-        summary = json.loads((backpack / "audit" / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return _layout_of(read_summary(backpack))
+    except FloError:
         return Layout()
-    return _layout_of(summary)
 
 
-def _layout_of(summary: dict | None) -> Layout:
-    if not isinstance(summary, dict):
+def _layout_of(summary: Summary | None) -> Layout:
+    if summary is None or summary.notebook is None:
         return Layout()
-    try:
-        folder = os.path.dirname(summary["notebook"])
-        data = summary.get("data") or {}
-        written = [*(data.get("outputs") or ()), *(data.get("intermediates") or ())]
-    except (KeyError, TypeError, AttributeError):
-        return Layout()
+    folder = os.path.dirname(summary.notebook)
     up = 0
-    for path in written:
-        if isinstance(path, str) and beside(path, folder, MAX_CLIMB):
+    for path in summary.written:
+        if beside(path, folder, MAX_CLIMB):
             up = max(up, climb(os.path.relpath(path, folder)))  # in the notebook's project
     return Layout(tuple(Path(folder).parts[1:]), up)
 
