@@ -1,4 +1,4 @@
-"""flo-run: deploy a backpack (validate, environments; data and engine to come)."""
+"""flo-run: deploy a backpack: validation -> data -> environments -> engine -> run (run.py)."""
 
 from __future__ import annotations
 

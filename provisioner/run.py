@@ -25,7 +25,7 @@ from auditor.backpack.summary import Summary
 from auditor.common import stale
 from auditor.common.errors import FloError, Interrupted, UsageError
 
-from . import api, data, preflight, runner
+from . import api, data, preflight, runner, validation
 from .engines import Cluster, EngineSpec, get_engine
 from .envs import EnvCache, default_cache_dir
 from .envs.base import BuiltEnv, EnvRequest
@@ -140,7 +140,7 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
         # checked as it will be executed (strict), and the engine is chosen, because it
         # decides which environments are built.
         checked, loaded = _phase(report, "validation", lambda: _validate(report, options))
-        assert checked.workflow is not None  # a valid backpack has its workflow (api.validate)
+        assert checked.workflow is not None  # a valid backpack has its workflow (validate)
         plan = plan_run(report, options, checked, loaded, scratch)
         engine, compute, workers = plan.engine, plan.compute, plan.workers
         _phase(report, "preflight", lambda: preflight.require(plan))
@@ -263,12 +263,12 @@ def _fetch_data(report: RunReport, options: RunOptions, loaded: Backpack | None)
 
 
 def _validate(report: RunReport, options: RunOptions
-              ) -> tuple[api.ValidationResult, Backpack | None]:
+              ) -> tuple[validation.ValidationResult, Backpack | None]:
     """The backpack, checked strictly (the workflow parsed as it will run), and loaded (once:
     the phases after this one read the spec files from the `Backpack` it returns)."""
-    checked = api.validate(report.backpack, strict=True)
+    checked = validation.validate(report.backpack, strict=True)
     if not checked.valid:
-        raise api.InvalidBackpack(checked)
+        raise validation.InvalidBackpack(checked)
     if not options.execute and checked.workflow is not None:
         _check_opens_in_lab(checked.workflow, checked.specs["manager"])
     if options.cell is not None:
@@ -290,7 +290,7 @@ def _check_opens_in_lab(workflow: Path, manager: EnvSpec) -> None:
                      f"headless with --execute, or add {JUPYTEXT} to the manager environment")
 
 
-def plan_run(report: RunReport, options: RunOptions, checked: api.ValidationResult,
+def plan_run(report: RunReport, options: RunOptions, checked: validation.ValidationResult,
              loaded: Backpack | None, scratch: Path) -> preflight.PreflightPlan:
     """What the run will use, decided once from the validated backpack: the engine (it
     decides which environments are built), the workers, the environment requests and the
@@ -305,7 +305,7 @@ def plan_run(report: RunReport, options: RunOptions, checked: api.ValidationResu
         report.phases["worker environment"] = 0.0
         report.skipped["worker"] = f"engine {engine} starts no workers"
         if api.own_worker_spec(checked):
-            report.notes.append(f"worker environment ({api.ENV_FILES['worker']}) not built: "
+            report.notes.append(f"worker environment ({validation.ENV_FILES['worker']}) not built: "
                                 f"engine {engine} starts no workers (the notebook's own run "
                                 "in the manager environment)")
     requests: list[EnvRequest] = []
