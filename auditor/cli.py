@@ -294,7 +294,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 def _audit(argv: list[str]) -> int:
     from .api import AuditOptions, audit
-    from .emit.report import render_summary
+    from .summary_view import render_summary
 
     args = _audit_parser().parse_args(argv)
     if (args.cache_dir or args.keep) and not (args.verify or args.minimize):
@@ -390,7 +390,7 @@ def _run_verify(backpack: str | Path, args: argparse.Namespace) -> Verification:
 
 def _derive(argv: list[str]) -> int:
     from .api import derive_backpack
-    from .emit.report import render_summary
+    from .summary_view import render_summary
 
     args = _derive_parser().parse_args(argv)
     derived, written = derive_backpack(args.audit_dir, args.output, args.force)
@@ -434,7 +434,7 @@ def _render(summary: dict, backpack: str | None, as_json: bool, console: Console
     if as_json:
         print(json.dumps({"backpack": backpack, **summary}, indent=2, default=str))
         if not summary.get("complete", True):  # stdout is for programs; people read stderr
-            from .emit.report import incomplete_line
+            from .summary_view import incomplete_line
 
             Console(stderr=True, highlight=False).print(incomplete_line(summary), markup=False,
                                                         style="red bold", soft_wrap=True)

@@ -18,10 +18,11 @@ from auditor.emit.environment import (
     render_environment_yml,
     render_requirements_txt,
 )
-from auditor.emit.report import build_summary, render_summary
+from auditor.emit.report import build_summary
 from auditor.events import Exec, Exit, Spawn
 from auditor.resolve.base import Distribution
 from auditor.roles import MANAGER, TOOL, TRACER, WORKER, assign_roles, is_python_interpreter
+from auditor.summary_view import render_summary
 
 # ---------------------------------------------------------------- fakes at the resolve edge
 

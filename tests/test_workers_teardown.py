@@ -11,9 +11,9 @@ import pytest
 from conftest import AuditRun
 from rich.console import Console
 
-from auditor.emit.report import render_summary
 from auditor.emit.sides import APT_FILE, APT_SHOWN
 from auditor.events import MARK_PREFIX
+from auditor.summary_view import render_summary
 
 _SPAWN = re.compile(r"^(\d+) +([\d.]+) (?:clone3?|fork|vfork)\(.*\) = (\d+)$")
 _MARK = re.compile(r"^\d+ +([\d.]+) open(?:at)?\(.*\"" + re.escape(MARK_PREFIX) + r"cell/\d+/end")
