@@ -1,7 +1,7 @@
 """flo-audit diff: what changed between two audits, or between a backpack and an interpreter.
 
-Each side is a backpack folder, an audit folder, or a single environment.yml / data.yml. Sides
-are read into `Side` models (environments per role, data entries, per-cell use) and compared
+Each of the two is a backpack folder, an audit folder, or a single environment.yml / data.yml,
+read into `Compared` models (environments per role, data entries, per-cell use) and compared
 into a flat list of `Change` rows; rendering (table, markdown, JSON) is separate.
 """
 
@@ -23,7 +23,7 @@ ENV_FILES = {"manager": "environment.yml", "worker": "worker-environment.yml"}
 
 
 @dataclass
-class Side:
+class Compared:
     label: str
     envs: dict[str, EnvSpec] = field(default_factory=dict)
     data: dict[tuple[str, str], DataItem] | None = None
@@ -59,41 +59,41 @@ class DiffResult:
                 "changes": [asdict(c) for c in self.changes]}
 
 
-# ---------------------------------------------------------------- reading sides
+# ---------------------------------------------------------------- reading what is compared
 
-def load_side(path: str | Path) -> Side:
-    """Read one side of a diff: a backpack, an audit folder, or one spec file."""
+def load_compared(path: str | Path) -> Compared:
+    """Read one of the two things a diff compares: a backpack, an audit folder, or one spec file."""
     p = Path(path)
     if not p.exists():
         raise UsageError(f"no such file or folder: {p}")
-    side = Side(str(p))
+    compared = Compared(str(p))
     if p.is_file():
         if p.suffix == ".txt":
-            side.envs["manager"] = parse_requirements(p)
+            compared.envs["manager"] = parse_requirements(p)
         elif p.name.startswith("data") or _looks_like_data(p):
-            side.data = parse_data(p)
+            compared.data = parse_data(p)
         elif p.name == ENV_FILES["worker"]:
-            side.envs["worker"] = parse_environment(p)
+            compared.envs["worker"] = parse_environment(p)
         else:
-            side.envs["manager"] = parse_environment(p)
-        return side
+            compared.envs["manager"] = parse_environment(p)
+        return compared
     root = p.parent if (p / "summary.json").exists() and not (p / "software").exists() else p
     software = root / "software"
     if not software.is_dir() and not (p / "summary.json").exists():
         raise UsageError(f"{p}: not a backpack (no software/) nor an audit folder "
                          "(no summary.json)")
     if (software / ENV_FILES["manager"]).exists():
-        side.envs["manager"] = parse_environment(software / ENV_FILES["manager"])
+        compared.envs["manager"] = parse_environment(software / ENV_FILES["manager"])
         worker = software / ENV_FILES["worker"]
         if worker.exists():  # absent = the same as the manager's (DESIGN.md layout)
-            side.envs["worker"] = parse_environment(worker)
+            compared.envs["worker"] = parse_environment(worker)
     data = root / "data" / "data.yml"
     if data.exists():
-        side.data = parse_data(data)
+        compared.data = parse_data(data)
     summary = root / "audit" / "summary.json" if (root / "audit").is_dir() else p / "summary.json"
     if summary.exists():
-        side.cells = _cells_of(summary)
-    return side
+        compared.cells = _cells_of(summary)
+    return compared
 
 
 def _looks_like_data(path: Path) -> bool:
@@ -206,14 +206,14 @@ def compare_cells(a: list[dict], b: list[dict]) -> list[Change]:
     return changes
 
 
-def _role_env(side: Side, role: str) -> EnvSpec | None:
+def _role_env(compared: Compared, role: str) -> EnvSpec | None:
     """A role's environment; a missing worker environment is the manager's."""
-    return side.envs.get(role) or (side.envs.get("manager") if role == "worker" else None)
+    return compared.envs.get(role) or (compared.envs.get("manager") if role == "worker" else None)
 
 
 def diff(a: str | Path, b: str | Path, ignore_patch: bool = False) -> DiffResult:
-    """Compare two sides; the result lists every change, per role."""
-    sa, sb = load_side(a), load_side(b)
+    """Compare two backpacks or audits; the result lists every change, per role."""
+    sa, sb = load_compared(a), load_compared(b)
     if not (sa.envs or sa.data is not None) or not (sb.envs or sb.data is not None):
         raise UsageError(f"nothing to compare: {sa.label if not sa.envs else sb.label} "
                          "has no environment or data spec")
@@ -221,7 +221,7 @@ def diff(a: str | Path, b: str | Path, ignore_patch: bool = False) -> DiffResult
     for role in ROLES:
         ea, eb = _role_env(sa, role), _role_env(sb, role)
         if role == "worker" and "worker" not in sa.envs and "worker" not in sb.envs:
-            continue  # neither side ran workers: the manager rows say it all
+            continue  # neither run had workers: the manager rows say it all
         if ea is not None and eb is not None:
             changes.extend(compare_envs(role, ea, eb, ignore_patch))
     if sa.data is not None or sb.data is not None:
@@ -237,8 +237,8 @@ def diff_here(backpack: str | Path, python: str | None = None) -> DiffResult:
 
     from .resolve import Environment, index_environment
 
-    side = load_side(backpack)
-    if not side.envs:
+    compared = load_compared(backpack)
+    if not compared.envs:
         raise UsageError(f"{backpack}: has no environment spec to compare")
     interpreter = python or sys.executable
     env = Environment.of_interpreter(interpreter)
@@ -247,7 +247,7 @@ def diff_here(backpack: str | Path, python: str | None = None) -> DiffResult:
                                  for d in index.distributions()})
     changes: list[Change] = []
     for role in ROLES:
-        spec = side.envs.get(role)
+        spec = compared.envs.get(role)
         if spec is None:
             continue
         for change in compare_envs(role, spec, here, ignore_patch=False):
@@ -258,7 +258,7 @@ def diff_here(backpack: str | Path, python: str | None = None) -> DiffResult:
             if change.change == "moved":
                 continue  # conda vs pip origin does not matter for running
             changes.append(change)
-    return DiffResult(side.label, f"{interpreter} (Python {env.version})", changes)
+    return DiffResult(compared.label, f"{interpreter} (Python {env.version})", changes)
 
 
 # ---------------------------------------------------------------- rendering

@@ -58,7 +58,7 @@ class Task:
 
 
 @dataclass
-class Tracer:
+class WaitLoop:
     """The wait loop: keeps per-thread state and turns syscall stops into events."""
 
     out: TextIO
@@ -294,7 +294,7 @@ def trace(argv: list[str], out: TextIO, *, seccomp: bool = True) -> int:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, WALL)
         raise OSError(said[2:].decode(errors="replace") or "the traced command did not start")
-    tracer = Tracer(out, seccomp=said == b"S", main_pid=pid)
+    tracer = WaitLoop(out, seccomp=said == b"S", main_pid=pid)
     tracer.tasks[pid] = Task(pid, pid)
     forward = _forward_signals(tracer)
     try:
@@ -314,7 +314,7 @@ def trace(argv: list[str], out: TextIO, *, seccomp: bool = True) -> int:
     return tracer.main_status if tracer.main_status is not None else -signal.SIGKILL
 
 
-def _forward_signals(tracer: Tracer) -> dict[int, SignalHandler]:
+def _forward_signals(tracer: WaitLoop) -> dict[int, SignalHandler]:
     """SIGTERM/SIGINT/SIGHUP go to the command, then (once it ended) to all it left behind."""
     def forward(signum: int, _frame: object) -> None:
         tracer.stop_signal = signum
