@@ -22,7 +22,7 @@ from .backpack.cells import CELLS, EXECUTED, render_cells_yml
 from .backpack.compute import ComputeSpec
 from .backpack.layout import DATA, check_destination, workflow_copies, write_backpack
 from .backpack.session import Session, read_session
-from .backpack.summary import SUMMARY
+from .backpack.summary import SUMMARY, summary_text
 from .backpack.workflow import load_workflow
 from .common import stale
 from .common.errors import Interrupted, RecordFormatError, UsageError
@@ -32,8 +32,8 @@ from .emit.cells import CellFacts, annotate_executed, build_cells, executed_fact
 from .emit.data import DataDraft
 from .emit.data_report import data_summary
 from .emit.data_rules import SYSTEM_PREFIXES
-from .emit.data_stage import bundle_inputs, collector_for_record
-from .emit.data_yml import render_data_yml
+from .emit.data_stage import collector_for_record
+from .emit.data_yml import bundle, render_data_yml
 from .emit.environment import (
     OWN_DISTRIBUTIONS,
     USED,
@@ -91,6 +91,8 @@ class Derived:
     data: DataDraft | None = None  # data/data.yml and the summary's data part
     index: Any = None  # the audited environment's EnvIndex (minimize re-closes specs with it)
     candidates: list[Any] = field(default_factory=list)  # auditor.optional.Candidate
+    #: (source, path in the backpack) of the workflow's helpers and, with --bundle-data, inputs.
+    copies: list[tuple[str | Path, str]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -182,12 +184,16 @@ class _Observer:
 def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
            cell_sources: dict[int, str] | None = None,
            extra_warnings: Iterable[str] = (), checksum_remote: bool = False,
-           on_hash: Callable[[str, int, int], None] | None = None) -> Derived:
+           on_hash: Callable[[str, int, int], None] | None = None,
+           workflow: Path | None = None, bundle_bytes: int | None = None) -> Derived:
     """Resolve and emit everything from a saved record folder, without running anything.
 
     `notebook_dir` is the notebook's folder at record time (default: from session.json);
     `cell_sources` maps code-cell index -> source (default: from executed.ipynb).
     `checksum_remote` downloads each http(s) input once; `on_hash` follows input hashing.
+    `workflow`: the notebook as it is now, whose local helpers the run imported go into
+    `Derived.copies`; `bundle_bytes`: `--bundle-data`, inputs up to that many bytes copied into
+    data/ (as `backpack` sources). Every file is rendered once, at the end, from the models.
     """
     from .minimize import apply_record, read_minimize_record, summary_block
     from .optional import find_candidates
@@ -233,8 +239,17 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
                          record_dir=record_dir)
     compute = sides.compute
     keep = set(resolution.workflow) | {p for p in resolution.outside if not p.startswith(_SYSTEM)}
+    copies: list[tuple[str | Path, str]] = []
+    late: list[str] = []  # warnings of copying the workflow and bundling the data
+    if workflow is not None:
+        helper_copies, late = workflow_copies(workflow, resolution.workflow)
+        copies += helper_copies
+    bundle_warnings: list[str] = []
+    if bundle_bytes is not None:
+        data_copies, bundle_warnings = bundle(draft, notebook_dir, bundle_bytes)
+        copies += data_copies
     warnings = _unique([*session.warnings, *extra_warnings, *warnings,
-                        *spec.warnings, *draft.warnings])
+                        *spec.warnings, *draft.warnings, *late, *bundle_warnings])
     timings = {"run_seconds": round(session.seconds, 3),
                "derive_seconds": round(time.monotonic() - started, 3)}
     summary = build_summary(session=session, spec=spec, compute=compute, resolution=resolution,
@@ -242,6 +257,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
                             cell_files=observer.cell_files(keep), warnings=warnings,
                             timings=timings)
     summary["data"] = data_summary(draft)
+    summary["data"]["warnings"] += bundle_warnings
     summary.update(roles=sides.report, apt=sides.apt.to_json())
     module_owner = ModuleOwners(index, session.kernel.get("path") or (), notebook_dir).owner
     candidates = find_candidates(record_dir, pins=spec.pins, index=index,
@@ -262,7 +278,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
         "software/requirements.txt": render_requirements_txt(spec, name, date),
         DATA: render_data_yml(draft, name),
         **sides.texts(name, date),
-        SUMMARY: json.dumps(summary, indent=2, default=_jsonable) + "\n",
+        SUMMARY: summary_text(summary),
     }
     texts = apply_record(texts, minimized)  # the pins a --minimize run proved unneeded
     cells = build_cells(CellFacts(
@@ -276,7 +292,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     if (annotated := annotate_executed(record_dir / "executed.ipynb", cells)) is not None:
         texts[EXECUTED] = annotated
     derived = Derived(session, roles, resolution, spec, compute, summary, texts, warnings, sides)
-    derived.data = draft
+    derived.data, derived.copies = draft, copies
     derived.index, derived.candidates = index, candidates
     return derived
 
@@ -290,22 +306,8 @@ def _cell_sources(executed: Path) -> dict[int, str]:
             for i, c in enumerate(cells) if c.get("cell_type") == "code"}
 
 
-def _jsonable(value: object) -> object:
-    if isinstance(value, (set, frozenset, tuple)):
-        return sorted(value, key=str)
-    return str(value)
-
-
 def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(i for i in items if i))
-
-
-def _add_warnings(derived: Derived, warnings: list[str]) -> None:
-    """Warnings found while writing (helpers not copied) go into summary.json too."""
-    if warnings:
-        derived.warnings[:] = _unique([*derived.warnings, *warnings])
-        derived.summary["warnings"] = list(derived.warnings)
-        derived.texts[SUMMARY] = json.dumps(derived.summary, indent=2, default=_jsonable) + "\n"
 
 
 def _interpreter(python: str | None) -> str | None:
@@ -353,16 +355,10 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
                    if c.cell_type == "code"}
         derived = derive(record_dir, workflow.path.parent, cell_sources=sources,
                          extra_warnings=tracer_warnings,
-                         checksum_remote=options.checksum_remote, on_hash=options.on_hash)
-        copies, copy_warnings = workflow_copies(workflow.path, derived.resolution.workflow)
-        _add_warnings(derived, copy_warnings)
-        if options.bundle_data:
-            data_copies, bundle_warnings = bundle_inputs(derived, workflow.path.parent,
-                                                         options.max_bundle_size)
-            copies += data_copies
-            _add_warnings(derived, bundle_warnings)
-            derived.texts[SUMMARY] = json.dumps(derived.summary, indent=2,
-                                                default=_jsonable) + "\n"
+                         checksum_remote=options.checksum_remote, on_hash=options.on_hash,
+                         workflow=workflow.path,
+                         bundle_bytes=options.max_bundle_size if options.bundle_data else None)
+        copies = list(derived.copies)
         if derived.sides is not None:
             derived.sides.keep_measurements(record_dir)  # audit/written.json, for derive
         copies += [(f, f"audit/{f.name}") for f in sorted(record_dir.iterdir())
@@ -396,15 +392,15 @@ def derive_backpack(audit_dir: str | Path, output: str | Path | None = None,
     record_dir = root / "audit" if (root / "audit" / "session.json").exists() else root
     session = read_session(record_dir)
     notebook = Path(session.notebook)
-    derived = derive(record_dir, notebook.parent)
+    derived = derive(record_dir, notebook.parent,
+                     workflow=notebook if output is not None and notebook.is_file() else None)
     if output is None:
         return derived, None
     keep = needed_paths(derived, notebook.parent) if notebook.is_file() else []
     dest = check_destination(output, force, keep)
     backpack_workflow = record_dir.parent / "workflow"
     if notebook.is_file():
-        copies, copy_warnings = workflow_copies(notebook, derived.resolution.workflow)
-        _add_warnings(derived, copy_warnings)
+        copies = list(derived.copies)
     elif backpack_workflow.is_dir():
         copies = [(f, f"workflow/{f.relative_to(backpack_workflow).as_posix()}")
                   for f in sorted(backpack_workflow.rglob("*")) if f.is_file()]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backpack.summary import SUMMARY
+from .backpack.summary import SUMMARY, updated_summary
 from .common import stale
 from .minimize import (
     RECORD,
@@ -246,12 +246,12 @@ def _write(root: Path, record: dict[str, Any], found: Search) -> None:
                 parts.append(_part(path, text))
         proof_verify = record.pop("proof_verify", None)
         parts.append(_part(root / "audit" / RECORD, json.dumps(record, indent=2) + "\n"))
-        summary = json.loads((root / SUMMARY).read_text(encoding="utf-8"))
-        summary["minimize"] = {"candidates": record["candidates"], **summary_block(record)}
+        added: dict[str, Any] = {"minimize": {"candidates": record["candidates"],
+                                              **summary_block(record)}}
         if proof_verify is not None:  # the final spec's own verification
-            summary["verify"] = proof_verify
-            summary["verified"] = proof_verify["verdict"] != NOT_REPRODUCED
-        parts.append(_part(root / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n"))
+            added.update(verify=proof_verify,
+                         verified=proof_verify["verdict"] != NOT_REPRODUCED)
+        parts.append(_part(root / SUMMARY, updated_summary(root, **added)))
         with _signals_held():
             for part, path in parts:
                 os.replace(part, path)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backpack.session import Session, read_session
-from .backpack.summary import SUMMARY
+from .backpack.summary import SUMMARY, updated_summary
 from .common import stale
 from .common.errors import FloError, Interrupted, UsageError
 from .verify import (
@@ -166,12 +166,10 @@ def _step(line: str) -> str:
 def write_verdict(root: Path, result: dict) -> None:
     """summary.json with `verify` and `verified`, written as .part and renamed into place."""
     path = root / SUMMARY
-    summary = json.loads(path.read_text(encoding="utf-8"))
-    summary["verify"] = result
-    summary["verified"] = result["verdict"] != NOT_REPRODUCED
+    text = updated_summary(root, verify=result, verified=result["verdict"] != NOT_REPRODUCED)
     part = path.with_name(path.name + ".part")
     try:
-        part.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+        part.write_text(text, encoding="utf-8")
         os.replace(part, path)
     finally:
         part.unlink(missing_ok=True)

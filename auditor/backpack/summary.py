@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,28 @@ class Summary:
                    data=data if isinstance(data, dict) else {},
                    verify=verify if isinstance(verify, dict) else None, roles=roles,
                    doc=doc)
+
+
+def summary_text(doc: Mapping[str, Any]) -> str:
+    """summary.json's text: the one serialisation its writers use (derive, --minimize,
+    --verify). Sets and tuples become sorted lists; anything else unknown, its text."""
+    return json.dumps(doc, indent=2, default=_jsonable) + "\n"
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def updated_summary(root: str | os.PathLike[str], **parts: Any) -> str:
+    """The text of the backpack's summary.json with `parts` set (a step that adds its part
+    after derive: --minimize, --verify); the file read through the model, so a summary of
+    another schema is refused before anything is changed."""
+    summary = read_summary(root)
+    if summary is None:
+        raise SpecError(Path(root) / SUMMARY, "", "a summary.json written by flo-audit")
+    return summary_text({**summary.doc, **parts})
 
 
 def read_summary(root: str | os.PathLike[str]) -> Summary | None:

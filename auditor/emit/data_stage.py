@@ -12,12 +12,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..backpack.layout import DATA
 from ..backpack.session import Session
 from .data import DataCollector, DataRules, environment_owner
-from .data_report import data_summary
 from .data_urls import read_responses
-from .data_yml import bundle, render_data_yml
 
 
 def collector_for_record(session: Session, index: Any, notebook_dir: str | Path,
@@ -40,18 +37,3 @@ def collector_for_record(session: Session, index: Any, notebook_dir: str | Path,
     responses = read_responses(record_dir, kernel) if record_dir is not None else None
     return DataCollector(rules, environment_owner(index, notebook_dir), notebook_dir, cwd,
                          responses)
-
-
-def bundle_inputs(derived: Any, notebook_dir: str | Path,
-                  max_bytes: int) -> tuple[list[tuple[str, str]], list[str]]:
-    """`--bundle-data`: copy pairs for the backpack writer, with data.yml and the summary's
-    data part rewritten to the `backpack` sources; returns (copies, warnings)."""
-    draft = derived.data
-    if draft is None:
-        return [], []
-    copies, warnings = bundle(draft, notebook_dir, max_bytes)
-    notebook = Path(derived.session.notebook or "notebook.ipynb").name
-    derived.texts[DATA] = render_data_yml(draft, notebook)
-    derived.summary["data"] = data_summary(draft)
-    derived.summary["data"]["warnings"] += warnings
-    return copies, warnings
