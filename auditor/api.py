@@ -26,6 +26,7 @@ from .backpack.summary import SUMMARY, summary_text
 from .backpack.workflow import load_workflow
 from .common import stale
 from .common.errors import Interrupted, RecordFormatError, UsageError
+from .common.execution import Status
 from .emit.apt import RunObserver
 from .emit.cell_watch import CellWatch
 from .emit.cells import CellFacts, annotate_executed, build_cells, executed_facts
@@ -43,7 +44,7 @@ from .emit.environment import (
     render_requirements_txt,
 )
 from .emit.report import build_summary
-from .emit.sides import WORKER_DIED, SideOutputs, derive_sides, pool_roots
+from .emit.sides import SideOutputs, derive_sides, pool_roots
 from .events import Access, Event, assign_cells
 from .roles import PROCESS_KINDS, Roles, RoleTracker
 
@@ -270,7 +271,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     if sides.worker_spec is not None:
         summary["worker_packages"] = [pin.to_json() for pin in sides.worker_spec.pins]
     if sides.crashed and summary.get("complete"):
-        summary.update(status=WORKER_DIED, complete=False)
+        summary.update(status=Status.WORKER_DIED, complete=False)
     date = datetime.fromtimestamp(session.started or time.time()).strftime("%Y-%m-%d")
     name = Path(notebook).name
     texts = {

@@ -25,6 +25,7 @@ from .backpack.session import Session, read_session
 from .backpack.summary import SUMMARY, updated_summary
 from .common import stale
 from .common.errors import FloError, Interrupted, UsageError
+from .common.execution import Status
 from .verify import (
     FAILED,
     NOT_REPRODUCED,
@@ -107,7 +108,7 @@ def verify_backpack(backpack: str | os.PathLike[str], options: VerifyOptions | N
             explanation = f"flo-run could not deploy the backpack: {deploy_error}"
         elif first is not None:
             explanation = explain(first, session=session, backpack=root)
-        elif report is not None and report.status != "complete" and session.complete:
+        elif report is not None and report.status != Status.COMPLETE and session.complete:
             explanation = f"the re-run did not complete: {report.message}"
         else:
             explanation = None

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .backpack.layout import DATA
+from .common.execution import FailedCell, Status
 from .emit.data_yml import human_size
 from .emit.environment import USED
 from .emit.sides import role_lines
@@ -86,19 +87,16 @@ def incomplete_line(summary: Mapping[str, Any]) -> str:
     """The one INCOMPLETE line of a run that did not complete (printed on stderr too)."""
     status = summary.get("status", "unknown")
     failed = summary.get("failed_cell") or {}
-    if status == "failed" and failed:
-        error = failed.get("ename", "an error")
-        if failed.get("evalue"):
-            error += ": " + " ".join(str(failed["evalue"]).split())  # one line, however long
-        return (f"INCOMPLETE: cell {failed.get('index')} raised {error}; the specs cover only "
-                "the cells that ran")
-    if status == "timeout":
+    cell = FailedCell.from_json(failed) if status == Status.FAILED else None
+    if cell is not None:
+        return f"INCOMPLETE: {cell.line}; the specs cover only the cells that ran"
+    if status == Status.TIMEOUT:
         where = f" in cell {failed['index']}" if failed.get("index") is not None else ""
         return f"INCOMPLETE: the run timed out{where}; raise --timeout and audit again"
-    if status == "worker-died":
+    if status == Status.WORKER_DIED:
         return ("INCOMPLETE: a worker died during the run (see above); its tasks may not have "
                 "finished")
-    if status == "kernel-died":
+    if status == Status.KERNEL_DIED:
         return "INCOMPLETE: the kernel died during the run; see audit/kernel.stderr"
     return f"INCOMPLETE: the run ended with status {status!r}"
 

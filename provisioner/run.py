@@ -24,6 +24,7 @@ from auditor.backpack.layout import Backpack
 from auditor.backpack.summary import Summary
 from auditor.common import stale
 from auditor.common.errors import FloError, Interrupted, UsageError
+from auditor.common.execution import FailedCell, Status
 
 from . import api, data, preflight, runner, validation
 from .engines import Cluster, EngineSpec, get_engine
@@ -77,7 +78,7 @@ class RunReport:
     skipped: dict[str, str] = field(default_factory=dict)  # role -> why its env was not built
     status: str = "not started"
     output: Path | None = None
-    failed_cell: dict | None = None
+    failed_cell: FailedCell | None = None
     message: str = ""
     cluster: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -99,7 +100,8 @@ class RunReport:
                 "notebook_dir": str(self.notebook_dir),
                 "kept": self.kept, "status": self.status,
                 "output": str(self.output) if self.output else None,
-                "failed_cell": self.failed_cell, "message": self.message,
+                "failed_cell": self.failed_cell.to_json() if self.failed_cell else None,
+                "message": self.message,
                 "phases": {k: round(v, 3) for k, v in self.phases.items()},
                 "envs": {role: {"path": str(e.path), "from_cache": e.from_cache,
                                 "seconds": round(e.seconds, 3), "builder": e.builder}
@@ -194,7 +196,7 @@ def run_backpack(options: RunOptions, *, say: Callable[[str], None] = lambda _: 
             stale.release(run_dir)  # kept on purpose: no later sweep removes it
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
-    if report.status not in ("complete", "stopped"):
+    if report.status not in (Status.COMPLETE, "stopped"):
         error = NotebookFailed(f"the notebook did not complete: {report.message}; the executed "
                                f"notebook is {report.output}")
         error.report = report  # type: ignore[attr-defined]
@@ -462,7 +464,7 @@ def _execute(report: RunReport, options: RunOptions, workflow: Path, cluster, sa
         # up to the total, and the kernel's start hidden behind the engine's counts once.
         report.phases["notebook execution"] -= waited
         report.phases["engine start"] += waited
-    report.status, report.output = result.status, result.output
+    report.status, report.output = result.status.value, result.output
     report.failed_cell, report.message = result.failed_cell, result.message
 
 

@@ -42,6 +42,7 @@ import nbformat
 
 from auditor.backpack.workflow import load_workflow
 from auditor.common.errors import FloError
+from auditor.common.execution import FailedCell, Status
 from auditor.common.interpreter import activated
 from auditor.common.process import parent_death
 
@@ -121,22 +122,22 @@ def _tags(cell: nbformat.NotebookNode) -> list[str]:
 
 @dataclass
 class Execution:
-    """How a headless run ended: `complete`, `failed` (a cell raised), `timeout`,
-    `kernel-died`; `failed_cell` = {index, ename, evalue} for a failed cell."""
+    """How a headless run ended (the audit's words: `Status`), and the cell that raised."""
 
     output: Path
-    status: str
+    status: Status
     seconds: float
-    failed_cell: dict | None = None
+    failed_cell: FailedCell | None = None
     message: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.status == "complete"
+        return self.status == Status.COMPLETE
 
     def to_dict(self) -> dict:
-        return {"output": str(self.output), "status": self.status,
-                "seconds": round(self.seconds, 3), "failed_cell": self.failed_cell,
+        return {"output": str(self.output), "status": self.status.value,
+                "seconds": round(self.seconds, 3),
+                "failed_cell": self.failed_cell.to_json() if self.failed_cell else None,
                 "message": self.message}
 
 
@@ -184,12 +185,12 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
     nb = loaded.notebook
     skipped = _skip_all_but(nb, only) if only is not None else []
     inject_parameters(nb, parameters or {})
-    failed: dict = {}
+    failed: list[FailedCell] = []
 
     def cell_error(cell: nbformat.NotebookNode, cell_index: int, execute_reply: dict) -> None:
         content = execute_reply.get("content", {})
-        failed.update(index=cell_index, ename=content.get("ename", ""),
-                      evalue=content.get("evalue", ""))
+        failed.append(FailedCell(cell_index, content.get("ename", ""),
+                                 content.get("evalue", "")))
 
     def cell_start(cell: nbformat.NotebookNode, cell_index: int) -> None:
         if on_cell is not None:
@@ -209,7 +210,7 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
                                 on_cell_error=cell_error, on_cell_start=cell_start)
         client.flo_user_file = user_file
         client.flo_before_cells = before_cells
-        status, message = "complete", ""
+        status, message = Status.COMPLETE, ""
         log = _open_log(kernel_log)
         streams = {"stdout": log, "stderr": log} if log else {}
         handlers = _handlers()
@@ -223,14 +224,14 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
         except BeforeCellsFailed as exc:
             raise exc.cause from None
         except CellExecutionError as exc:
-            status = "failed"
+            status = Status.FAILED
             message = _first_line(exc) if not failed else ""
         except CellTimeoutError:
-            status, message = "timeout", f"a cell ran longer than {timeout:g} s"
+            status, message = Status.TIMEOUT, f"a cell ran longer than {timeout:g} s"
         except DeadKernelError as exc:
             if not client.flo_kernel_ready:
                 raise _start_failed(python, kernel_log, exc) from None
-            status, message = "kernel-died", f"the kernel died: {_first_line(exc)}"
+            status, message = Status.KERNEL_DIED, f"the kernel died: {_first_line(exc)}"
         except Exception as exc:  # start-up: RuntimeError (no kernel_info), OSError (no exec)
             if client.flo_kernel_ready:
                 raise
@@ -239,10 +240,10 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
             written = _finish(client, km, handlers, log, skipped, nb, output)
     if client.flo_stopped_by is not None:
         raise ExecutionStopped(client.flo_stopped_by, written)
-    if status == "failed" and failed:
-        message = (f"cell {failed['index']} raised {failed['ename']}: "
-                   f"{failed['evalue']}").rstrip(": ")
-    return Execution(output, status, time.monotonic() - started, failed or None, message)
+    cell = failed[0] if failed else None
+    if status == Status.FAILED and cell is not None:
+        message = cell.line
+    return Execution(output, status, time.monotonic() - started, cell, message)
 
 
 def _open_log(kernel_log: Path | None) -> IO[bytes] | None:

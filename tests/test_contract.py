@@ -18,15 +18,10 @@ from pathlib import Path
 import pytest
 
 from auditor.backpack.layout import BackpackSpecError, load_backpack
-from auditor.backpack.session import (
-    SCHEMA,
-    FailedCell,
-    Session,
-    read_session,
-    write_session,
-)
+from auditor.backpack.session import SCHEMA, Session, read_session, write_session
 from auditor.backpack.summary import Summary, read_summary
 from auditor.common.errors import RecordFormatError, SpecError
+from auditor.common.execution import FailedCell
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT = ("auditor.backpack", "auditor.common")

@@ -433,18 +433,20 @@ def test_notebook_that_starts_its_own_cluster_is_not_pointed_at_ours(places) -> 
 
 
 def test_auto_engine_follows_the_audit() -> None:
-    from provisioner.run import choose_engine
+    from auditor.backpack.summary import Summary
+    from provisioner.run import choose_engine, flagged_secrets
 
-    own = {"roles": {"worker": {"processes": 3, "started_by": "notebook"}}}
-    pool = {"roles": {"worker": {"processes": 4, "started_by": "flo-audit --workers"}}}
+    def summary(**parts: object) -> Summary:
+        return Summary.from_json({"schema": 1, "status": "complete", **parts})
+
+    own = summary(roles={"worker": {"processes": 3, "started_by": "notebook"}})
+    pool = summary(roles={"worker": {"processes": 4, "started_by": "flo-audit --workers"}})
     assert choose_engine("auto", own) == "notebook"
     assert choose_engine("auto", pool) == "dask-local"
     assert choose_engine("auto", None) == "dask-local"  # hand-written: no audit
-    idle = {"roles": {"worker": {"processes": 0, "started_by": None}}}
-    from provisioner.run import flagged_secrets
-
-    flagged = {"data": {"secrets": [{"path": "/home/u/.aws/credentials", "note": "..."}],
-                        "signed_urls": [{"url": "https://b.s3.example/x.csv"}]}}
+    idle = summary(roles={"worker": {"processes": 0, "started_by": None}})
+    flagged = summary(data={"secrets": [{"path": "/home/u/.aws/credentials", "note": "..."}],
+                            "signed_urls": [{"url": "https://b.s3.example/x.csv"}]})
     line = flagged_secrets(flagged)
     assert line is not None and "2 secret(s)" in line and ".aws/credentials" in line
     assert flagged_secrets(own) is None

@@ -15,20 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import RecordFormatError
+from ..common.execution import FailedCell, Status
 
 SESSION_FILE = "session.json"  # in the record folder (a backpack's audit/)
 SCHEMA = 1
-COMPLETE, FAILED, TIMEOUT, KERNEL_DIED, WORKER_DIED = (
-    "complete", "failed", "timeout", "kernel-died", "worker-died")
-
-
-@dataclass
-class FailedCell:
-    index: int  # notebook cell index
-    ename: str
-    evalue: str
-
-
 @dataclass
 class Session:
     """session.json as data (docs/internals.md lists each key)."""
@@ -36,7 +26,7 @@ class Session:
     notebook: str
     cwd: str
     backend: str  # "strace" | "ptrace" | "hooks"
-    status: str  # COMPLETE, FAILED, TIMEOUT, KERNEL_DIED, WORKER_DIED
+    status: str  # a Status value ("unknown" when a record lacks it)
     started: float
     ended: float
     cells: list[tuple[int, int]]  # (seq, notebook index), in the order the kernel ran them
@@ -51,7 +41,7 @@ class Session:
 
     @property
     def complete(self) -> bool:
-        return self.status == COMPLETE
+        return self.status == Status.COMPLETE
 
     @property
     def cell_of_seq(self) -> dict[int, int]:
@@ -75,9 +65,7 @@ class Session:
             "schema": SCHEMA, "notebook": self.notebook, "cwd": self.cwd,
             "backend": self.backend, "started": self.started, "ended": self.ended,
             "status": self.status,
-            "failed_cell": None if self.failed_cell is None else {
-                "index": self.failed_cell.index, "ename": self.failed_cell.ename,
-                "evalue": self.failed_cell.evalue},
+            "failed_cell": None if self.failed_cell is None else self.failed_cell.to_json(),
             "cells": [{"seq": seq, "index": index} for seq, index in self.cells],
             "code_cells": self.code_cells, "kernel": self.kernel,
             "kernel_pid": self.kernel_pid, "tracer_pid": self.tracer_pid,
@@ -99,16 +87,13 @@ class Session:
                 + ("upgrade flo-backpack to read it" if newer
                    else "re-run flo-audit on the notebook"))
         try:
-            failed = data.get("failed_cell")
             return cls(
                 notebook=str(data.get("notebook") or ""), cwd=str(data.get("cwd") or ""),
                 backend=str(data["backend"]), status=str(data.get("status") or "unknown"),
                 started=float(data.get("started") or 0), ended=float(data.get("ended") or 0),
                 cells=[(int(c["seq"]), int(c["index"])) for c in data.get("cells") or ()],
                 code_cells=data.get("code_cells"),
-                failed_cell=None if not failed else FailedCell(
-                    int(failed["index"]), str(failed.get("ename") or ""),
-                    str(failed.get("evalue") or "")),
+                failed_cell=FailedCell.from_json(data.get("failed_cell")),
                 kernel=dict(data.get("kernel") or {}), kernel_pid=data.get("kernel_pid"),
                 tracer_pid=data.get("tracer_pid"),
                 warnings=[str(w) for w in data.get("warnings") or ()],

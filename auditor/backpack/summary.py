@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import SpecError
+from ..common.execution import Status
 
 SUMMARY = "audit/summary.json"
 SCHEMA = 1
@@ -68,7 +69,7 @@ class Summary:
         if not isinstance(roles, dict) or not all(isinstance(r, dict) for r in roles.values()):
             raise SpecError(path, "roles", "an object of role -> object", repr(roles)[:60])
         return cls(notebook=notebook if isinstance(notebook, str) and notebook else None,
-                   status=status, complete=bool(doc.get("complete", status == "complete")),
+                   status=status, complete=bool(doc.get("complete", status == Status.COMPLETE)),
                    failed_cell=failed if isinstance(failed, dict) else None,
                    data=data if isinstance(data, dict) else {},
                    verify=verify if isinstance(verify, dict) else None, roles=roles,

@@ -12,9 +12,8 @@ from typing import Any
 from ..backpack.compute import ComputeSpec
 from ..backpack.session import Session
 from ..backpack.summary import SCHEMA as SUMMARY_SCHEMA
+from ..common.execution import Status
 from .environment import EnvironmentSpec
-
-COMPLETE = "complete"
 
 
 def build_summary(*, session: Session, spec: EnvironmentSpec, compute: ComputeSpec,
@@ -41,7 +40,7 @@ def build_summary(*, session: Session, spec: EnvironmentSpec, compute: ComputeSp
         "schema": SUMMARY_SCHEMA,  # auditor/backpack/summary.py reads it back
         "notebook": session.notebook,
         "status": status,
-        "complete": status == COMPLETE,
+        "complete": status == Status.COMPLETE,
         "failed_cell": session.to_json()["failed_cell"],
         "backend": session.backend,
         "python": {"version": spec.python, "executable": kernel.get("executable"),

@@ -34,7 +34,6 @@ from .disk import measure_disk, save_written, worker_written, written_sizes
 from .environment import USED, EnvironmentSpec, render_environment_yml
 from .workers import draft_worker_environment
 
-WORKER_DIED = "worker-died"
 #: Debian packages named on a summary line; more are counted and left to software/apt.txt.
 APT_SHOWN = 4
 APT_FILE = "software/apt.txt"

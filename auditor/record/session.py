@@ -35,17 +35,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
-from ..backpack.session import (
-    COMPLETE,
-    FAILED,
-    KERNEL_DIED,
-    TIMEOUT,
-    WORKER_DIED,
-    FailedCell,
-    Session,
-    write_session,
-)
+from ..backpack.session import Session, write_session
 from ..common.errors import Interrupted, RecordError
+from ..common.execution import FailedCell, Status
 from ..common.interpreter import activated, require_module
 from ..common.process import parent_death
 from ..common.stale import owned_folder
@@ -135,7 +127,7 @@ class Recording:
 
     @property
     def complete(self) -> bool:
-        return self.status == COMPLETE
+        return self.status == Status.COMPLETE
 
     @property
     def cell_of_seq(self) -> dict[int, int]:
@@ -193,7 +185,7 @@ class _Run:
         self.to_run = [i for i, cell in enumerate(self.nb.cells) if _will_run(cell)]
         self.code_cells = sum(1 for cell in self.nb.cells if cell.cell_type == "code")
         self.cells: list[tuple[int, int]] = []
-        self.status = COMPLETE
+        self.status = Status.COMPLETE
         self.failed: FailedCell | None = None
         self.tree = ProcessTree(uuid.uuid4().hex)
         self.connection_dir = str(owned_folder("flo-kernel-"))
@@ -277,20 +269,20 @@ class _Run:
             try:
                 self.client.execute_cell(self.nb.cells[index], index)
             except CellTimeoutError:
-                self._fail(TIMEOUT, index, "CellTimeoutError",
+                self._fail(Status.TIMEOUT, index, "CellTimeoutError",
                            f"the cell ran longer than {self.options.timeout:g} s")
             except CellExecutionError as exc:
-                self._fail(FAILED, index, exc.ename, exc.evalue)
+                self._fail(Status.FAILED, index, exc.ename, exc.evalue)
             except DeadKernelError as exc:
-                self._fail(KERNEL_DIED, index, "DeadKernelError", str(exc) or "kernel died")
+                self._fail(Status.KERNEL_DIED, index, "DeadKernelError", str(exc) or "kernel died")
             if watch is not None and watch.dead is not None:
-                self._fail(WORKER_DIED, index, "WorkerDied", watch.message())
+                self._fail(Status.WORKER_DIED, index, "WorkerDied", watch.message())
             self.tree.snapshot()
-            self._progress(seq, count, "end" if self.status == COMPLETE else self.status)
-            if self.status != COMPLETE:
+            self._progress(seq, count, "end" if self.status == Status.COMPLETE else self.status)
+            if self.status != Status.COMPLETE:
                 break
 
-    def _fail(self, status: str, index: int, ename: str, evalue: str) -> None:
+    def _fail(self, status: Status, index: int, ename: str, evalue: str) -> None:
         self.status = status
         self.failed = FailedCell(index, ename, evalue)
 
@@ -304,17 +296,17 @@ class _Run:
         Waits for the kernel process itself, not the tracer: a tracer also waits for every
         process the notebook left running, and teardown stops those.
         """
-        if self.status == KERNEL_DIED:
+        if self.status == Status.KERNEL_DIED:
             return
         try:
-            if self.status == TIMEOUT:  # end the running cell first, then ask the kernel to quit
+            if self.status == Status.TIMEOUT:  # end the running cell, then ask the kernel to quit
                 run_sync(self.km.interrupt_kernel)()
             pid = self.kernel_pid or (None if self.km.flo_wrapped else self.launched_pid)
             if pid is None:
                 run_sync(self.km.shutdown_kernel)(now=False)
                 return
             kernel = psutil.Process(pid)
-            if self.status != TIMEOUT and kernel.children():
+            if self.status != Status.TIMEOUT and kernel.children():
                 self.closing = time.time()  # what ends from here on is teardown, not a crash
                 self._close_pools()
             run_sync(self.km.request_shutdown)()
