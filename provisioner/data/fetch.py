@@ -1,6 +1,6 @@
 """Fetch and verify a backpack's data: data.yml -> verified files at their run-folder targets.
 
-Order of work, so that a bad entry costs nothing: read data.yml (through auditor.backpack.layout),
+Order of work, so that a bad entry costs nothing: read data.yml (auditor.backpack.data),
 resolve every target (inside the run folder, or "use in place"), check every local source
 exists, and only then copy or download, concurrently. Each entry is staged next to its target,
 verified (size, file count, checksum), and renamed into place; a failure cancels the rest and
