@@ -32,6 +32,11 @@ _SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
 # An identity key that, unlike id(), raises no audit event: the base class's hash is derived
 # from the address alone (one C call per name, no hook call), whatever the type overrides.
 _identity = object.__hash__
+# Positions compared at once by write_names: a chunk that differs is walked name by name.
+_CHUNK = 256
+# Runs of equal names write_names pairs before it looks the rest up by name: a run ends at
+# each deleted name, so this many deletions in one cell keep the cheap path.
+_RUNS = 16
 # JSON string literal, \u-escaping non-ASCII and lone surrogates (undecodable path bytes).
 _json_string = json.encoder.encode_basestring_ascii
 
@@ -239,21 +244,43 @@ class _KernelSide:
     def write_names(self):
         """The `names` record: the names the cell bound or rebound to another object.
 
-        Identities only (no comparison of values, no pickling). A dict keeps insertion order
-        and a rebinding keeps its place, so when the old names are a prefix of the new ones
-        the changed ones come from one C-level pass; otherwise (a name was deleted) from a
-        lookup by name, C-level too (map/compress: no Python-level loop over the names).
+        Identities only (no comparison of values, no pickling). A dict keeps insertion order,
+        a rebinding keeps its place and new names come last, so the new names are the old
+        ones less those deleted, then those added: each name is paired with its old self by
+        walking both lists in runs of equal names, and within a run a name changed where its
+        identity did. Runs are compared in chunks, C-level (IPython rebinds `_i`, `_ii`,
+        `_iii` near the start every cell, so one comparison of the whole list would fail),
+        and only chunks that differ are walked; a deletion starts the next run at the old
+        list's next occurrence of the name (list.index). Names past the runs (added, or too
+        many deletions) by a lookup by name. No Python-level loop over the names.
         """
         names, ids = self.namespace()
         old_names, old_ids = self.ns_names, self.ns_ids
-        count = len(old_names)
-        if names[:count] == old_names:
-            same = ids[:count] == old_ids  # one C loop; the common cell rebinds nothing old
-            bound = ([] if same else list(compress(names, map(ne, ids, old_ids))))
-            bound += names[count:]
-        else:  # zip(strict=) needs 3.10; the lists are of equal length by construction
-            before = dict(zip(old_names, old_ids)).get  # noqa: B905
-            bound = list(compress(names, map(ne, ids, map(before, names))))
+        bound = []
+        at, old_at = 0, 0
+        skipped = []  # old positions no run paired: names deleted, or re-added at the end
+        for _ in range(_RUNS):
+            run = _equal_run(names, at, old_names, old_at)
+            bound += _changed(names, ids, at, old_ids, old_at, run)
+            at += run
+            old_at += run
+            if at == len(names) or old_at == len(old_names):
+                break
+            try:  # names[at] differs from old_names[old_at]: that one was deleted
+                paired = old_names.index(names[at], old_at + 1)
+            except ValueError:
+                break  # names[at] is not among the old ones left: added, as all after it
+            skipped.append((old_at, paired))
+            old_at = paired
+        if at < len(names):
+            tail = names[at:]
+            skipped.append((old_at, len(old_names)))
+            # Only old names no run paired can come back among the tail's names.
+            old_id = {}
+            for start, stop in skipped:
+                # zip(strict=) needs 3.10; the slices are of equal length by construction
+                old_id.update(zip(old_names[start:stop], old_ids[start:stop]))  # noqa: B905
+            bound += compress(tail, map(ne, ids[at:], map(old_id.get, tail)))
         self.ns_names, self.ns_ids = names, ids
         bound = [name for name in bound if name[:1] != "_" and name not in _SHELL_NAMES]
         self.write("names", {"bound": bound})
@@ -319,6 +346,39 @@ def _make_hook(handlers):
                 pass  # never let logging break the user's code
 
     return hook
+
+
+def _part(items, start, count):
+    """items[start:start + count], without the copy when that is the whole list."""
+    return items if start == 0 and count == len(items) else items[start:start + count]
+
+
+def _equal_run(names, at, old_names, old_at):
+    """How many names from names[at] equal those from old_names[old_at], in order."""
+    count = min(len(names) - at, len(old_names) - old_at)
+    if _part(names, at, count) == _part(old_names, old_at, count):
+        return count
+    run = 0
+    while names[at + run:at + run + _CHUNK] == old_names[old_at + run:old_at + run + _CHUNK]:
+        run += _CHUNK
+    while names[at + run] == old_names[old_at + run]:
+        run += 1
+    return run
+
+
+def _changed(names, ids, at, old_ids, old_at, count):
+    """The names in names[at:at + count] whose identity differs from the old one at the same
+    offset in old_ids[old_at:]: chunks compared at once, only those that differ walked."""
+    if _part(ids, at, count) == _part(old_ids, old_at, count):
+        return []  # the comparison stops at the first difference: cheap when it fails early
+    changed = []
+    for start in range(0, count, _CHUNK):
+        size = min(_CHUNK, count - start)
+        now = ids[at + start:at + start + size]
+        before = old_ids[old_at + start:old_at + start + size]
+        if now != before:
+            changed += compress(names[at + start:at + start + size], map(ne, now, before))
+    return changed
 
 
 def _as_named(path):

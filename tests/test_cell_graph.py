@@ -62,6 +62,53 @@ def test_names_record_lists_what_each_cell_bound(python: str, tmp_path: Path) ->
     assert order[:3] == [("cell", 0), ("names", 0), ("cell", 0)]
 
 
+def test_names_record_pairs_each_name_with_its_old_self_under_random_edits(
+        tmp_path: Path) -> None:
+    """write_names pairs names by runs and chunks (deletions realign the runs); on random
+    cells of rebinds, deletions, re-additions and new names, over a namespace bigger than a
+    chunk, it must list exactly what a lookup by name finds, in namespace order."""
+    import random
+    import runpy
+    from types import SimpleNamespace
+
+    kernel_side = runpy.run_path(str(KERNEL_SIDE), run_name="_flo_backpack_kernel_test")
+    rng = random.Random(12)
+    keep = []  # every object stays alive: no address is reused, identities stay unique
+
+    def fresh() -> object:
+        keep.append(object())
+        return keep[-1]
+
+    ns: dict[str, object] = {"In": [], "_i": "", **{f"v{i}": fresh() for i in range(1500)}}
+    side = kernel_side["_KernelSide"](str(tmp_path / "hooks.jsonl"), False,
+                                      SimpleNamespace(user_ns=ns), None)
+    seen = []
+    for cell in range(120):
+        before = {name: id(value) for name, value in ns.items()}
+        names = list(ns)
+        for _ in range(rng.choice([0, 1, 3, 20, 300])):
+            name, action = rng.choice(names), rng.random()
+            if action < 0.4:
+                ns[name] = fresh()  # rebound
+            elif action < 0.6:
+                ns.pop(name, None)  # deleted
+            elif action < 0.7 and name in ns:
+                ns[name] = ns.pop(name)  # moved to the end, same object: not bound
+            elif action < 0.8:
+                ns[name] = fresh() if name not in ns else ns[name]
+            else:
+                ns[f"new{cell}_{len(ns)}"] = fresh()
+        ns["_i"] = f"cell {cell}"
+        expected = [name for name, value in ns.items()
+                    if before.get(name) != id(value) and name[:1] != "_" and name != "In"]
+        side.write_names()
+        seen.append(expected)
+    side.flush()
+    records = [json.loads(line) for line in (tmp_path / "hooks.jsonl").read_text().splitlines()]
+    assert [r["bound"] for r in records if r["ev"] == "names"] == seen
+    assert any(len(bound) > 50 for bound in seen) and seen.count([]) > 3
+
+
 @pytest.mark.parametrize(("source", "free"), [
     ("x = x + 1\nfor v in vs:\n    print(v)", ["print", "vs", "x"]),
     ("values = [v * 10 for v in values]", ["values"]),
