@@ -271,3 +271,44 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
 def _cell_started(record_dir: Path, seq: int) -> bool:
     return any(r.get("ev") == "cell" and r.get("seq") == seq and r.get("phase") == "start"
                for r in read_hook_log(record_dir))
+
+
+# A parent whose children come from its main thread and from another thread (each thread has
+# its own /proc children file), one of them with a child of its own; prints the pids, waits.
+FAMILY = r"""
+import subprocess, sys, threading
+kids, started, done = [subprocess.Popen(["sh", "-c", "sleep 3919 & wait"])], \
+    threading.Event(), threading.Event()
+def start():  # the thread stays alive: its child stays listed under it, not the main thread
+    kids.append(subprocess.Popen(["sleep", "3920"])); started.set(); done.wait()
+threading.Thread(target=start, daemon=True).start()
+started.wait()
+print(" ".join(str(k.pid) for k in kids), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_descendants_are_found_from_every_thread_as_psutil_finds_them() -> None:
+    from auditor.record import cleanup
+
+    parent = subprocess.Popen([sys.executable, "-c", FAMILY], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        kids = [int(pid) for pid in parent.stdout.readline().split()]  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while len(psutil.Process(kids[0]).children()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the shell starts its sleep
+        grandchild = psutil.Process(kids[0]).children()[0].pid
+        found = cleanup.descendant_pids([parent.pid])
+        assert cleanup._PROC_CHILDREN  # this machine's kernel lists children: the fast path
+        assert sorted(found) == sorted([*kids, grandchild])
+        assert found.index(kids[0]) < found.index(grandchild)  # parents first
+        by_ppid = cleanup._descendants_by_ppid([parent.pid])
+        assert sorted(by_ppid) == sorted(found)
+        assert sorted(p.pid for p in psutil.Process(parent.pid).children(recursive=True)) == \
+            sorted(found)
+    finally:
+        for proc in psutil.Process(parent.pid).children(recursive=True):
+            proc.kill()
+        parent.kill()
+        parent.wait()

@@ -55,15 +55,16 @@ class ProcessTree:
         self.snapshot()
 
     def snapshot(self) -> None:
-        """Remember the roots' current descendants (cheap: one pass over /proc)."""
+        """Remember the roots and their current descendants (cheap: `descendant_pids`)."""
         with self._lock:
             roots = list(self.roots)
-        for pid in roots:
+        processes = []
+        for pid in [*roots, *descendant_pids(roots)]:
             try:
-                root = psutil.Process(pid)
-                self._remember([root, *root.children(recursive=True)])
+                processes.append(psutil.Process(pid))
             except psutil.Error:
                 continue
+        self._remember(processes)
 
     def start_watching(self, interval: float = 0.25) -> None:
         """Snapshot in the background, so processes that leave the tree are still known."""
@@ -138,6 +139,54 @@ class ProcessTree:
         for proc in survivors:
             log.warning("process %d (%s) could not be stopped", proc.pid, _name(proc))
         return survivors
+
+
+def descendant_pids(roots: Iterable[int]) -> list[int]:
+    """Every living descendant of `roots` (roots excluded), parents before their children.
+
+    Reads /proc/PID/task/TID/children (Linux 3.5+, CONFIG_PROC_CHILDREN) of the tree's own
+    processes only: about 0.1 ms for a kernel and its workers, where a parent map reads the
+    stat file of every process on the machine (psutil's children(recursive=True): 1.3 ms
+    each time on a machine running 80 processes, paid after every cell and every tick of
+    the watcher and the sampler). Without those files, psutil's way.
+    """
+    roots = list(roots)
+    if not _PROC_CHILDREN:
+        return _descendants_by_ppid(roots)
+    found: list[int] = []
+    seen = set(roots)
+    pending = list(roots)
+    while pending:
+        pid = pending.pop(0)
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # gone
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as listed:
+                    children = listed.read().split()
+            except OSError:
+                continue  # the thread (or the process) ended meanwhile
+            for child in map(int, children):
+                if child not in seen:
+                    seen.add(child)
+                    found.append(child)
+                    pending.append(child)
+    return found
+
+
+def _descendants_by_ppid(roots: list[int]) -> list[int]:
+    found: list[int] = []
+    for pid in roots:
+        try:
+            found.extend(child.pid for child in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            continue
+    return list(dict.fromkeys(found))
+
+
+_PROC_CHILDREN = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 
 
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from .cleanup import descendant_pids
+
 log = logging.getLogger("flo.record")
 
 SAMPLES_FILE = "samples.jsonl"
@@ -91,12 +93,10 @@ class Sampler:
         """One tick: a line per living process of the recording."""
         now = time.time()
         processes: dict[int, psutil.Process] = {}
-        for pid in self.roots():
+        roots = self.roots()
+        for pid in [*roots, *descendant_pids(roots)]:
             try:
-                root = self._known.get(pid) or psutil.Process(pid)
-                processes[pid] = root
-                for child in root.children(recursive=True):
-                    processes.setdefault(child.pid, self._known.get(child.pid, child))
+                processes.setdefault(pid, self._known.get(pid) or psutil.Process(pid))
             except psutil.Error:
                 continue
         lines = []
