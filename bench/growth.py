@@ -15,6 +15,11 @@ per-unit column across sizes means linear; a column that grows means worse than 
     .venv/bin/python bench/growth.py                  # every dimension, 1 round
     .venv/bin/python bench/growth.py --quick -n 2     # two smaller sizes each, 2 rounds
     .venv/bin/python bench/growth.py --only cells --only files
+    .venv/bin/python bench/growth.py --against /tmp/before   # also audit with that tree
+
+--against DIR audits each notebook a second time with another source tree of this project
+(e.g. `git archive` of an older commit, unpacked: its auditor/ and kernels/ come first on
+PYTHONPATH), in the same rounds, so both per-unit columns are measured under the same load.
 
 Dimensions (baseline in brackets): cells, N trivial cells (1 cell); files, one cell reading N
 files of 64 bytes (none); imports, one cell importing N generated local modules (none);
@@ -132,10 +137,15 @@ class Row:
     plain: list[float] = field(default_factory=list)
     audit: list[float] = field(default_factory=list)
     derive: list[float] = field(default_factory=list)
+    against: list[float] = field(default_factory=list)
 
     @property
     def difference(self) -> float:
         return statistics.median(self.audit) - statistics.median(self.plain)
+
+    @property
+    def against_difference(self) -> float:
+        return statistics.median(self.against) - statistics.median(self.plain)
 
 
 def flo_audit() -> list[str]:
@@ -143,7 +153,8 @@ def flo_audit() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "auditor"]
 
 
-def measure(name: str, size: int, rounds: int, backend: str, tmp: Path) -> Row:
+def measure(name: str, size: int, rounds: int, backend: str, tmp: Path,
+            against: Path | None) -> Row:
     row = Row(name, size)
     folder = tmp / f"{name}-{size}"
     folder.mkdir()
@@ -151,12 +162,16 @@ def measure(name: str, size: int, rounds: int, backend: str, tmp: Path) -> Row:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # every run compiles alike
     for i in range(rounds):
         backpack = tmp / f"{name}-{size}-backpack-{i}"
+        options = ["--backend", backend, "--json"]
         steps = {"plain": [sys.executable, "-c", PLAIN, str(notebook)],
-                 "audit": [*flo_audit(), str(notebook), "-o", str(backpack),
-                           "--backend", backend, "--json"]}
+                 "audit": [*flo_audit(), str(notebook), "-o", str(backpack), *options]}
+        if against is not None:
+            steps["against"] = [sys.executable, "-m", "auditor", str(notebook), "-o",
+                                f"{backpack}-against", *options]
         for step in list(steps) if i % 2 == 0 else list(reversed(steps)):
             started = time.perf_counter()
-            done = run(steps[step], cwd=folder, env=env, timeout=RUN_TIMEOUT_S,
+            step_env = env if step != "against" else {**env, "PYTHONPATH": str(against)}
+            done = run(steps[step], cwd=folder, env=step_env, timeout=RUN_TIMEOUT_S,
                        what=f"{step} run of the {name} notebook, size {size}")
             seconds = time.perf_counter() - started
             getattr(row, step).append(seconds)
@@ -166,18 +181,20 @@ def measure(name: str, size: int, rounds: int, backend: str, tmp: Path) -> Row:
     return row
 
 
-def _per_unit(row: Row, base: Row, dimension: Dimension) -> str:
-    if row.size == base.size:
+def _per_unit(difference: float, row: Row, base: float, base_row: Row) -> str:
+    if row.size == base_row.size:
         return "(baseline)"
-    us = (row.difference - base.difference) / (row.size - base.size) * 1e6
-    return f"{us / 1000:8.2f} ms" if abs(us) >= 1000 else f"{us:8.0f} us"
+    us = (difference - base) / (row.size - base_row.size) * 1e6
+    return f"{us / 1000:.2f} ms" if abs(us) >= 1000 else f"{us:.0f} us"
 
 
 def table(rows: list[Row], backend: str, rounds: int) -> str:
+    against = bool(rows and rows[0].against)
     lines = [f"backend {backend}, medians of {rounds} alternating round(s); per unit = "
              "(difference - difference at the baseline) / units added",
              f"{'dimension':9s} {'size':>6s} {'plain s':>8s} {'audit s':>8s} {'diff s':>7s} "
-             f"{'derive s':>8s} {'per unit':>12s} {'target':>9s}"]
+             f"{'derive s':>8s} {'per unit':>10s} {'target':>9s}"
+             + (f" {'against s':>9s} {'per unit':>10s}" if against else "")]
     for name in dict.fromkeys(r.dimension for r in rows):
         dimension = DIMENSIONS[name]
         own = [r for r in rows if r.dimension == name]
@@ -186,11 +203,15 @@ def table(rows: list[Row], backend: str, rounds: int) -> str:
             f"< {dimension.target_us / 1000:g} ms" if dimension.target_us >= 1000
             else f"< {dimension.target_us:g} us")
         for r in own:
-            lines.append(
-                f"{name:9s} {r.size:6d} {statistics.median(r.plain):8.2f} "
-                f"{statistics.median(r.audit):8.2f} {r.difference:7.2f} "
-                f"{statistics.median(r.derive):8.2f} {_per_unit(r, base, dimension):>12s} "
-                f"{target if r is not base else '':>9s}")
+            line = (f"{name:9s} {r.size:6d} {statistics.median(r.plain):8.2f} "
+                    f"{statistics.median(r.audit):8.2f} {r.difference:7.2f} "
+                    f"{statistics.median(r.derive):8.2f} "
+                    f"{_per_unit(r.difference, r, base.difference, base):>10s} "
+                    f"{target if r is not base else '':>9s}")
+            if against:
+                per_unit = _per_unit(r.against_difference, r, base.against_difference, base)
+                line += f" {statistics.median(r.against):9.2f} {per_unit:>10s}"
+            lines.append(line)
     return "\n".join(lines)
 
 
@@ -201,14 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=list(DIMENSIONS),
                         help="measure this dimension only (repeatable)")
     parser.add_argument("--backend", default="strace", choices=["strace", "ptrace", "hooks"])
+    parser.add_argument("--against", type=Path, help="also audit with this source tree")
     args = parser.parse_args(argv)
+    against = args.against.resolve() if args.against else None
     rows = []
     with tempfile.TemporaryDirectory(prefix="flo-growth-") as tmp:
         for name in args.only or list(DIMENSIONS):
             dimension = DIMENSIONS[name]
             sizes = dimension.quick if args.quick else dimension.sizes
             for size in dict.fromkeys((dimension.baseline, *sizes)):
-                rows.append(measure(name, size, args.rounds, args.backend, Path(tmp)))
+                rows.append(measure(name, size, args.rounds, args.backend, Path(tmp), against))
     print()
     print(table(rows, args.backend, args.rounds))
     return 0
