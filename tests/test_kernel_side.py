@@ -202,3 +202,17 @@ def test_relative_names_are_kept_as_the_code_used_them(tmp_path, monkeypatch) ->
     assert as_named("../data/x.csv") == "../data/x.csv"
     assert as_named(f"{tmp_path}/../src/m.py") == "../src/m.py"
     assert as_named("/etc/hosts") is None and as_named("/elsewhere/../x") is None
+
+
+@pytest.mark.parametrize("cwd", ["tmp", "/"])
+def test_absolute_paths_are_those_abspath_gives(tmp_path, monkeypatch, cwd: str) -> None:
+    """The open hook's own abspath skips normpath for paths with nothing to normalise; every
+    shape that needs it (., .., doubled and trailing slashes, a leading //) must still match."""
+    import runpy
+
+    absolute = runpy.run_path(str(KERNEL_SIDE), run_name="_flo_backpack_kernel_test")["_absolute"]
+    monkeypatch.chdir(tmp_path if cwd == "tmp" else "/")
+    paths = ["x.csv", "data/x.csv", "./x", "../x", "a/./b", "a/../b", "a//b", "a/", ".", "..",
+             ".hidden/x", "a/.b", "a/b.", "", "/etc/hosts", "/a/../b", "/a/./b", "//a", "///a",
+             "/a//b/", "/", "/.x/y", "é/ü.txt", "x\udcff"]
+    assert [absolute(p) for p in paths] == [os.path.abspath(p) for p in paths]
