@@ -289,7 +289,7 @@ sys.stdin.read()
 
 
 def test_descendants_are_found_from_every_thread_as_psutil_finds_them() -> None:
-    from auditor.record import cleanup
+    from auditor.common import tree as cleanup
 
     parent = subprocess.Popen([sys.executable, "-c", FAMILY], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)

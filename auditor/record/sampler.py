@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from .cleanup import descendant_pids
+from ..common.tree import descendant_pids
 
 log = logging.getLogger("flo.record")
 
