@@ -45,7 +45,7 @@ from .emit.environment import (
 )
 from .emit.report import build_summary
 from .emit.sides import SideOutputs, derive_sides, pool_roots
-from .events import Access, Event, assign_cells
+from .events import Access, Event, assign_cells, first_accesses
 from .roles import PROCESS_KINDS, Roles, RoleTracker
 
 # Outputs derive writes into audit/: never copied from an older record over the new ones.
@@ -215,8 +215,8 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     observer = _Observer(tracker)
     run_observer = RunObserver(session.kernel_pid)
     cell_watch = CellWatch()
-    stream = cell_watch.watch(run_observer.watch(observer.watch(assign_cells(events,
-                                                                             cell_of_seq))))
+    distinct = first_accesses(assign_cells(events, cell_of_seq))
+    stream = cell_watch.watch(run_observer.watch(observer.watch(distinct)))
 
     env = Environment.from_kernel_record(session.kernel)
     index = index_environment(env, exclude_names=OWN_DISTRIBUTIONS)

@@ -175,6 +175,24 @@ def assign_cells(events: Iterable[Event], cell_of_seq: dict[int, int]) -> Iterat
         yield event
 
 
+def first_accesses(events: Iterable[Event]) -> Iterator[Event]:
+    """Drop each Access that repeats an earlier one in all but its time (same process, path,
+    mode, resolved path, cell, given name and layer): a loop reading one file, the copies of a
+    library every thread maps. Every later stage keeps sets or the first use of a path by a
+    process, so a repeat changes nothing it reports; dropping it there saves the stages the
+    bulk of a long trace. Memory grows with the distinct accesses, as the stages' own does."""
+    seen: set[tuple[int, str, str, str | None, int | None, str | None, str]] = set()
+    add = seen.add
+    for event in events:
+        if type(event) is Access:
+            key = (event.pid, event.path, event.mode, event.real, event.cell, event.given,
+                   event.source)
+            if key in seen:
+                continue
+            add(key)
+        yield event
+
+
 def to_json(event: Event) -> str:
     data = asdict(event)
     data["kind"] = event.kind

@@ -63,10 +63,14 @@ _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[0-7]{1,3}|.)", re.S)
 _SIMPLE_ESCAPES = {ord("n"): b"\n", ord("t"): b"\t", ord("r"): b"\r", ord("v"): b"\v",
                    ord("f"): b"\f", ord("a"): b"\a", ord("b"): b"\b"}
 _UNFINISHED = " <unfinished ...>"
+_FAILED = ") = -1 E"
 
 # Lines a child prints before its parent's fork/clone returns are held until that return names
 # the child's parent (its thread group and cwd come from there); past this many, stop waiting.
 PENDING_LIMIT = 2000
+# Open lines remembered by their text (StraceParser._opened); past this many, start afresh,
+# so memory stays constant however long the trace.
+OPENED_LIMIT = 20_000
 
 
 def unescape(text: str) -> str:
@@ -84,6 +88,16 @@ def _unescape_one(match: re.Match[bytes]) -> bytes:
     if 48 <= code[0] <= 55:  # an octal digit
         return bytes((int(code, 8) & 0xFF,))
     return _SIMPLE_ESCAPES.get(code[0], code)
+
+
+def _failed_open(rest: str) -> bool:
+    """Whether an open line failed (and is no cell mark), told without the full match: the
+    last `) = -1 E` is its result only when no quote (the path argument) or `>` (a -y
+    decoration, as on a successful open of a file so named) follows it."""
+    if MARK_PREFIX in rest:
+        return False
+    tail = rest[rest.rfind(_FAILED):]
+    return '"' not in tail and ">" not in tail
 
 
 def _normal(path: str) -> str:
@@ -114,6 +128,9 @@ class StraceParser:
         self._cwd: dict[int, str | None] = {}  # per process (thread-group leader)
         self._heads: dict[int, str] = {}  # pid -> first half of an <unfinished ...> syscall
         self._pending: dict[int, list[tuple[int, str, str]]] = {}
+        #: the text after the timestamp of a successful open of an absolute path -> its
+        #: (path, mode, real): a process reopening a file, processes loading the same modules
+        self._opened: dict[str, tuple[str, str, str | None]] = {}
         self._handlers = {
             "openat": self._openat, "openat2": self._openat2, "open": self._open,
             "creat": self._creat, "execve": self._execve, "execveat": self._execveat,
@@ -126,54 +143,77 @@ class StraceParser:
     def parse(self, lines: Iterable[str]) -> Iterator[Event]:
         """Yield the events of `lines` in trace order (a child's early lines follow its Spawn)."""
         known = self._known
-        pending = self._pending
         leader = self._leader.get
-        openat = _OPENAT.match
+        opened = self._opened.get
+        general = self._general
         for line in lines:
             parts = line.split(None, 2)
-            if len(parts) < 3:
-                if parts:
-                    self._skip(line)
-                continue
-            pid_text, ts, rest = parts
-            try:
-                pid = int(pid_text)
-            except ValueError:
-                self._skip(line)
-                continue
-            if pid not in known:
-                if self._started:
-                    yield from self._hold(pid, ts, rest)
-                    continue
-                self._started = True
-                known.add(pid)
-                self._cwd[pid] = self._initial_cwd
-            found: Event | list[Event] | None
-            try:
-                if rest.startswith("openat("):
-                    # the bulk of any trace, kept inline: one match, no state unless it succeeded
-                    match = openat(rest)
-                    if match is not None:
-                        fd, fd_path, raw, flags, ret, ret_path = match.groups()
-                        if ret[0] == "-" and not raw.startswith(MARK_PREFIX):
-                            continue
-                        found = self._access(leader(pid, pid), ts, fd, fd_path, raw, flags,
-                                             ret, ret_path)
-                    else:
-                        found = self._line(pid, ts, rest.rstrip())
+            if len(parts) == 3 and (seen := opened(parts[2])) is not None:
+                # The text of an open seen before (in any process): the same access again.
+                try:
+                    pid, t = int(parts[0]), float(parts[1])
+                except ValueError:
+                    pass  # the general path skips the line
                 else:
-                    found = self._line(pid, ts, rest.rstrip())
-            except ValueError:  # a bad timestamp or number the regexes let through
-                self._skip(line)
-                continue
+                    if pid in known:
+                        yield Access(leader(pid, pid), seen[0], seen[1], seen[2], t)
+                        continue
+            found = general(parts, line)
             if found is not None:
-                if isinstance(found, list):
+                if type(found) is list:
                     yield from found
                 else:
-                    yield found
+                    yield found  # type: ignore[misc]
+        pending = self._pending
         for pid in list(pending):
             if pid in pending:
                 yield from self._adopt(pid)
+
+    def _general(self, parts: list[str], line: str) -> Event | list[Event] | None:
+        """The events of one line, `parts` being its pid, timestamp and the rest."""
+        if len(parts) < 3:
+            if parts:
+                self._skip(line)
+            return None
+        pid_text, ts, rest = parts
+        try:
+            pid = int(pid_text)
+        except ValueError:
+            self._skip(line)
+            return None
+        if pid not in self._known:
+            if self._started:
+                return self._hold(pid, ts, rest)
+            self._started = True
+            self._known.add(pid)
+            self._cwd[pid] = self._initial_cwd
+        try:
+            if rest.startswith("openat("):
+                return self._openat_line(pid, ts, rest)
+            return self._line(pid, ts, rest.rstrip())
+        except ValueError:  # a bad timestamp or number the regexes let through
+            self._skip(line)
+            return None
+
+    def _openat_line(self, pid: int, ts: str, rest: str) -> Event | list[Event] | None:
+        # The bulk of any trace. Failed opens (import and library searches) are dropped
+        # before any match; a successful one of an absolute path is remembered by its text,
+        # since nothing about it depends on the process or its cwd.
+        if _FAILED in rest and _failed_open(rest):
+            return None
+        match = _OPENAT.match(rest)
+        if match is None:
+            return self._line(pid, ts, rest.rstrip())
+        fd, fd_path, raw, flags, ret, ret_path = match.groups()
+        if ret[0] == "-" and not raw.startswith(MARK_PREFIX):
+            return None
+        found = self._access(self._leader.get(pid, pid), ts, fd, fd_path, raw, flags, ret,
+                             ret_path)
+        if type(found) is Access and raw[:1] == "/" and "/../" not in raw and "\\" not in raw:
+            if len(self._opened) >= OPENED_LIMIT:
+                self._opened.clear()
+            self._opened[rest] = (found.path, found.mode, found.real)
+        return found
 
     def _skip(self, line: str) -> None:
         self.skipped += 1
@@ -304,13 +344,14 @@ class StraceParser:
             mode = "r"
         path = unescape(raw) if "\\" in raw else raw
         given = None
-        if path[:1] != "/" or "/." in path or "//" in path or path[-1] == "/":
+        if (path[:1] != "/" or "//" in path or "/./" in path or "/../" in path
+                or path[-1] in "/."):  # else already absolute and normal
             if fd in (None, "AT_FDCWD"):
                 given = self._as_named(pid, path, fd_path)
             path = self._absolute(pid, path, fd, fd_path)
         if ret_path is not None and "\\" in ret_path:
             ret_path = unescape(ret_path)
-        return Access(pid, path, mode, ret_path, float(ts), given=given)
+        return Access(pid, path, mode, ret_path, float(ts), None, "strace", given)
 
     def _openat(self, pid: int, ts: str, rest: str) -> Event | None:
         match = _OPENAT.match(rest)
