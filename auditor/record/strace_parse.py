@@ -129,8 +129,9 @@ class StraceParser:
         self._heads: dict[int, str] = {}  # pid -> first half of an <unfinished ...> syscall
         self._pending: dict[int, list[tuple[int, str, str]]] = {}
         #: the text after the timestamp of a successful open of an absolute path -> its
-        #: (path, mode, real): a process reopening a file, processes loading the same modules
-        self._opened: dict[str, tuple[str, str, str | None]] = {}
+        #: (path, mode, real), of a failed open -> (): a process reopening a file, processes
+        #: searching for and loading the same modules
+        self._opened: dict[str, tuple[str, str, str | None] | tuple[()]] = {}
         self._handlers = {
             "openat": self._openat, "openat2": self._openat2, "open": self._open,
             "creat": self._creat, "execve": self._execve, "execveat": self._execveat,
@@ -149,14 +150,16 @@ class StraceParser:
         for line in lines:
             parts = line.split(None, 2)
             if len(parts) == 3 and (seen := opened(parts[2])) is not None:
-                # The text of an open seen before (in any process): the same access again.
+                # The text of an open seen before (in any process): the same access again,
+                # or again a failed open.
                 try:
                     pid, t = int(parts[0]), float(parts[1])
                 except ValueError:
                     pass  # the general path skips the line
                 else:
                     if pid in known:
-                        yield Access(leader(pid, pid), seen[0], seen[1], seen[2], t)
+                        if seen:
+                            yield Access(leader(pid, pid), seen[0], seen[1], seen[2], t)
                         continue
             found = general(parts, line)
             if found is not None:
@@ -200,6 +203,7 @@ class StraceParser:
         # before any match; a successful one of an absolute path is remembered by its text,
         # since nothing about it depends on the process or its cwd.
         if _FAILED in rest and _failed_open(rest):
+            self._remember(rest, ())
             return None
         match = _OPENAT.match(rest)
         if match is None:
@@ -210,10 +214,13 @@ class StraceParser:
         found = self._access(self._leader.get(pid, pid), ts, fd, fd_path, raw, flags, ret,
                              ret_path)
         if type(found) is Access and raw[:1] == "/" and "/../" not in raw and "\\" not in raw:
-            if len(self._opened) >= OPENED_LIMIT:
-                self._opened.clear()
-            self._opened[rest] = (found.path, found.mode, found.real)
+            self._remember(rest, (found.path, found.mode, found.real))
         return found
+
+    def _remember(self, rest: str, access: tuple[str, str, str | None] | tuple[()]) -> None:
+        if len(self._opened) >= OPENED_LIMIT:
+            self._opened.clear()
+        self._opened[rest] = access
 
     def _skip(self, line: str) -> None:
         self.skipped += 1
