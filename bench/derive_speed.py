@@ -2,10 +2,16 @@
 
 Takes a real audit's record folder (a backpack's audit/; by default it first audits the
 import_heavy fixture), scales its trace.strace up to --lines lines, and runs derive on the copy
-in a fresh process that reports wall time and peak RSS. Target (issue 2): 500,000 lines in
-under 3 s and under 300 MB.
+in a fresh process that reports wall time and peak RSS. Targets: 500,000 lines in under 3 s
+with audit/cells.yml (issues 2 and 12); linear in trace lines, 5 million in under 15 s and
+under 300 MB (issue 15: `--growth` derives 0.5, 2 and 5 million lines in one run and prints
+seconds per million lines for each).
 
-    .venv/bin/python bench/derive_speed.py [BACKPACK_OR_AUDIT_DIR] [--lines 500000]
+    .venv/bin/python bench/derive_speed.py [BACKPACK_OR_AUDIT_DIR] [--lines 500000 ...]
+    .venv/bin/python bench/derive_speed.py --growth [--baseline OLD_TREE] [--rounds 3]
+
+`--baseline` derives each size also with the auditor/ package of another checkout (such as
+`git archive COMMIT | tar -x -C /tmp/old`), alternating with this tree's, for the ratio.
 
 How the trace grows: every complete file syscall line is repeated in place, the copies made by
 an extra thread of the same process (a new, shifted tid announced by a synthetic
@@ -19,11 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import resource
 import shutil
+import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,16 +110,33 @@ def scale_record(record: Path, target: int, into: Path) -> int:
     return count
 
 
-def measure(record: Path, notebook_dir: Path) -> None:
-    """Child-process side: derive once, print seconds and peak RSS as JSON."""
-    from auditor.api import derive
+# The child process: derive once with the auditor package of the tree given first, print
+# seconds, peak RSS and where the code came from as one JSON line.
+MEASURE = """
+import json, resource, sys, time
+from pathlib import Path
+root, record, notebook_dir = sys.argv[1:4]
+sys.path.insert(0, root)
+import auditor
+from auditor.api import derive
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+started = time.perf_counter()
+derive(Path(record), Path(notebook_dir))
+seconds = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "baseline_rss_mb": before,
+                  "code": auditor.__file__}))
+"""
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    started = time.perf_counter()
-    derive(record, notebook_dir)
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "baseline_rss_mb": baseline}))
+
+def measure(code: Path, record: Path, notebook_dir: Path) -> dict:
+    """Derive from `record` in a fresh interpreter with the auditor package under `code`."""
+    done = run([sys.executable, "-c", MEASURE, str(code), str(record), str(notebook_dir)],
+               timeout=1800, what=f"deriving from the scaled trace with {code}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not Path(result["code"]).resolve().is_relative_to(code.resolve()):
+        raise SystemExit(f"the child imported {result['code']}, not the tree {code}")
+    return result
 
 
 def audit_fixture(into: Path) -> Path:
@@ -131,32 +153,75 @@ def record_folder(given: Path) -> Path:
     return given / "audit" if (given / "audit" / "session.json").is_file() else given
 
 
+GROWTH = [500_000, 2_000_000, 5_000_000]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("record", nargs="?", type=Path,
                         help="a backpack or its audit/ folder (default: audit import_heavy)")
-    parser.add_argument("--lines", type=int, default=500_000)
-    parser.add_argument("--measure", nargs=2, type=Path, metavar=("RECORD", "NOTEBOOK_DIR"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--lines", type=int, nargs="+", default=[500_000],
+                        help="trace sizes to derive from, one run each (default 500000)")
+    parser.add_argument("--growth", action="store_true",
+                        help="sizes 0.5, 2 and 5 million lines: is derive linear?")
+    parser.add_argument("--rounds", type=int, default=1, help="derives per size (median)")
+    parser.add_argument("--baseline", type=Path, metavar="TREE",
+                        help="also derive with the auditor/ of another checkout (e.g. `git "
+                             "archive` of an older commit), alternately, for the ratio")
     args = parser.parse_args(argv)
-    if args.measure:
-        measure(*args.measure)
-        return 0
+    sizes = GROWTH if args.growth else args.lines
+    trees = [("this", REPO)] + ([("baseline", args.baseline)] if args.baseline else [])
+    rows = []
     with tempfile.TemporaryDirectory(prefix="flo-derive-bench-") as tmp:
         work = Path(tmp)
         record = record_folder(args.record) if args.record else audit_fixture(work)
         session = json.loads((record / "session.json").read_text(encoding="utf-8"))
         notebook_dir = Path(session["notebook"]).parent
-        scaled = work / "scaled-audit"
-        lines = scale_record(record, args.lines, scaled)
-        print(f"trace: {record / 'trace.strace'} scaled to {lines:,} lines")
-        done = run([sys.executable, __file__, "--measure", str(scaled), str(notebook_dir)],
-                   timeout=900, what="deriving from the scaled trace")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"derive: {result['seconds']:.2f} s (target < 3 s), peak RSS "
-          f"{result['peak_rss_mb']:.0f} MB (target < 300 MB; {result['baseline_rss_mb']:.0f} MB "
-          f"before deriving)")
+        for size in [0, *sizes]:  # 0: the record as it is, for the cost that is not per line
+            scaled = work / "scaled-audit"
+            lines = scale_record(record, size, scaled)
+            print(f"trace: {record / 'trace.strace'} scaled to {lines:,} lines", flush=True)
+            runs: dict[str, list[dict]] = {name: [] for name, _ in trees}
+            for round_ in range(args.rounds):
+                order = trees if round_ % 2 == 0 else trees[::-1]
+                for name, code in order:
+                    result = measure(code, scaled, notebook_dir)
+                    runs[name].append(result)
+                    print(f"  {name}: {result['seconds']:.2f} s, peak RSS "
+                          f"{result['peak_rss_mb']:.0f} MB", flush=True)
+            shutil.rmtree(scaled)
+            rows.append((lines, {name: (statistics.median(r["seconds"] for r in results),
+                                        max(r["peak_rss_mb"] for r in results),
+                                        results[0]["baseline_rss_mb"])
+                                 for name, results in runs.items()}))
+    print_table(rows, [name for name, _ in trees])
     return 0
+
+
+def print_table(rows: list[tuple[int, dict[str, tuple[float, float, float]]]],
+                names: list[str]) -> None:
+    """Seconds per million lines over the whole derive, and over what the record as it is
+    takes (the first row: indexing the environment, parsing cell sources), which is what
+    stays the same at every size if derive is linear."""
+    head = "| lines | seconds | peak RSS | s per M lines | s per M lines over the first row |"
+    rule = "| --- | --- | --- | --- | --- |"
+    if "baseline" in names:
+        head += " baseline seconds | baseline peak RSS | this / baseline |"
+        rule += " --- | --- | --- |"
+    print(f"\n{head}\n{rule}")
+    first_lines, first = rows[0]
+    for lines, figures in rows:
+        seconds, peak, before = figures["this"]
+        extra = lines - first_lines
+        over = f"{(seconds - first['this'][0]) / extra * 1e6:.2f}" if extra > 0 else ""
+        row = (f"| {lines:,} | {seconds:.2f} s | {peak:.0f} MB ({before:.0f} MB before) "
+               f"| {seconds / lines * 1e6:.2f} | {over} |")
+        if "baseline" in figures:
+            old, old_peak, _ = figures["baseline"]
+            row += f" {old:.2f} s | {old_peak:.0f} MB | {seconds / old:.2f} |"
+        print(row)
+    print("targets: 500,000 lines < 3 s (issue 12); 5 million lines < 15 s and < 300 MB, "
+          "the same seconds per million lines at every size (issue 15)")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from auditor.events import Access, CellMark, Exec, Import, mark_path
+from auditor.events import Access, CellMark, Exec, Import, first_accesses, mark_path
 from auditor.resolve import index_environment, resolve
 from tests.envs import add_dist, make_env, site_of, write
 
@@ -103,3 +103,24 @@ def test_editable_project_data_in_the_notebook_folder_is_data(tmp_path):
     result = resolve(events, index, str(project))
     assert set(result.used) == {"mylib"}
     assert result.outside == [str(project / "notebook" / "input.csv")]
+
+
+def test_first_accesses_drops_only_repeats_and_resolve_reports_the_same(tmp_path):
+    index, prefix, site, nb = _setup(tmp_path)
+    alpha = str(site / "alpha" / "core.py")
+    events = [
+        Access(10, alpha, "r", alpha, 1.0, cell=1),
+        Exec(10, str(prefix / "bin" / "alpha"), ["alpha"], 1.1, cell=1),
+        Access(10, alpha, "r", alpha, 1.2, cell=1),  # a repeat: dropped
+        Access(10, alpha, "r", alpha, 1.3, cell=2),  # another cell
+        Access(11, alpha, "r", alpha, 1.4, cell=1),  # another process
+        Access(10, alpha, "w", alpha, 1.5, cell=1),  # another mode
+        Access(10, alpha, "r", None, 1.6, cell=1),  # no resolved path
+        Access(10, alpha, "r", alpha, 1.7, cell=1, given="core.py"),  # named relatively
+        Access(10, alpha, "r", alpha, 1.8, cell=1, source="hook"),  # the other layer
+        Exec(10, str(prefix / "bin" / "alpha"), ["alpha"], 1.9, cell=1),  # not an Access
+        Access(10, alpha, "r", alpha, 2.0, cell=2),  # a repeat of 1.3
+    ]
+    kept = list(first_accesses(events))
+    assert [e.t for e in kept] == [1.0, 1.1, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9]
+    assert resolve(kept, index, str(nb)) == resolve(events, index, str(nb))

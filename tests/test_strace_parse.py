@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from auditor.events import Access, CellMark, Connect, Exec, Exit, Spawn
-from auditor.record.strace_parse import StraceParser, parse_strace, unescape
+from auditor.record.strace_parse import OPENED_LIMIT, StraceParser, parse_strace, unescape
 
 DATA = Path(__file__).parent / "data" / "strace"
 NAMES = "/tmp/flo-strace/names/"
@@ -257,3 +257,80 @@ def test_a_path_built_from_the_cwd_keeps_its_relative_name():
     first, second = parse_strace(lines, cwd="/p/nb")
     assert first.path == "/p/src/pkg/__init__.py" and first.given == "../src/pkg/__init__.py"
     assert second.path == "/p/x.txt" and second.given is None  # not built from the cwd
+
+
+# --- open lines seen before: the parser remembers what a line's text gave ------------------------
+
+class _Forgetful(StraceParser):
+    """The parser matching every line afresh, as before it remembered open lines."""
+
+    def _remember(self, rest: str, access: tuple) -> None:
+        pass
+
+
+def _with_repeats(name: str) -> list[str]:
+    """A recorded trace with each complete openat line printed again right after itself."""
+    out = []
+    with open(DATA / name, encoding="utf-8", errors="surrogateescape") as lines:
+        for line in lines:
+            out.append(line)
+            rest = line.split(None, 2)[2] if len(line.split(None, 2)) == 3 else ""
+            if rest.startswith("openat(") and "<unfinished ...>" not in rest:
+                out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("name", ["files.txt", "processes.txt", "threads.txt",
+                                  "interleaved.txt"])
+def test_remembered_open_lines_give_the_events_of_matching_each_line(name):
+    # Real recordings (threads.txt: unfinished/resumed pairs across threads; files.txt:
+    # chdir, fchdir and relative names; interleaved.txt: lines of a child before its clone
+    # returns), their open lines repeated so that the second copy is a remembered one.
+    lines = _with_repeats(name)
+    remembering, forgetful = StraceParser("/tmp/flo-strace"), _Forgetful("/tmp/flo-strace")
+    events = list(remembering.parse(lines))
+    assert events == list(forgetful.parse(lines))
+    assert remembering.skipped == forgetful.skipped
+    assert remembering._opened  # the repeats did take the remembered path
+
+
+def test_an_open_line_again_is_an_access_of_the_process_that_printed_it():
+    lines = [
+        '10 1.0 openat(AT_FDCWD</w>, "/env/m.py", O_RDONLY|O_CLOEXEC) = 3</env/m.py>\n',
+        "10 1.1 clone3({flags=CLONE_VM|CLONE_THREAD, exit_signal=0}, 88) = 11\n",
+        "10 1.2 clone(child_stack=NULL, flags=SIGCHLD) = 12\n",
+        '11 1.3 openat(AT_FDCWD</w>, "/env/m.py", O_RDONLY|O_CLOEXEC) = 3</env/m.py>\n',
+        '12 1.4 openat(AT_FDCWD</w>, "/env/m.py", O_RDONLY|O_CLOEXEC) = 3</env/m.py>\n',
+        '13 1.5 openat(AT_FDCWD</w>, "/env/m.py", O_RDONLY|O_CLOEXEC) = 3</env/m.py>\n',
+        '12 1.6 chdir("/other") = 0\n',
+        '12 1.7 openat(AT_FDCWD, "rel.txt", O_RDONLY) = 4\n',
+        '12 1.8 chdir("/w") = 0\n',
+        '12 1.9 openat(AT_FDCWD, "rel.txt", O_RDONLY) = 4\n',
+    ]
+    found = [(e.pid, e.path, e.t) for e in parse_strace(lines, "/w") if isinstance(e, Access)]
+    assert found == [(10, "/env/m.py", 1.0), (10, "/env/m.py", 1.3),  # a thread: its process
+                     (12, "/env/m.py", 1.4),
+                     (12, "/other/rel.txt", 1.7), (12, "/w/rel.txt", 1.9),  # relative: the cwd
+                     (13, "/env/m.py", 1.5)]  # a pid never seen created comes out at the end
+
+
+def test_a_file_named_like_a_failed_open_is_still_opened():
+    lines = [
+        '5 1.0 openat(AT_FDCWD</t>, "/t/x) = -1 Ey", O_RDONLY) = 3</t/x) = -1 Ey>\n',
+        '5 1.1 openat(AT_FDCWD, "/t/y) = -1 Ez", O_RDONLY) = 4\n',
+        '5 1.2 openat(AT_FDCWD</t>, "/t/x) = -1 Ey", O_RDONLY) = -1 EACCES (Permission denied)\n',
+        '5 1.3 openat(AT_FDCWD</t>, "/t/z", O_RDONLY) = -1 ENOENT (No such file or directory)\n',
+    ] * 2  # the second time from what the parser remembers
+    parser = StraceParser("/t")
+    found = [(e.path, e.t) for e in parser.parse(lines) if isinstance(e, Access)]
+    assert found == [("/t/x) = -1 Ey", 1.0), ("/t/y) = -1 Ez", 1.1)] * 2
+    assert parser.skipped == 0
+
+
+def test_what_the_parser_remembers_stays_bounded():
+    def trace():
+        for n in range(OPENED_LIMIT * 2 + 10):
+            yield f'1 1.{n} openat(AT_FDCWD</w>, "/w/f{n}", O_RDONLY) = 3</w/f{n}>\n'
+    parser = StraceParser("/w")
+    assert sum(1 for _ in parser.parse(trace())) == OPENED_LIMIT * 2 + 10
+    assert len(parser._opened) <= OPENED_LIMIT
