@@ -30,11 +30,11 @@ from .common.execution import Status
 from .emit.apt import RunObserver
 from .emit.cell_watch import CellWatch
 from .emit.cells import CellFacts, annotate_executed, build_cells, executed_facts
-from .emit.data import DataDraft
-from .emit.data_report import data_summary
-from .emit.data_rules import SYSTEM_PREFIXES
-from .emit.data_stage import collector_for_record
-from .emit.data_yml import bundle, render_data_yml
+from .emit.data.collect import DataDraft
+from .emit.data.report import data_summary
+from .emit.data.rules import SYSTEM_PREFIXES
+from .emit.data.stage import collector_for_record
+from .emit.data.yml import bundle, render_data_yml
 from .emit.environment import (
     OWN_DISTRIBUTIONS,
     USED,

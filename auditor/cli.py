@@ -213,7 +213,7 @@ def _count(text: str) -> int:
 
 
 def _bundle_size(text: str) -> int:
-    from .emit.data_yml import parse_size
+    from .emit.data.yml import parse_size
 
     try:
         return parse_size(text)

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from .backpack.layout import DATA
 from .common.execution import FailedCell, Status
-from .emit.data_yml import human_size
+from .emit.data.yml import human_size
 from .emit.environment import USED
 from .emit.sides import role_lines
 

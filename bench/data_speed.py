@@ -36,7 +36,7 @@ def measure(record: Path, notebook_dir: Path, with_data: bool) -> None:
     import resource
 
     import auditor.api as api
-    from auditor.emit.data import DataDraft
+    from auditor.emit.data.collect import DataDraft
 
     if not with_data:
         class Ignore:
@@ -59,7 +59,7 @@ def hash_speed(megabytes: int, folder: Path) -> tuple[float, float]:
     """(MB/s, RSS growth in MB) of hashing a sparse file of `megabytes` MB."""
     import psutil
 
-    from auditor.emit.data_hash import sha256_file
+    from auditor.emit.data.hashing import sha256_file
 
     path = folder / "huge.bin"
     with open(path, "wb") as out:

@@ -42,7 +42,7 @@ AUDIT_PHASES = {
     ("auditor.record.session", "_Run.finish"): "record files",
     ("auditor.resolve", "index_environment"): "derive: environment index",
     ("auditor.resolve", "resolve"): "derive: parse + events + resolve (streamed)",
-    ("auditor.emit.data", "DataCollector.draft"): "derive: data draft (hashing)",
+    ("auditor.emit.data.collect", "DataCollector.draft"): "derive: data draft (hashing)",
     ("auditor.api", "draft_environment"): "derive: environment spec",
     ("auditor.api", "derive_sides"): "derive: sides (roles, compute, apt)",
     ("auditor.optional", "find_candidates"): "derive: optional-import candidates",

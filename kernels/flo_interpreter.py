@@ -15,7 +15,7 @@ import sys
 import sysconfig
 
 # Environment variables naming cache and tool configuration folders (their paths only are
-# recorded). Keep in sync with auditor/emit/data_rules.py (TOOL_ENV_DIRS).
+# recorded). Keep in sync with auditor/emit/data/rules.py (TOOL_ENV_DIRS).
 TOOL_ENV_DIRS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "IPYTHONDIR",
                  "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
                  "JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "NUMBA_CACHE_DIR",

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urljoin
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"OPTIONS ")
 
-# Keep in sync with auditor/emit/data_rules.py (REDACTED).
+# Keep in sync with auditor/emit/data/rules.py (REDACTED).
 REDACTED = "FLO-REDACTED"
 # Query parameters whose value is a credential (names lower-cased, "-" read as "_").
 _CREDENTIAL_PARAMS = frozenset((

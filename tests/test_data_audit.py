@@ -22,7 +22,7 @@ from conftest import AUDIT_TIMEOUT_S, FIXTURES, Scenario, flo_audit_argv
 from rich.console import Console
 
 from auditor.backpack.checksums import directory_checksum, file_checksum
-from auditor.emit.data_rules import SECRET_NOTE
+from auditor.emit.data.rules import SECRET_NOTE
 from auditor.summary_view import render_data
 
 pytestmark = pytest.mark.slow

@@ -16,11 +16,11 @@ import yaml
 
 from auditor.backpack.checksums import directory_checksum, directory_files
 from auditor.common.errors import UsageError
-from auditor.emit.data import DataRules, draft_data
-from auditor.emit.data_hash import sha256_file, sha256_folder
-from auditor.emit.data_report import data_summary
-from auditor.emit.data_rules import SECRET_NOTE, normalize_url
-from auditor.emit.data_yml import bundle, parse_size, render_data_yml
+from auditor.emit.data.collect import DataRules, draft_data
+from auditor.emit.data.hashing import sha256_file, sha256_folder
+from auditor.emit.data.report import data_summary
+from auditor.emit.data.rules import SECRET_NOTE, normalize_url
+from auditor.emit.data.yml import bundle, parse_size, render_data_yml
 from auditor.events import Access, Connect
 from auditor.roles import Roles
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import STAND_IN_SHELL
 
 from auditor.backpack.checksums import directory_checksum
-from auditor.emit.data import DataRules, draft_data
+from auditor.emit.data.collect import DataRules, draft_data
 from auditor.record.hooks import HooksTracer
 
 KERNEL_SIDE = Path(__file__).resolve().parent.parent / "kernels" / "flo_kernel.py"

@@ -23,13 +23,8 @@ import pytest
 import yaml
 from conftest import AUDIT_TIMEOUT_S, flo_audit_argv
 
-from auditor.emit.data_rules import (
-    REDACTED,
-    SIGNED_URL_NOTE,
-    UNREAD_URL_NOTE,
-    strip_credentials,
-)
-from auditor.emit.data_urls import UrlOutcomes
+from auditor.emit.data.rules import REDACTED, SIGNED_URL_NOTE, UNREAD_URL_NOTE, strip_credentials
+from auditor.emit.data.urls import UrlOutcomes
 
 KERNEL_NET = Path(__file__).resolve().parent.parent / "kernels" / "flo_net.py"
 SIGNATURE = "5f1e0c9a7b3d2e4f6a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f"

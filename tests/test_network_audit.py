@@ -18,8 +18,8 @@ import pytest
 import yaml
 from conftest import AuditRun
 
-from auditor.emit.data import DataRules, draft_data
-from auditor.emit.data_report import SERVED_URL_NOTE
+from auditor.emit.data.collect import DataRules, draft_data
+from auditor.emit.data.report import SERVED_URL_NOTE
 from auditor.events import Accept, Access, Connect
 from auditor.record.strace_parse import parse_strace
 

@@ -2,7 +2,7 @@
 
 Both schemas are read: the Floability one (`schema_version`, `default_profile`,
 `profiles: {name: {policy: {...}, data: [...]}}`) and the legacy flat `data:` list (one profile
-named "default"). Entries are the same `DataEntry` the drafter writes (auditor/emit/data.py).
+named "default"). Entries are the same `DataEntry` the drafter writes (auditor/emit/data/).
 Keys the drafter adds for people (`read_by`, `first_cell`) are read; other unknown keys are
 reported as warnings, never errors. Errors name the file, the entry and what was expected.
 """

@@ -1,6 +1,6 @@
 """audit/summary.json: the machine-readable account of one audit.
 
-Written by flo-audit's derive (auditor/emit/report.py builds it; auditor/emit/data_stage.py,
+Written by flo-audit's derive (auditor/emit/report.py builds it; auditor/emit/data/,
 the minimize and verify steps add their parts) and printed by `flo-audit --json`; read back by
 flo-run (which notebook the audit ran, whether the run completed, what the notebook wrote),
 by `--verify` and by `flo-audit cells`. Schema 1 is the first and only one; a summary of a

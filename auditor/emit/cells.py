@@ -30,7 +30,7 @@ from ..roles import MANAGER, TOOL, WORKER
 from .cell_source import free_names, named_modules
 from .cell_watch import CellWatch
 from .compute import MB
-from .data_entry import DataDraft
+from .data.draft import DataDraft
 
 
 @dataclass
@@ -220,7 +220,7 @@ def _data_names(facts: CellFacts) -> tuple[Callable[[str], str | None], dict[str
 
 def _asked_urls(facts: CellFacts, urls: Mapping[str, str]) -> dict[int, set[str]]:
     """Cell -> the draft's URL sources it opened (credentials stripped)."""
-    from .data_rules import strip_credentials
+    from .data.rules import strip_credentials
 
     asked: dict[int, set[str]] = {}
     for url, cells in facts.url_cells.items():

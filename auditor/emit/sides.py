@@ -29,7 +29,7 @@ from ..backpack.session import Session
 from ..roles import MANAGER, SIDES, TOOL, WORKER, Roles
 from .apt import AptSpec, RunObserver, draft_apt, render_apt_txt
 from .compute import MB, measure_compute
-from .data_rules import is_local
+from .data.rules import is_local
 from .disk import measure_disk, save_written, worker_written, written_sizes
 from .environment import USED, EnvironmentSpec, render_environment_yml
 from .workers import draft_worker_environment

@@ -7,7 +7,7 @@ are intermediates. Secrets are flagged, never listed, copied or hashed.
 
 `DataCollector.note` watches the event stream on its way to the resolver (one pass over the
 trace); `DataCollector.draft` then classifies, hashes and names the inputs. The entries and
-the draft are defined in data_entry.py; the URLs are drafted in data_urls.py.
+the draft are defined in draft.py; the URLs are drafted in urls.py.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..backpack.data import MAX_CLIMB, DataEntry, beside, climb
-from ..events import Accept, Access, Connect, Event
-from .data_entry import MANAGER, TOOL, TRACER, DataDraft, Use, entry_name
-from .data_hash import Progress, sha256_file, sha256_folder
-from .data_rules import CODE_SUFFIXES, DataRules, Owned, environment_owner, normalize_url
-from .data_stores import store_as_named, stores_of
-from .data_urls import UrlOutcomes, draft_remote
+from ...backpack.data import MAX_CLIMB, DataEntry, beside, climb
+from ...events import Accept, Access, Connect, Event
+from .draft import MANAGER, TOOL, TRACER, DataDraft, Use, entry_name
+from .hashing import Progress, sha256_file, sha256_folder
+from .rules import CODE_SUFFIXES, DataRules, Owned, environment_owner, normalize_url
+from .stores import store_as_named, stores_of
+from .urls import UrlOutcomes, draft_remote
 
 __all__ = ["MAX_CLIMB", "DataCollector", "DataDraft", "DataEntry", "DataRules", "climb",
            "draft_data", "environment_owner"]

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..backpack.data import DataEntry
-from ..record.hooks import HOOK_LOG
-from .data_entry import DataDraft, Use, entry_name
-from .data_hash import Progress, checksum_url
-from .data_rules import PORTS, is_local, normalize_url, strip_credentials
+from ...backpack.data import DataEntry
+from ...record.hooks import HOOK_LOG
+from .draft import DataDraft, Use, entry_name
+from .hashing import Progress, checksum_url
+from .rules import PORTS, is_local, normalize_url, strip_credentials
 
 #: (the URL's first use, its file name) -> (target relative to the notebook, unpack op or None)
 SavedCopy = Callable[[Use, str], "tuple[str, str | None] | None"]

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..backpack.session import Session
-from .data import DataCollector, DataRules, environment_owner
-from .data_urls import read_responses
+from ...backpack.session import Session
+from .collect import DataCollector, DataRules, environment_owner
+from .urls import read_responses
 
 
 def collector_for_record(session: Session, index: Any, notebook_dir: str | Path,

@@ -13,7 +13,7 @@ import tempfile
 import urllib.request
 from collections.abc import Callable
 
-from ..backpack.checksums import CHUNK, directory_checksum, directory_stats, file_checksum
+from ...backpack.checksums import CHUNK, directory_checksum, directory_stats, file_checksum
 
 #: progress(what, bytes done, bytes in all or 0 when unknown)
 Progress = Callable[[str, int, int], None]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from ..backpack.checksums import directory_files
-from ..common.errors import UsageError
-from .data import DataDraft
+from ...backpack.checksums import directory_files
+from ...common.errors import UsageError
+from .collect import DataDraft
 
 #: Where the bundled copies go, relative to the backpack (data.yml sits there too).
 BUNDLE_DIR = "data"

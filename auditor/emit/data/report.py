@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backpack.layout import DATA
-from .data import DataDraft
-from .data_rules import ABSOLUTE_NOTE, SECRET_NOTE, SIGNED_URL_NOTE, UNREAD_URL_NOTE
+from ...backpack.layout import DATA
+from .collect import DataDraft
+from .rules import ABSOLUTE_NOTE, SECRET_NOTE, SIGNED_URL_NOTE, UNREAD_URL_NOTE
 
 SERVED_URL_NOTE = ("served by the run: not fetched (a process of the run accepted connections on "
                    "its port; the files it served are inputs)")

@@ -1,12 +1,12 @@
 """What a data draft is made of: data.yml entries, the draft itself, one use of a path or URL,
-and how entries are named (data.py collects and classifies; data_urls.py drafts the URLs)."""
+and how entries are named (collect.py collects and classifies; urls.py drafts the URLs)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-from ..backpack.data import DataEntry
+from ...backpack.data import DataEntry
 
 MANAGER, WORKER, TOOL, TRACER = "manager", "worker", "tool", "tracer"
 
