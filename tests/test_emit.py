@@ -34,7 +34,7 @@ def dist(name, version, requires=(), kind="pip", direct_url=None, channel=None):
 
 
 @dataclass
-class Use:
+class DistUse:
     dist: Distribution
     cells: set
     pids: set
@@ -106,14 +106,14 @@ ROLES = assign_roles([Spawn(1, KERNEL), Spawn(KERNEL, KERNEL + 1, thread=True),
 
 def resolution():
     used = {
-        "scikit-learn": Use(SKLEARN, {2}, {KERNEL}),
-        "numpy": Use(NUMPY, {None, 1, 2}, {KERNEL}),
-        "tabulate": Use(TABULATE, {None}, {KERNEL}),            # kernel machinery only
-        "flo-backpack": Use(OWN, {1}, {KERNEL}),                 # our own code: never pinned
-        "floedit": Use(FLOEDIT, {3}, {KERNEL + 1}),              # a kernel thread: manager
-        "libzlib": Use(LIBZLIB, {None}, {GZIP}),                 # a tool at start-up only
-        "python": Use(PYTHON_CONDA, {1}, {KERNEL}),              # written as python=
-        "python-dateutil": Use(DATEUTIL, {None}, {WORKER_PID}),  # workers: always pinned
+        "scikit-learn": DistUse(SKLEARN, {2}, {KERNEL}),
+        "numpy": DistUse(NUMPY, {None, 1, 2}, {KERNEL}),
+        "tabulate": DistUse(TABULATE, {None}, {KERNEL}),            # kernel machinery only
+        "flo-backpack": DistUse(OWN, {1}, {KERNEL}),                 # our own code: never pinned
+        "floedit": DistUse(FLOEDIT, {3}, {KERNEL + 1}),              # a kernel thread: manager
+        "libzlib": DistUse(LIBZLIB, {None}, {GZIP}),                 # a tool at start-up only
+        "python": DistUse(PYTHON_CONDA, {1}, {KERNEL}),              # written as python=
+        "python-dateutil": DistUse(DATEUTIL, {None}, {WORKER_PID}),  # workers: always pinned
     }
     return Resolution(used, workflow={"/nb/helpers.py"}, unknown=["/opt/x.dat"])
 
@@ -209,7 +209,7 @@ def test_environment_yml_is_conda_format_with_exact_pins():
 
 
 def test_conda_packages_are_pinned_with_their_channel():
-    used = {"libzlib": Use(LIBZLIB, {1}, {GZIP}), "numpy": Use(NUMPY, {1}, {KERNEL})}
+    used = {"libzlib": DistUse(LIBZLIB, {1}, {GZIP}), "numpy": DistUse(NUMPY, {1}, {KERNEL})}
     s = draft_environment(Resolution(used), INDEX, python="3.11.7", notebook_stem="nb",
                           roles=ROLES)
     deps = yaml.safe_load(render_environment_yml(s, "nb.ipynb", "today"))["dependencies"]
@@ -235,7 +235,7 @@ def test_requirements_txt_has_the_same_pip_pins():
 
 
 def test_missing_kernel_machinery_is_a_warning_not_a_crash():
-    s = draft_environment(Resolution({"numpy": Use(NUMPY, {1}, {KERNEL})}), Index(NUMPY),
+    s = draft_environment(Resolution({"numpy": DistUse(NUMPY, {1}, {KERNEL})}), Index(NUMPY),
                           python="3.12.1", notebook_stem="nb")
     assert [p.name for p in s.pins] == ["numpy"]
     assert any("ipykernel is not installed" in w for w in s.warnings)

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import flo_audit_argv
-from test_emit import Index, Resolution, Use, dist
+from test_emit import DistUse, Index, Resolution, dist
 
 from auditor.emit.environment import USED, draft_environment, top_level_imports
 from auditor.roles import MANAGER, WORKER, Roles
@@ -62,7 +62,8 @@ def test_traceback_machinery_counts_in_workers_and_when_named() -> None:
     roles = Roles(kernel, role={kernel: MANAGER, worker: WORKER})
     stack, pygments = dist("stack-data", "0.6.3"), dist("Pygments", "2.19.1")
     ipykernel = dist("ipykernel", "6.29.5", requires=("stack-data", "Pygments"))  # via IPython
-    used = {"stack-data": Use(stack, {2}, {kernel}), "pygments": Use(pygments, {2}, {worker})}
+    used = {"stack-data": DistUse(stack, {2}, {kernel}),
+            "pygments": DistUse(pygments, {2}, {worker})}
     spec = draft_environment(Resolution(used), Index(stack, pygments, ipykernel), python="3.11.7",
                              notebook_stem="nb", roles=roles,
                              cell_sources={2: "raise ValueError()"})

@@ -42,7 +42,7 @@ class CellFacts:
     watch: CellWatch
     session: Session
     roles: Any  # auditor.roles.Roles
-    used: Iterable[Any]  # auditor.resolve.Use, with `at` (cell, pid) pairs
+    used: Iterable[Any]  # auditor.resolve.DistUse, with `at` (cell, pid) pairs
     manager_used: set[str]  # canonical names the manager spec pins as used
     draft: DataDraft
     #: data path -> (cells that read it, cells that wrote it) (DataCollector.cell_uses)

@@ -19,7 +19,7 @@ from .index import EnvIndex, index_environment, source_of_pyc
 from .system import dpkg_owners
 
 __all__ = [
-    "Distribution", "EnvIndex", "Environment", "Ownership", "Resolution", "Use",
+    "Distribution", "EnvIndex", "Environment", "Ownership", "Resolution", "DistUse",
     "dpkg_owners", "index_environment", "resolve",
 ]
 
@@ -28,7 +28,7 @@ _READ_MODES = ("r", "rw", "x", "i")  # "x": executed, "i": imported by a cell
 
 
 @dataclass
-class Use:
+class DistUse:
     """One distribution as the run used it."""
 
     dist: Distribution
@@ -43,7 +43,7 @@ class Use:
 class Resolution:
     """What the run used, by owner, and the paths nobody owns."""
 
-    used: dict[str, Use]
+    used: dict[str, DistUse]
     stdlib_cells: set[int | None]
     workflow: set[str]
     unknown: list[str]
@@ -121,7 +121,7 @@ def resolve(events: Iterable[Event], index: EnvIndex, notebook_dir: str,
     """
     classify = _Classifier(index, notebook_dir, ignore)
     verdicts: dict[tuple[str, str | None, str], tuple[int, object]] = {}
-    used: dict[str, Use] = {}
+    used: dict[str, DistUse] = {}
     stdlib_cells: set[int | None] = set()
     workflow: set[str] = set()
     unknown: set[str] = set()
@@ -147,7 +147,7 @@ def resolve(events: Iterable[Event], index: EnvIndex, notebook_dir: str,
             dist: Distribution = value  # type: ignore[assignment]
             use = used.get(dist.key)
             if use is None:
-                use = used[dist.key] = Use(dist, first_path=key[0])
+                use = used[dist.key] = DistUse(dist, first_path=key[0])
             use.cells.add(event.cell)
             use.pids.add(event.pid)
             use.at.add((event.cell, event.pid))

@@ -18,7 +18,7 @@ from typing import Any
 
 from ...backpack.data import MAX_CLIMB, DataEntry, beside, climb
 from ...events import Accept, Access, Connect, Event
-from .draft import MANAGER, TOOL, TRACER, DataDraft, Use, entry_name
+from .draft import MANAGER, TOOL, TRACER, DataDraft, PathUse, entry_name
 from .hashing import Progress, sha256_file, sha256_folder
 from .rules import CODE_SUFFIXES, DataRules, Owned, environment_owner, normalize_url
 from .stores import store_as_named, stores_of
@@ -37,11 +37,11 @@ class _PathState:
                  "written_in")
 
     def __init__(self, secret: bool) -> None:
-        self.reads: dict[int, Use] = {}
-        self.writes: dict[int, Use] = {}
+        self.reads: dict[int, PathUse] = {}
+        self.writes: dict[int, PathUse] = {}
         self.secret = secret
         self.plain_read = False  # opened read-only at least once (not only O_RDWR)
-        self.plain_reads: dict[int, Use] = {}  # the first read-only open by each process
+        self.plain_reads: dict[int, PathUse] = {}  # the first read-only open by each process
         self.read_in: set[int] = set()  # the cells that read it (any process; audit/cells.yml)
         self.written_in: set[int] = set()
 
@@ -57,8 +57,8 @@ class DataCollector:
         self.notebook_dir = os.path.normpath(notebook_dir)
         self.cwd = os.path.normpath(cwd)
         self.paths: dict[str, _PathState | None] = {}
-        self.listed: dict[str, dict[int, Use] | None] = {}  # None: not a data folder
-        self.urls: dict[str, dict[int, Use]] = {}
+        self.listed: dict[str, dict[int, PathUse] | None] = {}  # None: not a data folder
+        self.urls: dict[str, dict[int, PathUse]] = {}
         self.connects: dict[str, str | None] = {}  # "ip:port" -> host name looked up
         self.served: set[tuple[str, str]] = set()  # (ip, port) a process of the run accepted on
         self.url_cells: dict[str, set[int]] = {}  # normalized URL -> the cells that asked
@@ -90,7 +90,7 @@ class DataCollector:
             state = self.paths[path] = self._classify(path, event.path, event.real)
         if state is None:
             return
-        use = Use(event.t, event.pid, event.cell, self._as_named(event))
+        use = PathUse(event.t, event.pid, event.cell, self._as_named(event))
         if event.mode == "w":
             state.writes.setdefault(event.pid, use)
             if event.cell is not None:
@@ -127,7 +127,8 @@ class DataCollector:
             data = not (self.rules.never_data(path + "/") or self.owned(event.path, event.real))
             uses = self.listed[path] = {} if data else None
         if uses is not None:
-            uses.setdefault(event.pid, Use(event.t, event.pid, event.cell, self._as_named(event)))
+            uses.setdefault(event.pid,
+                            PathUse(event.t, event.pid, event.cell, self._as_named(event)))
 
     def _connect(self, event: Connect) -> None:
         if event.datagram:
@@ -136,7 +137,7 @@ class DataCollector:
             url = normalize_url(event.url)
             if url:
                 self.urls.setdefault(url, {}).setdefault(
-                    event.pid, Use(event.t, event.pid, event.cell, event.url))
+                    event.pid, PathUse(event.t, event.pid, event.cell, event.url))
                 if event.cell is not None:
                     self.url_cells.setdefault(url, set()).add(event.cell)
         elif event.host or event.address not in self.connects:
@@ -156,9 +157,10 @@ class DataCollector:
         role_of = _role_lookup(roles)
         draft = DataDraft()
         skip = frozenset(os.path.normpath(p) for p in workflow)
-        candidates: dict[str, Use] = {}
+        candidates: dict[str, PathUse] = {}
         written_after: list[tuple[float, str]] = []  # intermediates: (first write, path)
-        saved: list[tuple[Use, str, Use | None]] = []  # files the run wrote: (write, path, read)
+        # Files the run wrote: (write, path, read).
+        saved: list[tuple[PathUse, str, PathUse | None]] = []
         # Folders the run used (parents of paths it opened), for the gone ones: a folder
         # opened without O_DIRECTORY (shutil.rmtree does) and removed since is no input.
         folders = {os.path.dirname(p) for p in self.paths} | set(self.listed)
@@ -209,7 +211,7 @@ class DataCollector:
             group.sort()
         return draft
 
-    def _hashed_inputs(self, draft: DataDraft, candidates: dict[str, Use],
+    def _hashed_inputs(self, draft: DataDraft, candidates: dict[str, PathUse],
                        role_of: Callable[[int], str], names: set[str],
                        written_after: list[tuple[float, str]],
                        progress: Progress | None) -> None:
@@ -227,7 +229,7 @@ class DataCollector:
                 entry.post_fetch = {"operation": ARCHIVE_SUFFIXES[suffix]}
             draft.inputs.append(entry)
 
-    def _saved_copy(self, use: Use, base: str, saved: list[tuple[Use, str, Use | None]],
+    def _saved_copy(self, use: PathUse, base: str, saved: list[tuple[PathUse, str, PathUse | None]],
                     written_after: list[tuple[float, str]]) -> tuple[str, str | None] | None:
         """Where the notebook saved what it downloaded (urlretrieve(url, 'data/x.tar.gz')):
         the first file named like the URL that the same process wrote after asking for it,
@@ -260,7 +262,7 @@ class DataCollector:
     def _own_code(self, path: str) -> bool:
         return path.endswith(CODE_SUFFIXES) and _under(path, self.notebook_dir)
 
-    def _stores(self, draft: DataDraft, candidates: dict[str, Use], role_of: Callable,
+    def _stores(self, draft: DataDraft, candidates: dict[str, PathUse], role_of: Callable,
                 names: set[str], progress: Progress | None) -> None:
         """Files read inside a chunked store (zarr) become one entry for the whole store."""
         for root, members in sorted(stores_of(candidates, self.cwd).items()):
@@ -272,14 +274,14 @@ class DataCollector:
             first_path = min(members, key=lambda m: candidates[m].t)
             first = candidates[first_path]
             named = store_as_named(root, first_path, first.used_as)
-            entry = self._entry(root, Use(first.t, first.pid, first.cell, named), role_of,
+            entry = self._entry(root, PathUse(first.t, first.pid, first.cell, named), role_of,
                                 names, is_dir=True)
             entry.checksum, entry.files, entry.expected_size = digest
             for member in members:
                 del candidates[member]
             draft.inputs.append(entry)
 
-    def _folders(self, draft: DataDraft, candidates: dict[str, Use], role_of: Callable,
+    def _folders(self, draft: DataDraft, candidates: dict[str, PathUse], role_of: Callable,
                  names: set[str], progress: Progress | None) -> None:
         """A listed folder whose every file the run read becomes one entry."""
         taken: list[str] = []
@@ -296,7 +298,7 @@ class DataCollector:
                                       "listed one by one")
                 continue
             first = min((candidates[m] for m in members), key=lambda u: u.t)
-            entry = self._entry(folder, Use(first.t, first.pid, first.cell, listing.used_as),
+            entry = self._entry(folder, PathUse(first.t, first.pid, first.cell, listing.used_as),
                                 role_of, names, is_dir=True)
             entry.checksum, entry.files, entry.expected_size = digest
             for member in members:
@@ -304,7 +306,7 @@ class DataCollector:
             taken.append(folder)
             draft.inputs.append(entry)
 
-    def _entry(self, path: str, use: Use, role_of: Callable, names: set[str],
+    def _entry(self, path: str, use: PathUse, role_of: Callable, names: set[str],
                is_dir: bool = False) -> DataEntry:
         used = os.path.normpath(os.path.join(self.cwd, use.used_as))
         relative = os.path.relpath(used, self.cwd)
@@ -352,7 +354,7 @@ def _role_lookup(roles: Any) -> Callable[[int], str]:
 
 
 def _first_read_and_write(state: _PathState, role_of: Callable[[int], str]
-                          ) -> tuple[Use | None, Use | None]:
+                          ) -> tuple[PathUse | None, PathUse | None]:
     """The first read and the first write of a path that count (`_first`)."""
     read = _first(state.reads, role_of)
     write = _first(state.writes, role_of)
@@ -365,7 +367,7 @@ def _first_read_and_write(state: _PathState, role_of: Callable[[int], str]
     return read, write
 
 
-def _first(uses: Mapping[int, Use], role_of: Callable[[int], str]) -> Use | None:
+def _first(uses: Mapping[int, PathUse], role_of: Callable[[int], str]) -> PathUse | None:
     """The earliest use that counts: not the tracer's, not the manager's between cells."""
     best = None
     for use in uses.values():
@@ -381,7 +383,7 @@ def _under(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip("/") + "/")
 
 
-def _all_read(folder: str, candidates: Mapping[str, Use]) -> list[str]:
+def _all_read(folder: str, candidates: Mapping[str, PathUse]) -> list[str]:
     """The files under `folder` when the run read every one of them, else [] (stops at the
     first file not read: a listed home folder is not walked to the end)."""
     found = []
@@ -397,10 +399,10 @@ def _all_read(folder: str, candidates: Mapping[str, Use]) -> list[str]:
     return found
 
 
-def _overwritten(path: str, read: Use, write: Use) -> str:
+def _overwritten(path: str, read: PathUse, write: PathUse) -> str:
     """The warning for an input the run read and later wrote (often an audit run in a folder
     an earlier run left dirty): data.yml holds what the next run will not read."""
-    def where(use: Use) -> str:
+    def where(use: PathUse) -> str:
         return f"cell {use.cell}" if use.cell is not None else "outside any cell"
 
     return (f"{path}: read in {where(read)}, then written by the run in {where(write)}; "

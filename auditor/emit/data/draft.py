@@ -36,7 +36,7 @@ class DataDraft:
 
 
 @dataclass(slots=True)
-class Use:
+class PathUse:
     """One process's first use of a path or URL: when, in which cell, as the code named it."""
 
     t: float

@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 
 from ...backpack.data import DataEntry
 from ...record.hooks import HOOK_LOG
-from .draft import DataDraft, Use, entry_name
+from .draft import DataDraft, PathUse, entry_name
 from .hashing import Progress, checksum_url
 from .rules import PORTS, is_local, normalize_url, strip_credentials
 
 #: (the URL's first use, its file name) -> (target relative to the notebook, unpack op or None)
-SavedCopy = Callable[[Use, str], "tuple[str, str | None] | None"]
+SavedCopy = Callable[[PathUse, str], "tuple[str, str | None] | None"]
 
 RESPONSE_RECORD = '"ev":"response"'  # how the kernel side writes them (compact JSON)
 _MAX_HOPS = 20
@@ -106,7 +106,7 @@ def read_responses(record_dir: str | Path, kernel: Mapping[str, Any]) -> list[di
     return found
 
 
-def draft_remote(draft: DataDraft, firsts: Mapping[str, Use | None],
+def draft_remote(draft: DataDraft, firsts: Mapping[str, PathUse | None],
                  connects: Mapping[str, str | None], outcomes: UrlOutcomes,
                  role_of: Callable[[int], str], names: set[str], progress: Progress | None,
                  checksum_remote: bool,
