@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from packaging.utils import canonicalize_name
 
@@ -32,6 +32,10 @@ from .cell_watch import CellWatch
 from .compute import MB
 from .data.draft import DataDraft
 
+if TYPE_CHECKING:
+    from ..resolve import DistUse
+    from ..roles import Roles
+
 
 @dataclass
 class CellFacts:
@@ -41,8 +45,8 @@ class CellFacts:
     executed: Mapping[int, tuple[int | None, bool]]  # index -> (execution_count, raised)
     watch: CellWatch
     session: Session
-    roles: Any  # auditor.roles.Roles
-    used: Iterable[Any]  # auditor.resolve.DistUse, with `at` (cell, pid) pairs
+    roles: Roles
+    used: Iterable[DistUse]  # with `at` (cell, pid) pairs
     manager_used: set[str]  # canonical names the manager spec pins as used
     draft: DataDraft
     #: data path -> (cells that read it, cells that wrote it) (DataCollector.cell_uses)

@@ -12,12 +12,15 @@ import ast
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from ..roles import MANAGER, TOOL, TRACER, WORKER, Roles
+
+if TYPE_CHECKING:
+    from ..resolve import Distribution, EnvIndex, Resolution
 
 OWN_DISTRIBUTIONS = ("flo-backpack",)
 KERNEL_MACHINERY = "ipykernel"
@@ -42,7 +45,7 @@ _IMPORT_LINE = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*(?:\s*,\s*[A-Z
 class DraftPin:
     """One distribution the draft pins, and why (the pin as read back: backpack.environment.Pin)."""
 
-    dist: Any  # auditor.resolve Distribution
+    dist: Distribution
     reason: str  # "used" | "required by <name>" | "kernel machinery"
     cells: list[int] = field(default_factory=list)
     roles: list[str] = field(default_factory=list)
@@ -112,7 +115,7 @@ def _channel_name(channel: str | None) -> str:
     return channel or DEFAULT_CHANNEL
 
 
-def _requires_names(dist: Any) -> set[str]:
+def _requires_names(dist: Distribution) -> set[str]:
     names: set[str] = set()
     for text in getattr(dist, "requires", None) or ():
         try:
@@ -127,14 +130,14 @@ def _requires_names(dist: Any) -> set[str]:
     return names
 
 
-def _direct_url(dist: Any) -> str:
+def _direct_url(dist: Distribution) -> str:
     direct = getattr(dist, "direct_url", None)
     if isinstance(direct, dict):
         return str(direct.get("url", "")) or str(getattr(dist, "location", ""))
     return str(direct or getattr(dist, "location", ""))
 
 
-def draft_environment(resolution: Any, index: Any, *, python: str, notebook_stem: str,
+def draft_environment(resolution: Resolution, index: EnvIndex, *, python: str, notebook_stem: str,
                       roles: Roles | None = None,
                       exclude: Iterable[str] = OWN_DISTRIBUTIONS,
                       cell_sources: Mapping[int, str] | None = None) -> EnvironmentSpec:

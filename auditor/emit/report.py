@@ -7,7 +7,7 @@ workflow/unknown files it used (`flo-audit diff` compares these between audits).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..backpack.compute import ComputeSpec
 from ..backpack.session import Session
@@ -15,9 +15,13 @@ from ..backpack.summary import SCHEMA as SUMMARY_SCHEMA
 from ..common.execution import Status
 from .environment import EnvironmentSpec
 
+if TYPE_CHECKING:
+    from ..resolve import Resolution
+    from ..roles import Roles
+
 
 def build_summary(*, session: Session, spec: EnvironmentSpec, compute: ComputeSpec,
-                  resolution: Any, roles: Any, cell_sources: Mapping[int, str],
+                  resolution: Resolution, roles: Roles | None, cell_sources: Mapping[int, str],
                   cell_files: Mapping[int, Iterable[str]], warnings: list[str],
                   timings: Mapping[str, float]) -> dict:
     """The machine-readable summary of one audit (the shape of audit/summary.json).

@@ -22,7 +22,7 @@ import signal
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backpack.compute import ComputeSpec, draft_compute, render_compute_yml
 from ..backpack.session import Session
@@ -33,6 +33,9 @@ from .data.rules import is_local
 from .disk import measure_disk, save_written, worker_written, written_sizes
 from .environment import USED, EnvironmentSpec, render_environment_yml
 from .workers import draft_worker_environment
+
+if TYPE_CHECKING:
+    from ..resolve import EnvIndex, Resolution
 
 #: Debian packages named on a summary line; more are counted and left to software/apt.txt.
 APT_SHOWN = 4
@@ -73,7 +76,7 @@ def pool_roots(session: Session) -> dict[int, str]:
             if p.get("pid") is not None}
 
 
-def derive_sides(*, session: Session, roles: Roles, resolution: Any, index: Any,
+def derive_sides(*, session: Session, roles: Roles, resolution: Resolution, index: EnvIndex,
                  observer: RunObserver, samples: list[dict], manager_spec: EnvironmentSpec,
                  python: str, notebook_stem: str,
                  record_dir: Path | None = None) -> SideOutputs:

@@ -9,7 +9,7 @@ and workers. Packages only the manager used (plotting, say) stay out; no kernel 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.utils import canonicalize_name
 
@@ -25,12 +25,15 @@ from .environment import (
     env_name,
 )
 
+if TYPE_CHECKING:
+    from ..resolve import EnvIndex, Resolution
+
 #: What a worker needs to run tasks at all, whatever the tasks import.
 WORKER_RUNTIME = ("distributed", "cloudpickle")
 RUNTIME = "worker runtime"
 
 
-def draft_worker_environment(resolution: Any, index: Any, roles: Roles, *, python: str,
+def draft_worker_environment(resolution: Resolution, index: EnvIndex, roles: Roles, *, python: str,
                              notebook_stem: str) -> EnvironmentSpec | None:
     """Pins for the workers, or None when no worker-side process ran."""
     if not any(roles.side(pid) == WORKER for pid in roles.role if pid not in roles.threads):

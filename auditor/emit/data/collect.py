@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...backpack.data import MAX_CLIMB, DataEntry, beside, climb
 from ...events import Accept, Access, Connect, Event
@@ -23,6 +23,9 @@ from .hashing import Progress, sha256_file, sha256_folder
 from .rules import CODE_SUFFIXES, DataRules, Owned, environment_owner, normalize_url
 from .stores import store_as_named, stores_of
 from .urls import UrlOutcomes, draft_remote
+
+if TYPE_CHECKING:
+    from ...roles import Roles
 
 __all__ = ["MAX_CLIMB", "DataCollector", "DataDraft", "DataEntry", "DataRules", "climb",
            "draft_data", "environment_owner"]
@@ -145,8 +148,9 @@ class DataCollector:
 
     # -- the draft ------------------------------------------------------------------------
 
-    def draft(self, roles: Any, *, workflow: Iterable[str] = (), started: float | None = None,
-              progress: Progress | None = None, checksum_remote: bool = False) -> DataDraft:
+    def draft(self, roles: Roles | Mapping[int, str], *, workflow: Iterable[str] = (),
+              started: float | None = None, progress: Progress | None = None,
+              checksum_remote: bool = False) -> DataDraft:
         """Classify what was seen, then hash and name the inputs.
 
         `roles`: an `auditor.roles.Roles`, or a mapping pid -> role for tests. Manager use
@@ -339,18 +343,21 @@ _UNSEEN: Any = object()
 
 
 
-def _role_lookup(roles: Any) -> Callable[[int], str]:
-    if hasattr(roles, "of"):
-        parents = getattr(roles, "parent", {})
+def _role_lookup(roles: Roles | Mapping[int, str]) -> Callable[[int], str]:
+    """pid -> role; a tool's reads count as its parent's. `roles` may be a plain pid -> role
+    mapping (a record without the process tree)."""
+    if isinstance(roles, Mapping):
+        plain = roles
+        return lambda pid: plain.get(pid, MANAGER)
+    tree, parents = roles, roles.parent
 
-        def role_of(pid: int) -> str:
-            role, steps = roles.of(pid), 0
-            while role == TOOL and pid in parents and steps < 100:
-                pid, steps = parents[pid], steps + 1
-                role = roles.of(pid)
-            return role
-        return role_of
-    return lambda pid: roles.get(pid, MANAGER)
+    def role_of(pid: int) -> str:
+        role, steps = tree.of(pid), 0
+        while role == TOOL and pid in parents and steps < 100:
+            pid, steps = parents[pid], steps + 1
+            role = tree.of(pid)
+        return role
+    return role_of
 
 
 def _first_read_and_write(state: _PathState, role_of: Callable[[int], str]
@@ -424,8 +431,8 @@ def _size(path: str) -> int | None:
         return None
 
 
-def draft_data(events: Iterable[Event], roles: Any, *, owned: Owned, notebook_dir: str,
-               cwd: str, rules: DataRules, workflow: Iterable[str] = (),
+def draft_data(events: Iterable[Event], roles: Roles | Mapping[int, str], *, owned: Owned,
+               notebook_dir: str, cwd: str, rules: DataRules, workflow: Iterable[str] = (),
                started: float | None = None, progress: Progress | None = None,
                checksum_remote: bool = False,
                responses: Iterable[Mapping[str, Any]] | None = None) -> DataDraft:

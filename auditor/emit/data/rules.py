@@ -12,8 +12,11 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from ...resolve import EnvIndex
 
 # Never data: pseudo filesystems and the system itself (system files are software).
 SYSTEM_PREFIXES = ("/proc/", "/sys/", "/dev/", "/run/", "/etc/", "/usr/", "/lib/", "/lib32/",
@@ -103,7 +106,7 @@ class DataRules:
         return path.startswith(self.temp)
 
 
-def environment_owner(index: Any, notebook_dir: str) -> Owned:
+def environment_owner(index: EnvIndex, notebook_dir: str) -> Owned:
     """`owned(path, real)` from an EnvIndex: a distribution or the stdlib owns the path, or it
     lies inside the environment. Data in the notebook's folder that an editable project
     happens to contain is not owned (the resolver makes the same exception)."""

@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ...backpack.session import Session
 from .collect import DataCollector, DataRules, environment_owner
 from .urls import read_responses
 
+if TYPE_CHECKING:
+    from ...resolve import EnvIndex
 
-def collector_for_record(session: Session, index: Any, notebook_dir: str | Path,
+
+def collector_for_record(session: Session, index: EnvIndex, notebook_dir: str | Path,
                          ignore: Iterable[str] = (),
                          record_dir: str | Path | None = None) -> DataCollector:
     """A DataCollector judging paths for the kernel of `session` (session.json).
