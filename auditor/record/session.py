@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import nbformat
 import psutil
@@ -105,42 +105,11 @@ class RecordOptions:
 
 
 @dataclass
-class Recording:
-    """How the run ended and where its record is; mirrors session.json."""
+class Recording(Session):
+    """How the run ended (what session.json holds) and where its record is."""
 
-    record_dir: Path
-    notebook: Path
-    cwd: Path
-    backend: str
-    status: str
-    started: float
-    ended: float
-    cells: list[tuple[int, int]]  # (seq, notebook index), in the order the kernel ran them
-    code_cells: int
-    failed_cell: FailedCell | None = None
-    kernel: dict[str, Any] = field(default_factory=dict)
-    kernel_pid: int | None = None
-    tracer_pid: int | None = None
-    warnings: list[str] = field(default_factory=list)
-    connection_file: str | None = None
-    pool: dict[str, Any] | None = None  # the --workers scheduler and workers (workers.py)
-
-    @property
-    def complete(self) -> bool:
-        return self.status == Status.COMPLETE
-
-    @property
-    def cell_of_seq(self) -> dict[int, int]:
-        return dict(self.cells)
-
-    def session(self) -> Session:
-        """What goes into session.json (auditor/backpack/session.py)."""
-        return Session(
-            notebook=str(self.notebook), cwd=str(self.cwd), backend=self.backend,
-            status=self.status, started=self.started, ended=self.ended, cells=self.cells,
-            code_cells=self.code_cells, failed_cell=self.failed_cell, kernel=self.kernel,
-            kernel_pid=self.kernel_pid, tracer_pid=self.tracer_pid, warnings=self.warnings,
-            samples=SAMPLES_FILE, pool=self.pool)
+    record_dir: Path = field(kw_only=True)
+    connection_file: str | None = field(default=None, kw_only=True)
 
 
 def record(options: RecordOptions) -> Recording:
@@ -369,15 +338,15 @@ class _Run:
         if kernel_pid is None and not self.km.flo_wrapped:
             kernel_pid = self.launched_pid
         recording = Recording(
-            record_dir=self.record_dir, notebook=self.notebook_path, cwd=self.cwd,
+            record_dir=self.record_dir, notebook=str(self.notebook_path), cwd=str(self.cwd),
             backend=self.options.tracer.name, status=self.status, started=self.started,
             ended=self.ended, cells=list(self.cells), code_cells=self.code_cells,
             failed_cell=self.failed, kernel=kernel, kernel_pid=kernel_pid,
             tracer_pid=self.launched_pid if self.km.flo_wrapped else None,
             warnings=list(self.warnings), connection_file=self.km.connection_file,
-            pool=self.companions.pool_json())
+            samples=SAMPLES_FILE, pool=self.companions.pool_json())
         nbformat.write(self.nb, str(self.record_dir / EXECUTED_NOTEBOOK))
-        write_session(self.record_dir, recording.session())
+        write_session(self.record_dir, recording)
         return recording
 
     def _stderr_tail(self) -> str:
