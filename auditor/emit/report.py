@@ -45,7 +45,7 @@ def build_summary(*, session: Session, spec: EnvironmentSpec, compute: ComputeSp
         "notebook": session.notebook,
         "status": status,
         "complete": status == Status.COMPLETE,
-        "failed_cell": session.to_json()["failed_cell"],
+        "failed_cell": session.failed_cell.to_json() if session.failed_cell else None,
         "backend": session.backend,
         "python": {"version": spec.python, "executable": kernel.get("executable"),
                    "prefix": kernel.get("prefix")},
