@@ -47,7 +47,7 @@ import nbformat
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from auditor.process import run  # noqa: E402  (the repo on sys.path first)
+from auditor.common.process import run  # noqa: E402  (the repo on sys.path first)
 
 RUN_TIMEOUT_S = 1800
 NOTEBOOK = "growth.ipynb"
