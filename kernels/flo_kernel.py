@@ -31,9 +31,15 @@ _BUFFERED_LINES = 512
 _SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
 # An identity key that, unlike id(), raises no audit event: the base class's hash is derived
 # from the address alone (one C call per name, no hook call), whatever the type overrides.
+# Used only where the addresses cannot be read in bulk (_address_reader).
 _identity = object.__hash__
-# Positions compared at once by write_names: a chunk that differs is walked name by name.
+# Names compared at once by _equal_run: a chunk that differs is walked name by name.
 _CHUNK = 256
+# Identities of a range that differs are compared in this many parts, each part that differs
+# likewise, down to _WALKED names, walked one by one: a few rebinds cost a few dozen C-level
+# comparisons of short slices, wherever they are.
+_PARTS = 16
+_WALKED = 16
 # Runs of equal names write_names pairs before it looks the rest up by name: a run ends at
 # each deleted name, so this many deletions in one cell keep the cheap path.
 _RUNS = 16
@@ -111,8 +117,13 @@ class _KernelSide:
         self.modules_before = set()
         self.last_popen = None
         self.cell_end_watch = lambda: None  # flo_imports.py's `calls` record, at cell end
-        # The user namespace at the last cell end: its names in order, and their identities.
-        self.ns_names, self.ns_ids = self.namespace()
+        # Identities of many objects at once: their addresses, a machine word each, in bytes
+        # (unit: bytes per name), or one object.__hash__ int per name where that cannot be.
+        self.addresses, self.unit = _address_reader() or (None, 1)
+        # The user namespace at the last cell end: its names in order (the list keeps the key
+        # strings alive, so their addresses are not reused), the addresses of those keys
+        # (None without the bulk reader), and the identities of their values.
+        self.ns_names, self.ns_keys, self.ns_ids = self.namespace()
         self.handlers = {
             "open": self.on_open,
             "subprocess.Popen": self.on_popen,
@@ -230,58 +241,43 @@ class _KernelSide:
                 self.write("import", {"module": name, "path": path, "static": False})
 
     def namespace(self):
-        """The user namespace's names in order and their identities ([], [] without one)."""
+        """The user namespace's names in order, their keys' addresses (None without the bulk
+        reader) and their values' identities. No reference to a value outlives the call."""
         user_ns = getattr(self.shell, "user_ns", None)
         if not isinstance(user_ns, dict):
-            return [], []
+            user_ns = {}
         names = list(user_ns)
-        ids = list(map(_identity, user_ns.values()))
-        if len(ids) != len(names):  # changed in between by another thread: once more
+        values = list(user_ns.values())
+        if len(values) != len(names):  # changed in between by another thread: once more
             names = list(user_ns)
-            ids = list(map(_identity, [user_ns.get(n) for n in names]))
-        return names, ids
+            values = [user_ns.get(n) for n in names]
+        if self.addresses is None:
+            return names, None, list(map(_identity, values))
+        return names, self.addresses(names), self.addresses(values)
 
     def write_names(self):
         """The `names` record: the names the cell bound or rebound to another object.
 
-        Identities only (no comparison of values, no pickling). A dict keeps insertion order,
-        a rebinding keeps its place and new names come last, so the new names are the old
-        ones less those deleted, then those added: each name is paired with its old self by
-        walking both lists in runs of equal names, and within a run a name changed where its
-        identity did. Runs are compared in chunks, C-level (IPython rebinds `_i`, `_ii`,
-        `_iii` near the start every cell, so one comparison of the whole list would fail),
-        and only chunks that differ are walked; a deletion starts the next run at the old
-        list's next occurrence of the name (list.index). Names past the runs (added, or too
-        many deletions) by a lookup by name. No Python-level loop over the names.
+        Identities only (no comparison of values, no pickling, no reference kept to a value).
+        A dict keeps insertion order, a rebinding keeps its place and new names come last, so
+        the new names are the old ones less those deleted, then those added. In the usual
+        cell nothing was deleted: the keys' addresses start with the old keys' (one memcmp;
+        the old key strings are alive, so equal addresses are the same names), everything
+        after them is new, and the values' addresses are compared in parts, C-level (IPython
+        rebinds `_i`, `_ii`, `_iii` near the start every cell, so the whole comparison fails),
+        splitting only the parts that differ (_differing). Otherwise _paired_by_runs pairs
+        the names.
         """
-        names, ids = self.namespace()
-        old_names, old_ids = self.ns_names, self.ns_ids
-        bound = []
-        at, old_at = 0, 0
-        skipped = []  # old positions no run paired: names deleted, or re-added at the end
-        for _ in range(_RUNS):
-            run = _equal_run(names, at, old_names, old_at)
-            bound += _changed(names, ids, at, old_ids, old_at, run)
-            at += run
-            old_at += run
-            if at == len(names) or old_at == len(old_names):
-                break
-            try:  # names[at] differs from old_names[old_at]: that one was deleted
-                paired = old_names.index(names[at], old_at + 1)
-            except ValueError:
-                break  # names[at] is not among the old ones left: added, as all after it
-            skipped.append((old_at, paired))
-            old_at = paired
-        if at < len(names):
-            tail = names[at:]
-            skipped.append((old_at, len(old_names)))
-            # Only old names no run paired can come back among the tail's names.
-            old_id = {}
-            for start, stop in skipped:
-                # zip(strict=) needs 3.10; the slices are of equal length by construction
-                old_id.update(zip(old_names[start:stop], old_ids[start:stop]))  # noqa: B905
-            bound += compress(tail, map(ne, ids[at:], map(old_id.get, tail)))
-        self.ns_names, self.ns_ids = names, ids
+        names, keys, ids = self.namespace()
+        old_names, old_keys, old_ids = self.ns_names, self.ns_keys, self.ns_ids
+        if keys is not None and keys.startswith(old_keys):
+            bound = []
+            if not ids.startswith(old_ids):
+                _differing(names, ids, 0, old_ids, 0, len(old_names), self.unit, bound)
+            bound += names[len(old_names):]
+        else:
+            bound = _paired_by_runs(names, ids, old_names, old_ids, self.unit)
+        self.ns_names, self.ns_keys, self.ns_ids = names, keys, ids
         bound = [name for name in bound if name[:1] != "_" and name not in _SHELL_NAMES]
         self.write("names", {"bound": bound})
 
@@ -348,9 +344,81 @@ def _make_hook(handlers):
     return hook
 
 
+def _address_reader():
+    """(addresses, word): addresses(values) gives the addresses of a list's items, a machine
+    word each, as bytes, read from the list's own array of pointers in one C call; None where
+    that cannot be done (no ctypes, or the list layout fails the check against id()).
+
+    The list is the caller's, alive and unshared while it is read (string_at is a
+    PYFUNCTYPE: it holds the GIL), and no reference outlives it: like object.__hash__, an
+    address says which object, not what it holds.
+    The layout read is CPython's PyListObject (var header, ob_item, allocated), stable from
+    3.8 to 3.13; the check below falls back to object.__hash__ on anything else.
+    """
+    try:
+        import ctypes
+
+        word = ctypes.sizeof(ctypes.c_void_p)
+        items_at = list.__basicsize__ - 2 * word  # ob_item: after the header, before allocated
+        pointer_at, string_at = ctypes.c_void_p.from_address, ctypes.string_at
+
+        def addresses(values):
+            if not values:
+                return b""
+            return string_at(pointer_at(id(values) + items_at).value, word * len(values))
+
+        probe = [object(), "probe", None, [], 2**70]
+        expected = b"".join(id(value).to_bytes(word, sys.byteorder) for value in probe)
+        if addresses(probe) != expected or memoryview(expected).cast("P").itemsize != word:
+            return None
+        return addresses, word
+    except Exception:
+        return None
+
+
+def _paired_by_runs(names, ids, old_names, old_ids, unit):
+    """The names bound, when names were deleted (or keys are not read in bulk): each name is
+    paired with its old self by walking both lists in runs of equal names, and within a run a
+    name changed where its identity did (_changed); a deletion starts the next run at the old
+    list's next occurrence of the name (list.index). Names past the runs (added, or too many
+    deletions) by a lookup by name. No Python-level loop over the names."""
+    bound = []
+    at, old_at = 0, 0
+    skipped = []  # old positions no run paired: names deleted, or re-added at the end
+    for _ in range(_RUNS):
+        run = _equal_run(names, at, old_names, old_at)
+        bound += _changed(names, ids, at, old_ids, old_at, run, unit)
+        at += run
+        old_at += run
+        if at == len(names) or old_at == len(old_names):
+            break
+        try:  # names[at] differs from old_names[old_at]: that one was deleted
+            paired = old_names.index(names[at], old_at + 1)
+        except ValueError:
+            break  # names[at] is not among the old ones left: added, as all after it
+        skipped.append((old_at, paired))
+        old_at = paired
+    if at < len(names):
+        tail = names[at:]
+        skipped.append((old_at, len(old_names)))
+        # Only old names no run paired can come back among the tail's names.
+        old_words = _words(old_ids, unit)
+        old_id = {}
+        for start, stop in skipped:
+            # zip(strict=) needs 3.10; the slices are of equal length by construction
+            old_id.update(zip(old_names[start:stop], old_words[start:stop]))  # noqa: B905
+        bound += compress(tail, map(ne, _words(ids, unit)[at:], map(old_id.get, tail)))
+    return bound
+
+
 def _part(items, start, count):
     """items[start:start + count], without the copy when that is the whole list."""
     return items if start == 0 and count == len(items) else items[start:start + count]
+
+
+def _words(ids, unit):
+    """Identities one per name: the list itself, or the address bytes seen as words."""
+    return ids if unit == 1 else memoryview(ids).cast("P")
 
 
 def _equal_run(names, at, old_names, old_at):
@@ -366,19 +434,31 @@ def _equal_run(names, at, old_names, old_at):
     return run
 
 
-def _changed(names, ids, at, old_ids, old_at, count):
+def _changed(names, ids, at, old_ids, old_at, count, unit):
     """The names in names[at:at + count] whose identity differs from the old one at the same
-    offset in old_ids[old_at:]: chunks compared at once, only those that differ walked."""
-    if _part(ids, at, count) == _part(old_ids, old_at, count):
+    offset in old_ids[old_at:] (identities `unit` items each: 1 in a list, a word in bytes)."""
+    if _part(ids, at * unit, count * unit) == _part(old_ids, old_at * unit, count * unit):
         return []  # the comparison stops at the first difference: cheap when it fails early
     changed = []
-    for start in range(0, count, _CHUNK):
-        size = min(_CHUNK, count - start)
-        now = ids[at + start:at + start + size]
-        before = old_ids[old_at + start:old_at + start + size]
-        if now != before:
-            changed += compress(names[at + start:at + start + size], map(ne, now, before))
+    _differing(names, ids, at, old_ids, old_at, count, unit, changed)
     return changed
+
+
+def _differing(names, ids, at, old_ids, old_at, count, unit, changed):
+    """Append to changed the names of a range whose identities differ from the old ones:
+    the range split in _PARTS parts, only the parts that differ split again, the last ones
+    (at most _WALKED names) walked."""
+    if count <= _WALKED:
+        now = _words(ids[at * unit:(at + count) * unit], unit)
+        before = _words(old_ids[old_at * unit:(old_at + count) * unit], unit)
+        changed += compress(names[at:at + count], map(ne, now, before))
+        return
+    step = max(_WALKED, -(-count // _PARTS))
+    for start in range(0, count, step):
+        size = min(step, count - start)
+        if (ids[(at + start) * unit:(at + start + size) * unit]
+                != old_ids[(old_at + start) * unit:(old_at + start + size) * unit]):
+            _differing(names, ids, at + start, old_ids, old_at + start, size, unit, changed)
 
 
 def _absolute(path):

@@ -62,11 +62,99 @@ def test_names_record_lists_what_each_cell_bound(python: str, tmp_path: Path) ->
     assert order[:3] == [("cell", 0), ("names", 0), ("cell", 0)]
 
 
+# argv: kernel side path, log path, "addresses" or "hash" (the object.__hash__ fallback).
+# Cells around a namespace wider than the parts write_names compares, on what a design that
+# pairs names by position and identity could get wrong. Every old value stays alive (`keep`),
+# so no new object can take a freed one's address.
+NAMES_EDGES_SCRIPT = STAND_IN_SHELL + r"""
+import runpy, sys
+shell = Shell()
+keep = []
+ns = shell.user_ns = {"In": [], "_i": "", "_ii": "", "_iii": "", "x": [0], "y": [0],
+                      "t": (1, 2), "s": "a long string", "big": 10**30}
+ns.update(("v%d" % i, [i]) for i in range(600))
+runpy.run_path(sys.argv[1], run_name="_flo_backpack_kernel")["attach"](
+    shell, {"log": sys.argv[2], "marks": False})
+pre, post = shell.events.handlers["pre_run_cell"][0], shell.events.handlers["post_run_cell"][0]
+side = post.__self__
+if sys.argv[3] == "hash":
+    side.addresses, side.unit = None, 1
+    side.ns_names, side.ns_keys, side.ns_ids = side.namespace()
+print(side.unit)
+
+def cell(n, edit):
+    pre(None)
+    ns["_iii"], ns["_ii"], ns["_i"] = ns["_ii"], ns["_i"], "cell %d" % n  # as IPython does
+    ns["_i%d" % n] = ns["_i"]
+    edit()
+    post(None)
+
+def deleted_and_readded():
+    keep.append(ns.pop("x"))
+    ns["x"] = [0]                   # another object: bound, though it moved to the end
+    ns["y"] = ns.pop("y")           # the same object: not bound
+cell(0, deleted_and_readded)
+
+def equal_but_other():
+    keep.extend([ns["t"], ns["s"], ns["big"], ns["v7"]])
+    ns["t"] = tuple(list(ns["t"]))
+    ns["s"] = "".join(list(ns["s"]))
+    ns["big"] = int(str(ns["big"]))
+    ns["v7"] = list(ns["v7"])
+cell(1, equal_but_other)
+
+def by_global_statement():
+    keep.append(ns["v500"])
+    exec("def set_g():\n    global g, v500\n    g = {'k': 1}\n    v500 = [500]\nset_g()\n", ns)
+cell(2, by_global_statement)
+
+def many_deletions():
+    for i in range(0, 600, 10):     # 60 deletions, more than write_names' runs
+        keep.append(ns.pop("v%d" % i))
+    keep.extend([ns["v595"], ns["v3"]])
+    ns["v595"], ns["v3"] = [-595], [-3]
+    ns["v10"] = [10]                # deleted, then re-added
+    ns["added"] = 1
+cell(3, many_deletions)
+
+def one_rebound():
+    keep.append(ns["v301"])
+    ns["v301"] = [301]
+    ns["_4"] = "an output"
+cell(4, one_rebound)
+cell(5, lambda: None)
+"""
+
+
+@pytest.mark.parametrize("identities", ["addresses", "hash"])
+@pytest.mark.parametrize("python", _interpreters(), ids=lambda p: Path(p).parent.parent.name)
+def test_names_record_on_deletions_equal_values_and_global_statements(
+        python: str, identities: str, tmp_path: Path) -> None:
+    log = tmp_path / "hooks.jsonl"
+    done = subprocess.run([python, "-c", NAMES_EDGES_SCRIPT, str(KERNEL_SIDE), str(log),
+                           identities], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # The addresses are read in bulk on every supported interpreter (a word each), else
+    # the object.__hash__ fallback (one int per name) is in use.
+    assert int(done.stdout) == (8 if identities == "addresses" else 1)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["bound"] for r in records if r["ev"] == "names"] == [
+        ["x"],
+        ["t", "s", "big", "v7"],
+        ["v500", "set_g", "g"],
+        ["v3", "v595", "v10", "added"],
+        ["v301"],
+        [],
+    ]
+
+
+@pytest.mark.parametrize("identities", ["addresses", "hash"])
 def test_names_record_pairs_each_name_with_its_old_self_under_random_edits(
-        tmp_path: Path) -> None:
-    """write_names pairs names by runs and chunks (deletions realign the runs); on random
-    cells of rebinds, deletions, re-additions and new names, over a namespace bigger than a
-    chunk, it must list exactly what a lookup by name finds, in namespace order."""
+        identities: str, tmp_path: Path) -> None:
+    """write_names pairs names by key addresses or runs, and compares identities in parts;
+    on random cells of rebinds, deletions, re-additions and new names, over a namespace
+    bigger than a part, it must list exactly what a lookup by name finds, in namespace
+    order, with identities read in bulk or by the object.__hash__ fallback."""
     import random
     import runpy
     from types import SimpleNamespace
@@ -82,6 +170,10 @@ def test_names_record_pairs_each_name_with_its_old_self_under_random_edits(
     ns: dict[str, object] = {"In": [], "_i": "", **{f"v{i}": fresh() for i in range(1500)}}
     side = kernel_side["_KernelSide"](str(tmp_path / "hooks.jsonl"), False,
                                       SimpleNamespace(user_ns=ns), None)
+    assert side.unit == 8
+    if identities == "hash":
+        side.addresses, side.unit = None, 1
+        side.ns_names, side.ns_keys, side.ns_ids = side.namespace()
     seen = []
     for cell in range(120):
         before = {name: id(value) for name, value in ns.items()}
