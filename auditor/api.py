@@ -186,7 +186,8 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
            cell_sources: dict[int, str] | None = None,
            extra_warnings: Iterable[str] = (), checksum_remote: bool = False,
            on_hash: Callable[[str, int, int], None] | None = None,
-           workflow: Path | None = None, bundle_bytes: int | None = None) -> Derived:
+           workflow: Path | None = None, bundle_bytes: int | None = None,
+           saved_counts: dict[int, int] | None = None) -> Derived:
     """Resolve and emit everything from a saved record folder, without running anything.
 
     `notebook_dir` is the notebook's folder at record time (default: from session.json);
@@ -194,7 +195,9 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     `checksum_remote` downloads each http(s) input once; `on_hash` follows input hashing.
     `workflow`: the notebook as it is now, whose local helpers the run imported go into
     `Derived.copies`; `bundle_bytes`: `--bundle-data`, inputs up to that many bytes copied into
-    data/ (as `backpack` sources). Every file is rendered once, at the end, from the models.
+    data/ (as `backpack` sources). `saved_counts`: code-cell index -> the execution count
+    saved in the notebook as given (default: from the backpack's workflow/ copy, see
+    `_saved_counts`). Every file is rendered once, at the end, from the models.
     """
     from .minimize import apply_record, read_minimize_record, summary_block
     from .optional import find_candidates
@@ -208,6 +211,8 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     notebook_dir = str(notebook_dir or Path(notebook).parent)
     if cell_sources is None:
         cell_sources = _cell_sources(record_dir / "executed.ipynb")
+    if saved_counts is None:
+        saved_counts = _saved_counts(record_dir, notebook, cell_sources)
 
     events, warnings = record_events(record_dir, session.backend)
     cell_of_seq = session.cell_of_seq
@@ -288,7 +293,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
         manager_used={pin.key for pin in spec.pins if pin.reason == USED}, draft=draft,
         paths=data.cell_uses(), url_cells=data.url_cells, samples=samples,
         cwd=session.cwd or notebook_dir,
-        module_owner=module_owner))
+        module_owner=module_owner, saved_counts=saved_counts))
     texts[CELLS] = render_cells_yml(cells)
     if (annotated := annotate_executed(record_dir / "executed.ipynb", cells)) is not None:
         texts[EXECUTED] = annotated
@@ -305,6 +310,26 @@ def _cell_sources(executed: Path) -> dict[int, str]:
         return {}
     return {i: "".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source", "")
             for i, c in enumerate(cells) if c.get("cell_type") == "code"}
+
+
+def _saved_counts(record_dir: Path, notebook: str, cell_sources: dict[int, str]
+                  ) -> dict[int, int]:
+    """The execution counts saved in the notebook as given: its copy in the backpack's
+    workflow/ (the record is a backpack's audit/), else the notebook at its recorded path;
+    {} when neither is readable or its code cells are not the ones the record ran (edited
+    since), so another notebook's counts are never shown."""
+    candidates = [Path(notebook)]
+    if record_dir.name == "audit":
+        candidates.insert(0, record_dir.parent / "workflow" / Path(notebook).name)
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            saved = load_workflow(path)
+        except UsageError:
+            continue
+        return saved.saved_counts if saved.code_sources == cell_sources else {}
+    return {}
 
 
 def _unique(items: Iterable[str]) -> list[str]:
@@ -352,9 +377,8 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
                              env=dict(options.env),
                              workers=options.workers,
                              user_file=workflow.path if workflow.kind == "py" else None))
-        sources = {i: c.source for i, c in enumerate(workflow.notebook.cells)
-                   if c.cell_type == "code"}
-        derived = derive(record_dir, workflow.path.parent, cell_sources=sources,
+        derived = derive(record_dir, workflow.path.parent, cell_sources=workflow.code_sources,
+                         saved_counts=workflow.saved_counts,
                          extra_warnings=tracer_warnings,
                          checksum_remote=options.checksum_remote, on_hash=options.on_hash,
                          workflow=workflow.path,

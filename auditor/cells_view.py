@@ -5,6 +5,7 @@ Graphviz (dot). Finding and reading the file is here; building it is emit/cells.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from .common.errors import RecordFormatError, UsageError
 
 FORMATS = ("table", "markdown", "yaml", "json", "dot")
 ROLES = ("manager", "worker")
+OUT_OF_ORDER = ("the notebook's saved execution counts are out of order (column saved): it was "
+                "run interactively in another order than it reads, so its saved outputs may not "
+                "be what this top-to-bottom run gives")
 
 
 @dataclass
@@ -87,7 +91,11 @@ def _ranges(numbers: list[int]) -> str:
 
 
 def render(view: CellsView, fmt: str, console: Any) -> None:
-    """Print the view in one of FORMATS (table and markdown through the rich console)."""
+    """Print the view in one of FORMATS (table and markdown through the rich console).
+    Saved counts out of order are said once: after the table or the markdown, on stderr
+    for the formats programs read (each cell's `saved_execution_count` carries them)."""
+    if fmt in ("json", "yaml", "dot") and view.report.saved_out_of_order:
+        print(f"note: {OUT_OF_ORDER.replace(' (column saved)', '')}.", file=sys.stderr)
     if fmt == "json":
         print(json.dumps(view.to_dict(), indent=2))
     elif fmt == "yaml":
@@ -116,6 +124,10 @@ def _seconds(cell: CellReport) -> str:
     return "" if cell.seconds is None else f"{cell.seconds:.2f}"
 
 
+def _saved(cell: CellReport) -> str:
+    return "" if cell.saved_execution_count is None else f"[{cell.saved_execution_count}]"
+
+
 def render_table(view: CellsView, console: Any) -> None:
     """A rich table that stays readable in 100 columns: long texts wrap inside their column."""
     from rich import box
@@ -126,6 +138,9 @@ def render_table(view: CellsView, console: Any) -> None:
     table = Table(title=f"cells of {report.notebook}", title_justify="left", show_lines=True,
                   box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("cell", justify="right", no_wrap=True)
+    out_of_order = report.saved_out_of_order
+    if out_of_order:  # the saved counts matter only then: the notebook reads in another order
+        table.add_column("saved", justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("s", justify="right", no_wrap=True)
     table.add_column("first line", ratio=3, overflow="fold")
@@ -143,10 +158,14 @@ def render_table(view: CellsView, console: Any) -> None:
             packages.append(("\n" if packages else "") + "tools: "
                             + ", ".join(Path(t).name for t in cell.tools))
         # Text, not str: a cell's source is not rich markup ("[v for v in x]" would vanish).
-        table.add_row(str(cell.cell), Text(cell.status, style=style.get(cell.status, "")),
+        saved = [_saved(cell)] if out_of_order else []
+        table.add_row(str(cell.cell), *saved,
+                      Text(cell.status, style=style.get(cell.status, "")),
                       _seconds(cell), Text(cell.first_line), packages, Text(_files(cell)),
                       Text(_depends(cell)))
     console.print(table)
+    if out_of_order:
+        console.print(Text(f"note: {OUT_OF_ORDER}.", style="yellow"))
     if view.cell is None and report.groups:
         groups = "  ".join("{" + ", ".join(map(str, g)) + "}" for g in report.groups)
         console.print(Text("could run concurrently, in this order: ", style="bold")
@@ -159,21 +178,27 @@ def render_markdown(view: CellsView) -> str:
     def esc(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", "<br>")
 
+    out_of_order = view.report.saved_out_of_order
+    saved_head, saved_rule = ("saved | ", "---: | ") if out_of_order else ("", "")
     lines = [f"### Cells of `{view.report.notebook}`", "",
-             "| cell | status | seconds | first line | packages (first use in bold) | files "
-             "| depends on |", "| ---: | --- | ---: | --- | --- | --- | --- |"]
+             f"| cell | {saved_head}status | seconds | first line | packages (first use in "
+             "bold) | files | depends on |",
+             f"| ---: | {saved_rule}--- | ---: | --- | --- | --- | --- |"]
     for cell in view.cells:
         first = set(cell.first_used)
         packages = "<br>".join(f"**{p}**" if p in first else p for p in view.packages(cell))
         if cell.tools:
             packages += ("<br>" if packages else "") + "tools: " + ", ".join(
                 Path(t).name for t in cell.tools)
-        lines.append(f"| {cell.cell} | {cell.status} | {_seconds(cell)} | "
+        saved = f"{_saved(cell)} | " if out_of_order else ""
+        lines.append(f"| {cell.cell} | {saved}{cell.status} | {_seconds(cell)} | "
                      f"`{esc(cell.first_line)}` | {packages} | {esc(_files(cell))} | "
                      f"{esc(_depends(cell, '; '))} |")
     if view.cell is None and view.report.groups:
         lines += ["", "Could run concurrently, in this order: "
                   + ", ".join("{" + ", ".join(map(str, g)) + "}" for g in view.report.groups)]
+    if out_of_order:
+        lines += ["", f"Note: {OUT_OF_ORDER}."]
     return "\n".join(lines) + "\n"
 
 

@@ -53,10 +53,15 @@ class CellReport:
     #: not named; None when the cell did not run (or the record could not tell).
     named_not_used: list[str] | None = None
     used_not_named: list[str] | None = None
+    #: The execution count saved in the notebook as given (an interactive run's), beside the
+    #: batch run's `execution_count`; None when the notebook saved none for this cell.
+    saved_execution_count: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        saved = ({} if self.saved_execution_count is None
+                 else {"saved_execution_count": self.saved_execution_count})
         return {
-            "cell": self.cell, "execution_count": self.execution_count,
+            "cell": self.cell, "execution_count": self.execution_count, **saved,
             "first_line": self.first_line, "status": self.status,
             "seconds": self.seconds, "peak_rss_mb": self.peak_rss_mb,
             "code_dependencies": {"manager": self.manager, "worker": self.worker,
@@ -86,8 +91,19 @@ class CellReport:
             depends_on=[Predecessor(int(p["cell"]), [str(r) for r in p.get("reasons") or ()])
                         for p in data.get("depends_on") or ()],
             group=data.get("group"),
+            saved_execution_count=_optional_int(data, "saved_execution_count"),
             named_not_used=_optional_list((data.get("static_check") or {}), "named_not_used"),
             used_not_named=_optional_list((data.get("static_check") or {}), "used_not_named"))
+
+
+def _optional_int(data: Mapping[str, Any], key: str) -> int | None:
+    """data[key] as an int, None when absent (cells.yml written before the key existed)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key}: expected an integer, got {value!r}")
+    return value
 
 
 def _optional_list(data: Mapping[str, Any], key: str) -> list[str] | None:
@@ -108,6 +124,16 @@ class CellsReport:
         return {"schema": CELLS_SCHEMA, "notebook": self.notebook,
                 "cells": [c.to_dict() for c in self.cells],
                 "concurrent_groups": self.groups}
+
+    @property
+    def saved_out_of_order(self) -> bool:
+        """Whether the notebook's saved execution counts, read top to bottom, do not rise:
+        it was run interactively in another order than it reads, so its saved outputs may
+        not be what a top-to-bottom run (the audit's) gives."""
+        counts = [c.saved_execution_count for c in self.cells
+                  if c.saved_execution_count is not None]
+        return any(later <= earlier
+                   for earlier, later in zip(counts, counts[1:], strict=False))
 
     def cell(self, index: int) -> CellReport | None:
         """The report of notebook cell `index`, or None when it is no code cell."""

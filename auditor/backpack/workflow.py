@@ -38,6 +38,20 @@ class Workflow:
     def code_cells(self) -> int:
         return sum(1 for cell in self.notebook.cells if cell.cell_type == "code")
 
+    @property
+    def code_sources(self) -> dict[int, str]:
+        """Code cell index (markdown cells counted) -> its source."""
+        return {i: cell.source for i, cell in enumerate(self.notebook.cells)
+                if cell.cell_type == "code"}
+
+    @property
+    def saved_counts(self) -> dict[int, int]:
+        """Code cell index -> the execution count saved in the notebook (cells never run
+        interactively, and every .py cell, have none)."""
+        return {i: cell.execution_count for i, cell in enumerate(self.notebook.cells)
+                if cell.cell_type == "code" and isinstance(cell.get("execution_count"), int)
+                and not isinstance(cell.execution_count, bool)}
+
 
 def load_workflow(path: str | Path) -> Workflow:
     """Read and validate `path`; raise `UsageError` with one line saying what is wrong."""

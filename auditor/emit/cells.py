@@ -57,6 +57,8 @@ class CellFacts:
     #: module name -> distribution name, None (stdlib, the notebook's own) or
     #: resolve.modules.NOT_FOUND; None: no static cross-check.
     module_owner: Callable[[str], str | None] | None = None
+    #: code cell index -> the execution count saved in the notebook as given (none: {}).
+    saved_counts: Mapping[int, int] | None = None
 
 
 def build_cells(facts: CellFacts) -> CellsReport:
@@ -65,6 +67,7 @@ def build_cells(facts: CellFacts) -> CellsReport:
     failed = session.failed_index
     sent = {index for _, index in session.cells}
     reports: dict[int, CellReport] = {}
+    saved = facts.saved_counts or {}
     for index in sorted(facts.sources):
         count, raised = facts.executed.get(index, (None, False))
         start, end = watch.marks.get(index, (None, None))
@@ -76,7 +79,8 @@ def build_cells(facts: CellFacts) -> CellsReport:
         reports[index] = CellReport(
             cell=index, execution_count=count, first_line=_first_line(facts.sources[index]),
             status=status,
-            seconds=round(end - start, 3) if start is not None and end is not None else None)
+            seconds=round(end - start, 3) if start is not None and end is not None else None,
+            saved_execution_count=saved.get(index))
     _memory(reports, watch, facts.samples, session.kernel_pid)
     _code(reports, facts)
     if facts.module_owner is not None:
