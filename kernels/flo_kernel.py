@@ -278,7 +278,8 @@ class _KernelSide:
         else:
             bound = _paired_by_runs(names, ids, old_names, old_ids, self.unit)
         self.ns_names, self.ns_keys, self.ns_ids = names, keys, ids
-        bound = [name for name in bound if name[:1] != "_" and name not in _SHELL_NAMES]
+        bound = [name for name in bound if type(name) is str and name[:1] != "_"
+                 and name not in _SHELL_NAMES]  # a non-str key (globals()[1] = x): no name
         self.write("names", {"bound": bound})
 
     # -- audit hook handlers (one per wanted event) --------------------------------------

@@ -39,6 +39,7 @@ pre(None)                       # cell 1: a rebound, df kept, a name deleted, on
 ns["a"] = [5]
 del ns["gone"]
 ns["b"] = kept
+ns[1] = "a key that is no name"  # globals()[1] = ...: skipped, the record still written
 post(None)
 pre(None)                       # cell 2: nothing bound; a rebound to the same object is not
 ns["a"] = ns["a"]
@@ -436,3 +437,36 @@ def test_worker_side_use_goes_to_the_cell_that_submitted_the_work(
     assert "distributed" in names(2, "worker")  # the worker's own start-up, in cell 2
     depends = {c["cell"]: {p["cell"] for p in c["depends_on"]} for c in cells}
     assert depends[3] == {2} and depends[4] == {2, 3}
+
+
+def test_a_later_rebinding_or_rewrite_orders_the_cells_that_read_before_it() -> None:
+    """Groups run at once, so a cell that rebinds a name (or rewrites a file) an earlier cell
+    read, or bound (wrote) too, must come after it though it uses nothing of it; without that
+    rule cells 2 and 3 below would share a group and 2 could see 3's `x` (or table.csv)."""
+    from types import SimpleNamespace
+
+    from auditor.backpack.cells import CellReport
+    from auditor.emit.cell_watch import CellWatch
+    from auditor.emit.cells import _graph
+
+    sources = {1: "x = 1\nwith open('t.csv', 'w') as f:\n    f.write('1')",
+               2: "print(x)\nprint(open('t.csv').read())",
+               3: "x = 2\nopen('t.csv', 'w').write('2')", 4: "print(x)"}
+    watch = CellWatch(order=[1, 2, 3, 4], bound={1: {"x", "f"}, 3: {"x"}})
+    paths = {"/nb/t.csv": ({2}, {1, 3})}  # path -> (cells that read it, cells that wrote it)
+    facts = SimpleNamespace(watch=watch, sources=sources, paths=paths)
+    reports = {c: CellReport(c, c, "", "ok") for c in sources}
+    _graph(reports, facts, {"/nb/t.csv": "t.csv"})  # type: ignore[arg-type]
+
+    assert [(p.cell, p.reasons) for p in reports[2].depends_on] == [
+        (1, ["name x", "file t.csv"])]
+    assert reports[3].depends_on == []
+    assert [(p.cell, p.reasons) for p in reports[3].after] == [
+        (1, ["rebinds name x set there", "rewrites file t.csv set there"]),
+        (2, ["rebinds name x read there", "rewrites file t.csv read there"])]
+    assert [(p.cell, p.reasons) for p in reports[4].depends_on] == [(3, ["name x"])]
+    assert [reports[c].group for c in (1, 2, 3, 4)] == [0, 1, 2, 3]
+    assert reports[3].to_dict()["after"][1] == {
+        "cell": 2, "reasons": ["rebinds name x read there", "rewrites file t.csv read there"]}
+    assert "after" not in reports[2].to_dict()  # written only when there is one
+    assert CellReport.from_dict(reports[3].to_dict()).after == reports[3].after

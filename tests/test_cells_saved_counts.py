@@ -57,6 +57,10 @@ def test_cells_yml_keeps_the_saved_counts_beside_the_batch_runs(run: AuditRun) -
         expect["saved_execution_count"]
     assert {c["cell"]: [[p["cell"], p["reasons"]] for p in c["depends_on"]]
             for c in cells} == expect["depends_on"]
+    assert {c["cell"]: [[p["cell"], p["reasons"]] for p in c.get("after", [])]
+            for c in cells} == expect["after"]
+    report = yaml.safe_load((run.out / "audit" / "cells.yml").read_text(encoding="utf-8"))
+    assert report["concurrent_groups"] == expect["concurrent_groups"]
     executed = nbformat.read(run.path("audit/executed.ipynb"), as_version=4)
     assert "[0, 2, 4]" in executed.cells[2].outputs[0].text  # not the saved run's [0, 10, 20]
     assert executed.cells[2].metadata["flo"]["saved_execution_count"] == 3

@@ -48,6 +48,10 @@ class CellReport:
     urls: list[str] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)
     depends_on: list[Predecessor] = field(default_factory=list)
+    #: Earlier cells this one must still follow though it uses nothing of theirs: it rebinds
+    #: a name (or rewrites a file) they read or bound, so running both at once could change
+    #: what they saw. Ordering only: not part of `needed_for`.
+    after: list[Predecessor] = field(default_factory=list)
     group: int | None = None  # depth in the graph; None when the cell did not run
     #: The source's imports against the run: distributions named but not used, used but
     #: not named; None when the cell did not run (or the record could not tell).
@@ -70,6 +74,8 @@ class CellReport:
                                   "urls": self.urls},
             "tools": self.tools,
             "depends_on": [{"cell": p.cell, "reasons": p.reasons} for p in self.depends_on],
+            **({"after": [{"cell": p.cell, "reasons": p.reasons} for p in self.after]}
+               if self.after else {}),
             "group": self.group,
             "static_check": None if self.named_not_used is None else {
                 "named_not_used": self.named_not_used,
@@ -88,12 +94,18 @@ class CellReport:
             first_used=list(code.get("first_used") or ()),
             read=list(files.get("read") or ()), written=list(files.get("written") or ()),
             urls=list(files.get("urls") or ()), tools=list(data.get("tools") or ()),
-            depends_on=[Predecessor(int(p["cell"]), [str(r) for r in p.get("reasons") or ()])
-                        for p in data.get("depends_on") or ()],
+            depends_on=_predecessors(data.get("depends_on")),
+            after=_predecessors(data.get("after")),
             group=data.get("group"),
             saved_execution_count=_optional_int(data, "saved_execution_count"),
             named_not_used=_optional_list((data.get("static_check") or {}), "named_not_used"),
             used_not_named=_optional_list((data.get("static_check") or {}), "used_not_named"))
+
+
+def _predecessors(items: Any) -> list[Predecessor]:
+    """`depends_on` / `after` entries (absent: none; `after` is newer than schema 1's start)."""
+    return [Predecessor(int(p["cell"]), [str(r) for r in p.get("reasons") or ()])
+            for p in items or ()]
 
 
 def _optional_int(data: Mapping[str, Any], key: str) -> int | None:

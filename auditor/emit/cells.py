@@ -249,36 +249,55 @@ def _tools(reports: dict[int, CellReport], facts: CellFacts) -> None:
 
 
 def _graph(reports: dict[int, CellReport], facts: CellFacts, names: dict[str, str]) -> None:
-    """Edges to the last writer / binder before each cell, in execution order; depths."""
+    """Edges to the last writer / binder before each cell, in execution order; the ordering
+    constraints a concurrent run must also keep (`after`); depths.
+
+    One pass in execution order, keeping per name (and per data file) its last binder
+    (writer) and the cells that read it since. A cell that reads depends on the last binder;
+    a cell that binds must follow the readers since then and the last binder (it would
+    change what they saw, or leave its value behind theirs).
+    """
     order = [c for c in dict.fromkeys(facts.watch.order) if c in reports]
-    position = {cell: n for n, cell in enumerate(order)}
-    writers: dict[str, list[int]] = {}  # data path -> writing cells, in execution order
-    readers: dict[int, set[str]] = {}
+    reads: dict[int, set[str]] = {}
+    writes: dict[int, set[str]] = {}
     for path, (read_in, written_in) in facts.paths.items():
-        if path not in names:
-            continue
-        writers[path] = sorted((c for c in written_in if c in position),
-                               key=position.__getitem__)
-        for cell in read_in:
-            readers.setdefault(cell, set()).add(path)
+        if path in names:
+            for cell in read_in:
+                reads.setdefault(cell, set()).add(path)
+            for cell in written_in:
+                writes.setdefault(cell, set()).add(path)
+    binder: dict[str, int] = {}  # "name x" / "file t.csv" -> last cell that bound / wrote it
+    readers: dict[str, set[int]] = {}  # the same keys -> cells that read it since
     for cell in order:
-        reasons: dict[int, list[str]] = {}
-        here = position[cell]
-        wanted = set(free_names(facts.sources.get(cell, "")))
-        for name in sorted(wanted):
-            binder = next((c for c in reversed(order[:here])
-                           if name in facts.watch.bound.get(c, ())), None)
-            if binder is not None:
-                reasons.setdefault(binder, []).append(f"name {name}")
-        for path in sorted(readers.get(cell, ()), key=names.__getitem__):  # all in names
-            earlier = [c for c in writers.get(path, ()) if position[c] < here]
-            if earlier:
-                reasons.setdefault(earlier[-1], []).append(f"file {names[path]}")
+        used = [f"name {n}" for n in sorted(set(free_names(facts.sources.get(cell, ""))))]
+        used += [f"file {names[p]}" for p in sorted(reads.get(cell, ()), key=names.__getitem__)]
+        changed = [f"name {n}" for n in sorted(facts.watch.bound.get(cell, ()))]
+        changed += [f"file {names[p]}"
+                    for p in sorted(writes.get(cell, ()), key=names.__getitem__)]
+        depends: dict[int, list[str]] = {}
+        for key in used:
+            if (source := binder.get(key)) is not None and source != cell:
+                depends.setdefault(source, []).append(key)
+        after: dict[int, list[str]] = {}
+        for key in changed:
+            kind, _, what = key.partition(" ")
+            verb = "rebinds" if kind == "name" else "rewrites"
+            for reader in sorted(readers.get(key, ())):
+                if reader != cell and reader not in depends:
+                    after.setdefault(reader, []).append(f"{verb} {kind} {what} read there")
+            if (last := binder.get(key)) is not None and last != cell and last not in depends:
+                after.setdefault(last, []).append(f"{verb} {kind} {what} set there")
+        for key in used:
+            readers.setdefault(key, set()).add(cell)
+        for key in changed:
+            binder[key], readers[key] = cell, set()
         report = reports[cell]
         report.depends_on = [Predecessor(c, sorted(set(r), key=r.index))
-                             for c, r in sorted(reasons.items())]
-        report.group = 1 + max((reports[p.cell].group or 0 for p in report.depends_on),
-                               default=-1)
+                             for c, r in sorted(depends.items())]
+        report.after = [Predecessor(c, sorted(set(r), key=r.index))
+                        for c, r in sorted(after.items())]
+        report.group = 1 + max((reports[p.cell].group or 0
+                                for p in (*report.depends_on, *report.after)), default=-1)
 
 
 def annotate_executed(executed: Path, report: CellsReport) -> str | None:
