@@ -7,7 +7,6 @@ into a flat list of `Change` rows; rendering (table, markdown, JSON) is separate
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from packaging.version import InvalidVersion, Version
 
 from .backpack.data import DataItem, parse_data
 from .backpack.environment import EnvSpec, Pin, load_yaml, parse_environment, parse_requirements
+from .backpack.summary import CellUse, load_summary
 from .common.errors import UsageError
 
 ROLES = ("manager", "worker")
@@ -27,7 +27,7 @@ class Compared:
     label: str
     envs: dict[str, EnvSpec] = field(default_factory=dict)
     data: dict[tuple[str, str], DataItem] | None = None
-    cells: list[dict] | None = None  # [{"index", "source", "packages", "files"}] from summary.json
+    cells: list[CellUse] | None = None  # summary.json's per-cell use
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def load_compared(path: str | Path) -> Compared:
         compared.data = parse_data(data)
     summary = root / "audit" / "summary.json" if (root / "audit").is_dir() else p / "summary.json"
     if summary.exists():
-        compared.cells = _cells_of(summary)
+        compared.cells = load_summary(summary).cells
     return compared
 
 
@@ -100,15 +100,6 @@ def _looks_like_data(path: Path) -> bool:
     doc = load_yaml(path)
     return isinstance(doc, dict) and ("profiles" in doc or "data" in doc) \
         and "dependencies" not in doc
-
-
-def _cells_of(summary: Path) -> list[dict] | None:
-    try:
-        doc = json.loads(summary.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{summary}: not readable JSON: {exc}") from None
-    cells = doc.get("cells")
-    return cells if isinstance(cells, list) else None
 
 
 # ---------------------------------------------------------------- comparing
@@ -189,19 +180,20 @@ def _data_desc(item: DataItem | None) -> str:
     return " ".join(p for p in parts if p)
 
 
-def compare_cells(a: list[dict], b: list[dict]) -> list[Change]:
+def compare_cells(a: list[CellUse], b: list[CellUse]) -> list[Change]:
     """Per cell (matched by position and source): packages and files that came or went."""
     changes = []
     for ca, cb in zip(a, b, strict=False):  # cells added at the end are not compared
-        if ca.get("source") != cb.get("source"):
+        if ca.source != cb.source:
             continue  # the cell itself changed: not the same cell to compare
-        label = f"cell {cb.get('index')}"
-        for what in ("packages", "files"):
-            before, after = set(ca.get(what) or ()), set(cb.get(what) or ())
+        label = f"cell {cb.index}"
+        for what, was, now in (("package", ca.packages, cb.packages),
+                               ("file", ca.files, cb.files)):
+            before, after = set(was), set(now)
             for item in sorted(after - before):
-                changes.append(Change("cell", "manager", label, f"{what[:-1]} appeared", "", item))
+                changes.append(Change("cell", "manager", label, f"{what} appeared", "", item))
             for item in sorted(before - after):
-                changes.append(Change("cell", "manager", label, f"{what[:-1]} disappeared",
+                changes.append(Change("cell", "manager", label, f"{what} disappeared",
                                       item, ""))
     return changes
 

@@ -112,7 +112,8 @@ def test_per_cell_changes_matched_by_position_and_source(tmp_path: Path) -> None
     def audit(folder: Path, cells: list[dict]) -> Path:
         write_env(folder, BASE)
         (folder / "audit").mkdir()
-        (folder / "audit" / "summary.json").write_text(json.dumps({"cells": cells}))
+        (folder / "audit" / "summary.json").write_text(json.dumps(
+            {"schema": 1, "status": "complete", "cells": cells}))
         return folder
 
     a = audit(tmp_path / "a", [{"index": 0, "source": "import x", "packages": ["x"]},
@@ -122,6 +123,27 @@ def test_per_cell_changes_matched_by_position_and_source(tmp_path: Path) -> None
                                {"index": 1, "source": "g()", "packages": []}])
     changes = [(c.name, c.change, c.after) for c in diff(a, b).changes if c.section == "cell"]
     assert changes == [("cell 0", "package appeared", "z")]  # cell 1's source changed
+
+
+@pytest.mark.parametrize("summary, message", [
+    ('{"schema": 1, "status": "complete", "cells": [1]}', "key 'cells[0]'"),
+    ('{"schema": 1, "status": "complete", "cells": [{"index": 0, "source": "x", '
+     '"packages": "numpy"}]}', "key 'cells[0].packages': a list of strings"),
+    ('{"status": "complete", "cells": []}', "key 'schema'"),
+    ('[1]', "expected a JSON object"),
+    ('{"cells": [', "valid JSON"),
+])
+def test_malformed_summary_names_the_file(tmp_path: Path, summary: str, message: str) -> None:
+    """diff reads summary.json through its model: a summary it cannot read is one error
+    naming the file and the key, not a crash in the comparison."""
+    good = write_env(tmp_path / "good", BASE)
+    bad = write_env(tmp_path / "bad", BASE)
+    (bad / "audit").mkdir()
+    (bad / "audit" / "summary.json").write_text(summary)
+    with pytest.raises(UsageError) as err:
+        diff(good, bad)
+    assert str(bad / "audit" / "summary.json") in str(err.value), err.value
+    assert message in str(err.value), err.value
 
 
 @pytest.mark.parametrize("body, message", [

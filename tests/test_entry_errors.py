@@ -2,8 +2,9 @@
 point, printed as one line (what failed, where the traceback is, please report it) with exit
 status 1, and its traceback is written to a crash log. Bad input stays exit 2.
 
-The faults are real, not mocks of our code: a backpack whose audit/summary.json is valid JSON
-of the wrong shape reaches code that trusts its shape.
+The faults are real, not mocks of our code: a record whose session.json, or a backpack whose
+audit/summary.json, is valid JSON of the right schema but of the wrong shape in a part its
+model does not type reaches code that trusts that shape.
 """
 
 from __future__ import annotations
@@ -54,32 +55,46 @@ def summary_backpack(root: Path, summary: object) -> Path:
     return root
 
 
+def bad_pool_record(folder: Path) -> Path:
+    """A record whose session.json lists its worker pool's processes as a number: the session
+    model keeps `pool` as written, so derive fails in its own code (emit/sides.py)."""
+    folder.mkdir()
+    (folder / "session.json").write_text(json.dumps(
+        {"schema": 1, "backend": "hooks", "kernel": {}, "notebook": str(folder / "nb.ipynb"),
+         "status": "complete", "pool": {"processes": 5}}))
+    return folder
+
+
 def test_flo_audit_internal_error_is_one_line_and_a_log(tmp_path: Path) -> None:
-    good = summary_backpack(tmp_path / "good", {})
-    bad = summary_backpack(tmp_path / "bad", [1])  # JSON, but not the object it must be
+    record = bad_pool_record(tmp_path / "record")
+    derive = [*FLO_AUDIT, "derive", str(record), "-o", str(tmp_path / "out")]
     state = tmp_path / "state"
-    done = run([*FLO_AUDIT, "diff", str(good), str(bad)], {"XDG_STATE_HOME": str(state)},
-               tmp_path)
+    done = run(derive, {"XDG_STATE_HOME": str(state)}, tmp_path)
     text = crash_log(done, "flo-audit", state / "flo-backpack" / "crashes")
-    assert "AttributeError" in done.stderr, done.stderr
-    assert text.startswith(f"command: flo-audit diff {good} {bad}\n"), text[:200]
-    assert "Traceback (most recent call last)" in text and "AttributeError" in text, text
+    assert "TypeError" in done.stderr, done.stderr
+    assert text.startswith(f"command: flo-audit derive {record} -o {tmp_path / 'out'}\n"), \
+        text[:200]
+    assert "Traceback (most recent call last)" in text and "TypeError" in text, text
 
     # No writable state folder (XDG_STATE_HOME under a file): the log goes to the tmp folder.
     (tmp_path / "a-file").write_text("")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    done = run([*FLO_AUDIT, "diff", str(good), str(bad)],
-               {"XDG_STATE_HOME": str(tmp_path / "a-file" / "state"), "TMPDIR": str(tmp)},
-               tmp_path)
+    done = run(derive, {"XDG_STATE_HOME": str(tmp_path / "a-file" / "state"),
+                        "TMPDIR": str(tmp)}, tmp_path)
     assert "Traceback (most recent call last)" in crash_log(
         done, "flo-audit", tmp / "flo-backpack-crashes")
 
-    # Bad input is still a FloError: exit 2, one line, no crash log.
-    done = run([*FLO_AUDIT, "diff", str(good), str(tmp_path / "missing")],
-               {"XDG_STATE_HOME": str(state)}, tmp_path)
-    assert done.returncode == 2 and "internal error" not in done.stderr, done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    # Bad input is still a FloError: exit 2, one line, no crash log; a summary.json of the
+    # wrong shape is bad input too (diff reads it through the summary model).
+    good = summary_backpack(tmp_path / "good", {"schema": 1, "status": "complete"})
+    bad = summary_backpack(tmp_path / "bad", [1])
+    for argv in ([*FLO_AUDIT, "diff", str(good), str(tmp_path / "missing")],
+                 [*FLO_AUDIT, "diff", str(good), str(bad)]):
+        done = run(argv, {"XDG_STATE_HOME": str(state)}, tmp_path)
+        assert done.returncode == 2 and "internal error" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert str(bad / "audit" / "summary.json") in done.stderr, done.stderr
     assert len(list((state / "flo-backpack" / "crashes").iterdir())) == 1
 
 

@@ -3,9 +3,10 @@
 Written by flo-audit's derive (auditor/emit/report.py builds it; auditor/emit/data/,
 the minimize and verify steps add their parts) and printed by `flo-audit --json`; read back by
 flo-run (which notebook the audit ran, whether the run completed, what the notebook wrote),
-by `--verify` and by `flo-audit cells`. Schema 1 is the first and only one; a summary of a
-newer schema is refused with a line saying to upgrade, one without a schema number (or of an
-older, unknown one) with a line saying to re-derive.
+by `--verify`, by `flo-audit cells` and by `flo-audit diff` (what each cell used: `cells`).
+Schema 1 is the first and only one; a summary of a newer schema is refused with a line saying
+to upgrade, one without a schema number (or of an older, unknown one) with a line saying to
+re-derive.
 
 `Summary` types the parts other commands read; `doc` keeps the whole object as written, so a
 reader of this version loses nothing a newer writer added.
@@ -27,6 +28,39 @@ SUMMARY = "audit/summary.json"
 SCHEMA = 1
 
 
+@dataclass(frozen=True)
+class CellUse:
+    """One code cell's line of summary.json's `cells`: what it used (emit/report.py)."""
+
+    index: int  # the cell's notebook index (markdown cells counted)
+    source: str
+    packages: tuple[str, ...] = ()  # the distributions it used, by name
+    files: tuple[str, ...] = ()  # the workflow and unknown files it read
+
+    @classmethod
+    def from_json(cls, doc: Any, path: str | os.PathLike[str], key: str) -> CellUse:
+        """The cell in `doc`; SpecError naming `path` and `key` (`cells[2]`) when it is not one."""
+        if not isinstance(doc, dict):
+            raise SpecError(path, key, "an object with index, source, packages, files",
+                            type(doc).__name__)
+        index, source = doc.get("index"), doc.get("source")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise SpecError(path, f"{key}.index", "the cell's index (an integer)", repr(index))
+        if not isinstance(source, str):
+            raise SpecError(path, f"{key}.source", "the cell's source (a string)",
+                            repr(source)[:60])
+        return cls(index, source, _names(doc, "packages", path, key),
+                   _names(doc, "files", path, key))
+
+
+def _names(doc: dict[str, Any], name: str, path: str | os.PathLike[str],
+           key: str) -> tuple[str, ...]:
+    value = doc.get(name) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SpecError(path, f"{key}.{name}", "a list of strings", repr(value)[:60])
+    return tuple(value)
+
+
 @dataclass
 class Summary:
     notebook: str | None  # the workflow the audit ran (absolute, at audit time)
@@ -38,6 +72,8 @@ class Summary:
     verify: dict[str, Any] | None = None  # the last --verify verdict, when there was one
     #: Per role ("manager", "worker"): the processes, who started the workers, their tools.
     roles: dict[str, Any] = field(default_factory=dict)
+    #: Per code cell, what it used; None when the summary lists no cells.
+    cells: list[CellUse] | None = None
     doc: dict[str, Any] = field(default_factory=dict)  # the whole object, as read
 
     @property
@@ -68,11 +104,16 @@ class Summary:
         roles = doc.get("roles", {})
         if not isinstance(roles, dict) or not all(isinstance(r, dict) for r in roles.values()):
             raise SpecError(path, "roles", "an object of role -> object", repr(roles)[:60])
+        cells = doc.get("cells")
+        if cells is not None and not isinstance(cells, list):
+            raise SpecError(path, "cells", "a list of cells", type(cells).__name__)
         return cls(notebook=notebook if isinstance(notebook, str) and notebook else None,
                    status=status, complete=bool(doc.get("complete", status == Status.COMPLETE)),
                    failed_cell=failed if isinstance(failed, dict) else None,
                    data=data if isinstance(data, dict) else {},
                    verify=verify if isinstance(verify, dict) else None, roles=roles,
+                   cells=None if cells is None else [
+                       CellUse.from_json(c, path, f"cells[{i}]") for i, c in enumerate(cells)],
                    doc=doc)
 
 
@@ -103,6 +144,13 @@ def read_summary(root: str | os.PathLike[str]) -> Summary | None:
     path = Path(root) / SUMMARY
     if not path.exists():
         return None
+    return load_summary(path)
+
+
+def load_summary(path: str | os.PathLike[str]) -> Summary:
+    """The summary in the file `path` (an audit folder's summary.json, wherever it lies);
+    SpecError naming the file when it is unreadable, not JSON or not a summary."""
+    path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
