@@ -23,7 +23,7 @@ from auditor.common.crash import last_resort
 from auditor.common.errors import FloError, UsageError
 
 from . import api
-from .site_args import ENGINES, site_arguments, site_options
+from .deploy_args import BUILDERS, deploy_arguments, deploy_options
 
 if TYPE_CHECKING:
     from .data import FetchReport, VerifyReport
@@ -47,19 +47,7 @@ def _parser() -> argparse.ArgumentParser:
                            "anything is built, fetched or started (disk, cores, memory, batch "
                            "commands, scheduler port, interpreters, pins for this platform)")
     check.add_argument("backpack")
-    check.add_argument("--engine", default="auto", choices=ENGINES,
-                       help="the engine the run would use (as flo-run BP --engine)")
-    site_arguments(check)
-    check.add_argument("--workers", type=int, help="workers the run would start")
-    check.add_argument("--scratch-dir", help="where the run folder would go")
-    check.add_argument("--cache-dir", help="environment cache")
-    check.add_argument("--host", help="the scheduler's address (default: the site file's "
-                       "host or interface, else loopback)")
-    check.add_argument("--scheduler-port", type=int, default=0,
-                       help="the scheduler's port (default: any free one)")
-    check.add_argument("--python", help="interpreter to build environments on")
-    check.add_argument("--builder", default="auto", choices=("auto", "uv", "pip", "conda"))
-    check.add_argument("--profile", help="data.yml profile")
+    deploy_arguments(check)  # the flags of the run it checks
     check.add_argument("--json", action="store_true", help="print a JSON result")
 
     env = sub.add_parser("env", help="build (or list, or prune) the cached environments")
@@ -75,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "$XDG_CACHE_HOME/flo-backpack/envs, else "
                                          "~/.cache/flo-backpack/envs)")
     env.add_argument("--python", help="interpreter to build on (must match python= if pinned)")
-    env.add_argument("--builder", default="auto", choices=("auto", "uv", "pip", "conda"),
+    env.add_argument("--builder", default="auto", choices=BUILDERS,
                      help="how to build: auto (default) uses micromamba/mamba/conda when the "
                           "spec has conda pins and one is installed, else uv")
     env.add_argument("--json", action="store_true", help="print a JSON result")
@@ -142,12 +130,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from .run import RunOptions, check_run
-    from .site_args import site_options
 
-    report = check_run(RunOptions(
-        backpack=Path(args.backpack), workers=args.workers, port=args.scheduler_port,
-        python=args.python, builder=args.builder, profile=args.profile,
-        **site_options(args)))
+    report = check_run(RunOptions(backpack=Path(args.backpack), **deploy_options(args)))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -260,7 +244,7 @@ def _data(args: argparse.Namespace) -> int:
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flo-run", description="Run a backpack: headless with --execute, else JupyterLab. "
-        "Subcommands: validate, fetch, verify, env (flo-run validate -h).")
+        "Subcommands: validate, check, fetch, verify, env (flo-run check -h).")
     p.add_argument("backpack")
     p.add_argument("--execute", action="store_true",
                    help="run the notebook headless and write the executed notebook")
@@ -268,29 +252,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                    metavar=("NAME", "VALUE"), help="papermill-style parameter; VALUE is a "
                    "Python literal when it parses as one, else a string")
-    p.add_argument("--workers", type=int, help="workers to start (default: min-workers)")
-    p.add_argument("--scratch-dir", help="where run folders live (default $FLO_SCRATCH_DIR or "
-                   "TMPDIR/flo-run; environments go under it too unless --cache-dir)")
-    p.add_argument("--cache-dir", help="environment cache (default: $FLO_CACHE_DIR, else "
-                   "SCRATCH/envs when --scratch-dir is given, else "
-                   "$XDG_CACHE_HOME/flo-backpack/envs, else ~/.cache/flo-backpack/envs)")
+    deploy_arguments(p)
     p.add_argument("--keep", action="store_true", help="leave the run folder in place")
-    p.add_argument("--host", help="address the scheduler, workers and JupyterLab listen on "
-                   "(default: the site file's host or interface, else loopback)")
-    p.add_argument("--scheduler-port", type=int, default=0, metavar="PORT",
-                   help="port the Dask scheduler listens on (default: any free one)")
-    p.add_argument("--engine", default="auto", choices=ENGINES,
-                   help="where workers run: processes here (dask-local), batch jobs (slurm, "
-                   "pbs, sge, htcondor, lsf; need flo-backpack[slurm]), or none provisioned "
-                   "because the notebook starts its own (notebook); auto (default): notebook "
-                   "when the audit saw the notebook start its own workers, else the site "
-                   "file's batch system, else dask-local")
-    site_arguments(p)
-    p.add_argument("--profile", help="data.yml profile")
-    p.add_argument("--python", help="interpreter to build environments on")
-    p.add_argument("--builder", default="auto", choices=("auto", "uv", "pip", "conda"),
-                   help="environment builder: auto (default) uses micromamba/mamba/conda when "
-                   "a spec has conda pins and one is installed, else uv")
     p.add_argument("--timeout", type=float, help="seconds a cell may run (default: no limit)")
     p.add_argument("--cell", type=int, metavar="N", help="with --execute: run only cell N and "
                    "the cells it depends on (audit/cells.yml's graph); 0-based, markdown counted")
@@ -318,9 +281,7 @@ def _run(argv: Sequence[str]) -> int:
         backpack=Path(args.backpack), execute=args.execute,
         output=Path(args.output) if args.output else None,
         parameters={name: parse_value(value) for name, value in args.parameter},
-        workers=args.workers, keep=args.keep, port=args.scheduler_port, python=args.python,
-        profile=args.profile, timeout=args.timeout, builder=args.builder, cell=args.cell,
-        **site_options(args))
+        keep=args.keep, timeout=args.timeout, cell=args.cell, **deploy_options(args))
     err = Console(stderr=True, highlight=False)
     say = (lambda _: None) if args.json else (lambda text: err.print(f"[dim]{text}[/dim]"))
 

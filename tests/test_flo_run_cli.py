@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -134,3 +135,23 @@ def test_run_form_reaches_the_runner(good: Path, capsys) -> None:
     # by the runner's options (a usage error, before any work).
     assert main([str(good), "-o", "out.ipynb"]) == 2
     assert "-o goes with --execute" in capsys.readouterr().err
+
+
+def test_run_and_check_take_the_same_deploy_flags() -> None:
+    """`flo-run check BP` checks the run `flo-run BP` would make: every deploy flag is on both,
+    with one help text and one default; only the run's own flags (-o, --keep, ...) differ."""
+    from provisioner.cli import _parser, _run_parser
+
+    def flags(parser: argparse.ArgumentParser) -> dict[str, tuple]:
+        return {opt: (a.dest, a.help, a.default, a.choices) for a in parser._actions
+                for opt in a.option_strings}
+
+    [sub] = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    check, run = flags(sub.choices["check"]), flags(_run_parser())
+    shared = {"--engine", "--site", "--queue", "--partition", "--account", "--walltime",
+              "--workers", "--scratch-dir", "--cache-dir", "--host", "--scheduler-port",
+              "--python", "--builder", "--profile", "--json", "-h", "--help"}
+    assert set(check) == shared, set(check) ^ shared
+    assert {opt: run[opt] for opt in shared} == check
+    assert set(run) - shared == {"--execute", "-o", "--output", "-p", "--parameter", "--keep",
+                                 "--timeout", "--cell"}
