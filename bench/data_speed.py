@@ -40,8 +40,13 @@ def measure(record: Path, notebook_dir: Path, with_data: bool) -> None:
 
     if not with_data:
         class Ignore:
+            url_cells: dict[str, set[int]] = {}
+
             def note(self, event: object) -> None:
                 pass
+
+            def cell_uses(self) -> dict[str, tuple[set[int], set[int]]]:
+                return {}
 
             def draft(self, *args: object, **kwargs: object) -> DataDraft:
                 return DataDraft()
