@@ -130,7 +130,8 @@ def _diff_parser() -> argparse.ArgumentParser:
                     "Exit status like diff(1): 0 same, 1 different, 2 error.")
     parser.add_argument("a", metavar="A",
                         help="a backpack, an audit folder, an environment.yml or a data.yml")
-    parser.add_argument("b", metavar="B", nargs="?", help="the other side (not with --here)")
+    parser.add_argument("b", metavar="B", nargs="?",
+                        help="what to compare A with, one of the same (not with --here)")
     parser.add_argument("--here", action="store_true",
                         help="compare A's environments with an interpreter's installed packages")
     parser.add_argument("--python", metavar="PYTHON",
@@ -404,7 +405,7 @@ def _diff(argv: list[str]) -> int:
 
     args = _diff_parser().parse_args(argv)
     if args.here == (args.b is not None):
-        raise UsageError("give two sides to compare (A B), or one backpack with --here")
+        raise UsageError("give the two things to compare (A B), or one backpack with --here")
     if args.python and not args.here:
         raise UsageError("--python goes with --here")
     result = diff_here(args.a, args.python) if args.here else \

@@ -4,9 +4,9 @@ Pure functions over two executed notebooks, the audit record and the backpack's 
 that produced the re-executed notebook lives in `auditor.reproduce`. Cells are compared on
 their status and on what a reader sees as text: stream output (consecutive chunks joined, the
 split between messages is not deterministic), `text/plain` results, the error's name and
-value. Before comparing, both sides are normalised (`Normaliser`) so that what differs between
-any two runs (addresses, temp and run folders, environment prefixes, times, PIDs, ports) does
-not count (DESIGN.md rule 10).
+value. Before comparing, both notebooks are normalised (`Normaliser`) so that what differs
+between any two runs (addresses, temp and run folders, environment prefixes, times, PIDs,
+ports) does not count (DESIGN.md rule 10).
 """
 
 from __future__ import annotations

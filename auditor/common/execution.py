@@ -1,4 +1,4 @@
-"""How an execution of a notebook ended, in the words both sides use.
+"""How an execution of a notebook ended, in the words flo-audit and flo-run both use.
 
 The audit's recorder (auditor/record/session.py) and flo-run's runner (provisioner/runner.py)
 both run a notebook cell by cell under nbclient, and both report the end the same way: one
