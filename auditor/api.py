@@ -122,11 +122,13 @@ def own_code_dirs() -> list[str]:
             if (root / name).is_dir()]
 
 
-def record_events(record_dir: Path, backend: str) -> tuple[Iterator[Event], list[str]]:
-    """The record's events in time order: the tracer's, with the kernel's hook log merged in."""
+def record_events(record_dir: Path, backend: str,
+                  cwd: str | None = None) -> tuple[Iterator[Event], list[str]]:
+    """The record's events in time order: the tracer's, with the kernel's hook log merged in.
+    `cwd`: where the run ran (session.json's), for names the record gives relative to it."""
     from .record.base import get_tracer
 
-    tracer = get_tracer(backend)()
+    tracer = get_tracer(backend)(cwd)
     events: Iterator[Event] = iter(tracer.events(record_dir))
     if backend != "hooks" and (record_dir / "hooks.jsonl").exists():
         from .record.hooks import hook_events
@@ -214,7 +216,7 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     if saved_counts is None:
         saved_counts = _saved_counts(record_dir, notebook, cell_sources)
 
-    events, warnings = record_events(record_dir, session.backend)
+    events, warnings = record_events(record_dir, session.backend, session.cwd or None)
     cell_of_seq = session.cell_of_seq
     tracker = RoleTracker(session.kernel_pid, session.tracer_pid, pool_roots(session))
     observer = _Observer(tracker)

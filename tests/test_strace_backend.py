@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from auditor.api import record_events
 from auditor.common.errors import RecordFormatError
 from auditor.common.process import run
 from auditor.events import Access, CellMark, Exec, Exit, Spawn
@@ -109,16 +110,23 @@ def test_seccomp_fallback_is_reported(tmp_path):
     assert "\n" not in warnings[0]
 
 
-def test_events_use_the_session_cwd(tmp_path):
-    (tmp_path / "session.json").write_text(json.dumps({"schema": 1, "cwd": "/home/u/nb"}))
+def test_events_use_the_cwd_derive_passes(tmp_path):
+    """The run's cwd comes from session.json as derive read it (record_events), not from a
+    second read of the file: the tracer is told it, and reads no session.json itself."""
     (tmp_path / "trace.strace").write_text(
         '10  1.5 open("data/x.csv", O_RDONLY) = 3</home/u/nb/data/x.csv>\n'
         '10  1.6 +++ exited with 0 +++\n')
-    tracer = StraceTracer()
+    tracer = StraceTracer(cwd="/home/u/nb")
     events = list(tracer.events(tmp_path))
     assert events[0] == Access(10, "/home/u/nb/data/x.csv", "r", "/home/u/nb/data/x.csv", 1.5,
                                given="data/x.csv")
     assert tracer.parser is not None and tracer.parser.skipped == 0
+    # A session.json beside the trace is not read: a tracer told no cwd leaves the relative
+    # name relative, and only the cwd derive passes counts.
+    (tmp_path / "session.json").write_text(json.dumps({"schema": 1, "cwd": "/elsewhere"}))
+    assert next(iter(StraceTracer().events(tmp_path))).path == "data/x.csv"
+    events, _ = record_events(tmp_path, "strace", "/home/u/nb")
+    assert next(events).path == "/home/u/nb/data/x.csv"
 
 
 def test_missing_trace_is_a_clear_error(tmp_path):

@@ -28,6 +28,11 @@ class Tracer(ABC):
     #: One line shown when this backend is chosen as a fallback: what it cannot see.
     cannot_see: ClassVar[str] = ""
 
+    def __init__(self, cwd: str | None = None) -> None:
+        """`cwd`: where the recorded run ran (session.json's `cwd`, read by derive), for a
+        record that names paths relative to it; None when recording."""
+        self.cwd = cwd
+
     @classmethod
     def unavailable(cls) -> str | None:
         """None when the backend can run here, else the reason it cannot."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import re
 import signal
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from .strace_parse import StraceParser
 
 TRACE_FILE = "trace.strace"
 STDERR_FILE = "kernel.stderr"
-SESSION_FILE = "session.json"
 
 SYSCALLS = (
     "open", "openat", "openat2", "creat",
@@ -63,7 +61,8 @@ class StraceTracer(Tracer):
     name = "strace"
     cannot_see = ""
 
-    def __init__(self) -> None:
+    def __init__(self, cwd: str | None = None) -> None:
+        super().__init__(cwd)
         #: The parser of the last `events` call: `.skipped` counts lines it could not read.
         self.parser: StraceParser | None = None
 
@@ -90,10 +89,9 @@ class StraceTracer(Tracer):
         if not trace.is_file():
             raise RecordFormatError(f"{trace} is missing: the audit was not recorded with the "
                                     "strace backend, or the record folder is incomplete")
-        cwd = _session_cwd(Path(record_dir))
         streams, self.parser = [], None
         for path in record_files(Path(record_dir), ".strace"):
-            parser = StraceParser(cwd)
+            parser = StraceParser(self.cwd)
             self.parser = self.parser or parser  # the kernel's, for `.skipped`
             streams.append(self._stream(path, parser))
         return merge_by_time(streams)
@@ -130,12 +128,6 @@ def _first_match(path: Path, max_lines: int | None) -> str | None:
     return None
 
 
-def _session_cwd(record_dir: Path) -> str | None:
-    try:
-        cwd = json.loads((record_dir / SESSION_FILE).read_text(encoding="utf-8")).get("cwd")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return cwd if isinstance(cwd, str) else None
 
 
 @functools.cache
