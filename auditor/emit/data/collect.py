@@ -137,7 +137,8 @@ class DataCollector:
     def draft(self, roles: Roles | Mapping[int, str], *, workflow: Iterable[str] = (),
               started: float | None = None, progress: Progress | None = None,
               checksum_remote: bool = False) -> DataDraft:
-        """Classify what was seen, then hash and name the inputs.
+        """Look at the disk once, classify what was seen (pure), then size, hash and name the
+        inputs and draft the URLs.
 
         `roles`: an `auditor.roles.Roles`, or a mapping pid -> role for tests. Manager use
         outside cells is kernel machinery and does not count; a tool counts as the role of
