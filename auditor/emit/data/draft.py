@@ -1,5 +1,6 @@
 """What a data draft is made of: data.yml entries, the draft itself, one use of a path or URL,
-and how entries are named (collect.py collects and classifies; urls.py drafts the URLs)."""
+and how entries are named (collect.py collects, classify.py classifies, inputs.py hashes and
+names the inputs; urls.py drafts the URLs)."""
 
 from __future__ import annotations
 
