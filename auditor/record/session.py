@@ -7,22 +7,24 @@ Python-level events to hooks.jsonl (both in traced_kernel.py). The record folder
 session.json, executed.ipynb, hooks.jsonl, kernel.stderr and the tracer's raw record
 (docs/internals.md).
 
-However the run ends (a failing cell, a timeout, a dead kernel, Ctrl-C), no process the
-recorder started is left running when `record` returns or raises.
+The cells run in the execution core flo-run's runner uses too (auditor/common/execution.py:
+`run_cells` inside `run_stoppable`, from the kernel's start to the last cell); the recorder's
+after-cell hook snapshots the process tree and reads the --workers watch. However the run ends
+(a failing cell, a timeout, a dead kernel, SIGINT or SIGTERM), no process the recorder started
+is left running when `record` returns or raises.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import shutil
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +33,20 @@ from typing import TYPE_CHECKING, cast
 import nbformat
 import psutil
 from jupyter_core.utils import run_sync
-from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
 from ..backpack.session import Session, write_session
 from ..common.errors import Interrupted, RecordError
-from ..common.execution import FailedCell, Status
+from ..common.execution import (
+    STOP_SIGNALS,
+    CellProgress,
+    FailedCell,
+    Status,
+    notebook_client,
+    run_cells,
+    run_stoppable,
+)
 from ..common.interpreter import activated, require_module
 from ..common.process import parent_death
 from ..common.stale import owned_folder
@@ -81,11 +90,6 @@ del _flo_close_pools
 """
 
 
-#: on_cell(position, count, phase): `position` is the 0-based rank of the cell among the
-#: `count` cells that will run; phase is "start", then "end" or the run's failure status.
-CellProgress = Callable[[int, int, str], None]
-
-
 @dataclass
 class RecordOptions:
     """What to run and how. `cwd` defaults to the notebook's folder."""
@@ -116,16 +120,15 @@ def record(options: RecordOptions) -> Recording:
     """Execute the notebook under `options.tracer`, writing the record folder.
 
     A failing cell, a timeout or a dead kernel ends the run early and is reported in the
-    returned Recording's status; a missing kernel raises RecordError; Ctrl-C raises
+    returned Recording's status; a missing kernel raises RecordError; Ctrl-C or SIGTERM raises
     Interrupted. Every process started here is stopped before this returns or raises.
     """
     run = _Run(options)
     try:
-        run.start()
-        run.bootstrap()
-        run.execute_cells()
+        env = run.prepare()
+        run_stoppable(lambda: run.execute(env))
         run.shutdown()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the execution core's Stopped, or Ctrl-C outside it
         run.teardown()
         raise Interrupted("interrupted: the kernel and every process it started were "
                           "stopped; run flo-audit again to record") from None
@@ -151,7 +154,6 @@ class _Run:
         if options.python:
             require_module(options.python, "ipykernel", "a Jupyter kernel")
         self.nb = copy.deepcopy(options.notebook)
-        self.to_run = [i for i, cell in enumerate(self.nb.cells) if _will_run(cell)]
         self.code_cells = sum(1 for cell in self.nb.cells if cell.cell_type == "code")
         self.cells: list[tuple[int, int]] = []
         self.status = Status.COMPLETE
@@ -162,10 +164,8 @@ class _Run:
             tracer=options.tracer, record_dir=self.record_dir, python=options.python,
             kernel_name=self.kernel_name)
         self.km.connection_file = os.path.join(self.connection_dir, "kernel.json")
-        timeout = None if options.timeout is None else max(1, math.ceil(options.timeout))
-        self.client = NotebookClient(self.nb, km=self.km, timeout=timeout, startup_timeout=120,
-                                     kernel_name=self.kernel_name, allow_errors=False,
-                                     resources={"metadata": {"path": str(self.cwd)}})
+        self.client = notebook_client(self.nb, self.km, cwd=self.cwd, timeout=options.timeout,
+                                      startup_timeout=120, kernel_name=self.kernel_name)
         self.stderr = open(self.record_dir / KERNEL_STDERR, "wb")  # noqa: SIM115
         self.started = time.time()
         self.ended = self.started
@@ -176,20 +176,29 @@ class _Run:
             workers=options.workers, kernel_name=self.kernel_name, python=options.python,
             tracer=options.tracer, record_dir=self.record_dir, cwd=self.cwd, roots=self.tree.roots)
 
-    def start(self) -> None:
+    def prepare(self) -> dict[str, str]:
+        """Watch the process tree and start the companions; returns the kernel's environment."""
         env = {**os.environ, **self.options.env, TOKEN_VARIABLE: self.tree.token}
         if self.options.python:  # the kernel's environment, as if activated
             env = activated(env, self.options.python)
         self.tree.start_watching()
-        env = self.companions.start(env)
+        return self.companions.start(env)
+
+    async def execute(self, env: dict[str, str]) -> None:
+        """From the kernel's start to the last cell (run by `run_stoppable`)."""
+        await self.start(env)
+        await self.bootstrap()
+        await self.execute_cells()
+
+    async def start(self, env: dict[str, str]) -> None:
         try:
             # The tracer (or, with hooks, the kernel) dies with us, even on SIGKILL.
-            self.client.start_new_kernel(cwd=str(self.cwd), env=env, stdout=self.stderr,
-                                         stderr=self.stderr, preexec_fn=parent_death(
-                                             self.options.tracer.death_signal()))
+            await self.client.async_start_new_kernel(
+                cwd=str(self.cwd), env=env, stdout=self.stderr, stderr=self.stderr,
+                preexec_fn=parent_death(self.options.tracer.death_signal()))
             self._remember_kernel()
-            self.client.start_new_kernel_client()
-        except (KeyboardInterrupt, RecordError):
+            await self.client.async_start_new_kernel_client()
+        except RecordError:
             raise
         except Exception as exc:
             raise RecordError(f"the kernel did not start ({exc}); see "
@@ -202,15 +211,15 @@ class _Run:
             self.launched_pid = pid
             self.tree.add_root(pid)
 
-    def bootstrap(self) -> None:
+    async def bootstrap(self) -> None:
         config = {"log": str(self.record_dir / HOOK_LOG),
                   "marks": self.options.tracer.name != "hooks"}
         code = bootstrap_code(config, self.options.user_file)
         # nbclient stores the executed cell back at its index: lend it a slot past the end.
         self.nb.cells.append(nbformat.v4.new_code_cell(code))
         try:
-            self.client.execute_cell(self.nb.cells[-1], len(self.nb.cells) - 1,
-                                     store_history=False)
+            await self.client.async_execute_cell(self.nb.cells[-1], len(self.nb.cells) - 1,
+                                                 store_history=False)
         except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
             raise RecordError(f"could not attach the kernel side ({exc}); the kernel's Python "
                               "must be CPython 3.8 or newer"
@@ -221,43 +230,24 @@ class _Run:
         if self.kernel_pid:
             self.tree.add_root(self.kernel_pid)
 
-    def execute_cells(self) -> None:
+    async def execute_cells(self) -> None:
         pool = self.companions.pool
         watch = WorkerWatch(pool, self.kernel_pid) if pool and self.kernel_pid else None
+
+        def after_cell(index: int) -> tuple[Status, FailedCell] | None:
+            died = None
+            if watch is not None and watch.dead is not None:
+                died = Status.WORKER_DIED, FailedCell(index, "WorkerDied", watch.message())
+            self.tree.snapshot()
+            return died
+
         try:
-            self._execute_cells(watch)
+            ran = await run_cells(self.client, timeout=self.options.timeout,
+                                  on_cell=self.options.on_cell, after_cell=after_cell)
         finally:
             if watch is not None:
                 watch.stop()
-
-    def _execute_cells(self, watch: WorkerWatch | None) -> None:
-        count = len(self.to_run)
-        for seq, index in enumerate(self.to_run):
-            self._progress(seq, count, "start")
-            self.cells.append((seq, index))
-            try:
-                self.client.execute_cell(self.nb.cells[index], index)
-            except CellTimeoutError:
-                self._fail(Status.TIMEOUT, index, "CellTimeoutError",
-                           f"the cell ran longer than {self.options.timeout:g} s")
-            except CellExecutionError as exc:
-                self._fail(Status.FAILED, index, exc.ename, exc.evalue)
-            except DeadKernelError as exc:
-                self._fail(Status.KERNEL_DIED, index, "DeadKernelError", str(exc) or "kernel died")
-            if watch is not None and watch.dead is not None:
-                self._fail(Status.WORKER_DIED, index, "WorkerDied", watch.message())
-            self.tree.snapshot()
-            self._progress(seq, count, "end" if self.status == Status.COMPLETE else self.status)
-            if self.status != Status.COMPLETE:
-                break
-
-    def _fail(self, status: Status, index: int, ename: str, evalue: str) -> None:
-        self.status = status
-        self.failed = FailedCell(index, ename, evalue)
-
-    def _progress(self, position: int, count: int, phase: str) -> None:
-        if self.options.on_cell is not None:
-            self.options.on_cell(position, count, phase)
+        self.cells, self.status, self.failed = ran.cells, ran.status, ran.failed
 
     def shutdown(self) -> None:
         """Ask the kernel to quit and wait for it, so its exit handlers flush the hook log.
@@ -306,7 +296,7 @@ class _Run:
 
     def teardown(self) -> None:
         """Kill what is still running, close channels and files; safe to call after errors."""
-        with _sigint_ignored():
+        with _signals_held():
             self.ended = self.closing or time.time()
             self.companions.stop()
             try:
@@ -359,20 +349,16 @@ class _Run:
         return f": {lines[-1].strip()}" if lines else ""
 
 
-def _will_run(cell: NotebookNode) -> bool:
-    """Whether nbclient sends this cell to the kernel (it skips these silently)."""
-    return (cell.cell_type == "code" and bool(cell.source.strip())
-            and "skip-execution" not in cell.get("metadata", {}).get("tags", []))
-
-
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Let teardown finish even if Ctrl-C is pressed again."""
+def _signals_held() -> Iterator[None]:
+    """Let teardown finish even if Ctrl-C is pressed again or SIGTERM comes (flo-audit's own
+    SIGTERM handler raises KeyboardInterrupt, as Ctrl-C does)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
