@@ -10,18 +10,16 @@ written whatever happens to the cells; `Execution.status` says how it ended. A k
 cannot start is a `KernelStartFailed` naming the environment and the kernel log, and nothing
 is written.
 
-SIGINT and SIGTERM during execution: nbclient installs its own event-loop handlers for both, which
-only start a kernel shutdown and let the cell wait go on (flo-run kept running for minutes). Our
-client replaces them with handlers that end the execution at once; `execute` then writes the
-notebook as far as it ran and raises `ExecutionStopped` (a KeyboardInterrupt), and puts back the
-process's own handlers, which nbclient would leave at the defaults.
+The cells run in the execution core the audit's recorder uses too
+(`auditor.common.execution`: `run_cells` inside `run_stoppable`). SIGINT and SIGTERM during
+execution end it at once; `execute` then writes the notebook as far as it ran and raises
+`ExecutionStopped` (a KeyboardInterrupt).
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
-import atexit
 import json
 import os
 import secrets
@@ -36,25 +34,30 @@ import urllib.request
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import nbformat
 
 from auditor.backpack.workflow import load_workflow
 from auditor.common.errors import FloError
-from auditor.common.execution import FailedCell, Status
+from auditor.common.execution import (
+    SKIP_TAG,
+    CellProgress,
+    CellsRun,
+    FailedCell,
+    Status,
+    Stopped,
+    notebook_client,
+    run_cells,
+    run_stoppable,
+)
 from auditor.common.interpreter import activated
 from auditor.common.process import parent_death
 
 from .engines.base import env_prefix, free_port, wait_for
 
 if TYPE_CHECKING:
-    from types import FrameType
-
-    from jupyter_client.client import KernelClient
-
-    #: What signal.signal takes and getsignal returns (typeshed's private _HANDLER).
-    SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+    from nbclient import NotebookClient
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -78,13 +81,13 @@ class KernelStartFailed(RunnerError):
         self.environment, self.log, self.cause = environment, log, cause
 
 
-class ExecutionStopped(KeyboardInterrupt):
+class ExecutionStopped(Stopped):
     """SIGINT or SIGTERM ended a headless execution; the kernel is stopped and `output` holds
-    the notebook as far as it ran (None if it could not be written)."""
+    the notebook as far as it ran (None if the kernel had not started)."""
 
     def __init__(self, signum: int, output: Path | None) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.output = signum, output
+        super().__init__(signum)
+        self.output = output
 
 
 def parse_value(text: str) -> object:
@@ -165,7 +168,7 @@ def kernel_environment(extra: Mapping[str, str]) -> dict[str, str]:
 def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
             env: Mapping[str, str] | None = None, parameters: Mapping[str, object] | None = None,
             timeout: float | None = None, kernel_log: Path | None = None,
-            on_cell: Callable[[int, int], None] | None = None,
+            on_cell: CellProgress | None = None,
             only: Collection[int] | None = None,
             before_cells: Callable[[], None] | None = None) -> Execution:
     """Execute `workflow` (a notebook, or a `.py` script read as the audit reads it) in a
@@ -175,75 +178,99 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
     kernel does not start, `UsageError` when the workflow cannot be read. `only`: the
     notebook indices of the code cells to run (the others keep no outputs); default all.
     `before_cells`: called once the kernel answers, before any cell runs (in a thread, so a
-    signal still stops the run); what it raises, `execute` raises, and writes nothing."""
+    signal still stops the run); what it raises, `execute` raises, and writes nothing.
+    `on_cell`: the execution core's progress callback, per cell start and end."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from nbclient.exceptions import DeadKernelError
 
     started = time.monotonic()
     loaded = load_workflow(workflow)
     nb = loaded.notebook
     skipped = _skip_all_but(nb, only) if only is not None else []
     inject_parameters(nb, parameters or {})
-    failed: list[FailedCell] = []
-
-    def cell_error(cell: nbformat.NotebookNode, cell_index: int, execute_reply: dict) -> None:
-        content = execute_reply.get("content", {})
-        failed.append(FailedCell(cell_index, content.get("ename", ""),
-                                 content.get("evalue", "")))
-
-    def cell_start(cell: nbformat.NotebookNode, cell_index: int) -> None:
-        if on_cell is not None:
-            on_cell(cell_index, len(nb.cells))
-
     # As under the audit: a script's cells see `__file__` (its copy in the run folder).
     user_file = Path(workflow).absolute() if loaded.kind == "py" else None
+    ready = False  # the kernel answered and before_cells passed: a notebook is written
+
     with tempfile.TemporaryDirectory(prefix="flo-run-kernelspec-") as specs:
         name = write_kernelspec(Path(specs), python, {})
-        # The async manager (and so an async client): a blocking client waits for kernel
-        # messages inside nbclient's event loop, where no signal handler can run.
         km = AsyncKernelManager(kernel_name=name,
                                 kernel_spec_manager=KernelSpecManager(kernel_dirs=[
                                     str(Path(specs) / "kernels")]))
-        client = _stoppable_client()(nb, km=km, timeout=timeout, kernel_name=name,
-                                resources={"metadata": {"path": str(cwd)}},
-                                on_cell_error=cell_error, on_cell_start=cell_start)
-        client.flo_user_file = user_file
-        client.flo_before_cells = before_cells
-        status, message = Status.COMPLETE, ""
+        client = notebook_client(nb, km, cwd=cwd, timeout=timeout, startup_timeout=60,
+                                 kernel_name=name)
         log = _open_log(kernel_log)
         streams = {"stdout": log, "stderr": log} if log else {}
-        handlers = _handlers()
-        try:
-            # The kernel dies with flo-run, even on SIGKILL (auditor.common.process.parent_death).
-            client.execute(env=activated(kernel_environment(env or {}), python),
-                           preexec_fn=parent_death(signal.SIGKILL), **streams)
-        except asyncio.CancelledError:  # our stop, before nbclient could turn it into an error
-            if client.flo_stopped_by is None:
-                raise
-        except BeforeCellsFailed as exc:
-            raise exc.cause from None
-        except CellExecutionError as exc:
-            status = Status.FAILED
-            message = _first_line(exc) if not failed else ""
-        except CellTimeoutError:
-            status, message = Status.TIMEOUT, f"a cell ran longer than {timeout:g} s"
-        except DeadKernelError as exc:
-            if not client.flo_kernel_ready:
+
+        async def work() -> tuple[Status, FailedCell | None, str]:
+            nonlocal ready
+            try:
+                # The kernel dies with flo-run, even on SIGKILL (auditor.common.process).
+                await client.async_start_new_kernel(
+                    env=activated(kernel_environment(env or {}), python),
+                    preexec_fn=parent_death(signal.SIGKILL), **streams)
+                await client.async_start_new_kernel_client()
+            except Exception as exc:  # RuntimeError (no kernel_info), OSError (no exec), ...
                 raise _start_failed(python, kernel_log, exc) from None
-            status, message = Status.KERNEL_DIED, f"the kernel died: {_first_line(exc)}"
-        except Exception as exc:  # start-up: RuntimeError (no kernel_info), OSError (no exec)
-            if client.flo_kernel_ready:
-                raise
-            raise _start_failed(python, kernel_log, exc) from None
+            if before_cells is not None:
+                await _in_thread(before_cells)
+            ready = True
+            try:
+                if user_file is not None:
+                    await _set_user_file(client, user_file)
+                await _language_info(client)
+                ran = await run_cells(client, timeout=timeout, on_cell=on_cell)
+            except DeadKernelError as exc:  # between cells: setting __file__, kernel_info
+                return Status.KERNEL_DIED, None, f"the kernel died: {_last_line(str(exc))}"
+            if ran.status == Status.COMPLETE:
+                client.set_widgets_metadata()
+            return ran.status, *_said(ran, timeout)
+
+        stopped: int | None = None
+        try:
+            ended = run_stoppable(work)
+        except Stopped as stop:
+            stopped = stop.signum
         finally:
-            written = _finish(client, km, handlers, log, skipped, nb, output)
-    if client.flo_stopped_by is not None:
-        raise ExecutionStopped(client.flo_stopped_by, written)
-    cell = failed[0] if failed else None
-    if status == Status.FAILED and cell is not None:
-        message = cell.line
+            written = _finish(km, log, skipped, nb, output if ready else None)
+    if stopped is not None:
+        raise ExecutionStopped(stopped, written)
+    status, cell, message = ended
     return Execution(output, status, time.monotonic() - started, cell, message)
+
+
+def _said(ended: CellsRun, timeout: float | None) -> tuple[FailedCell | None, str]:
+    """flo-run's words for how the cells ended: the cell that raised (for a failure only) and
+    the one-line message."""
+    failed = ended.failed
+    if ended.status == Status.FAILED and failed is not None:
+        return failed, failed.line
+    if ended.status == Status.TIMEOUT:
+        return None, f"a cell ran longer than {timeout:g} s"
+    if ended.status == Status.KERNEL_DIED and failed is not None:
+        return None, f"the kernel died: {_last_line(failed.evalue)}"
+    return None, ""
+
+
+async def _set_user_file(client: NotebookClient, user_file: Path) -> None:
+    kc = client.kc
+    assert kc is not None  # the client was started
+    code = f"get_ipython().user_ns['__file__'] = {str(user_file)!r}"
+    await client.async_wait_for_reply(kc.execute(code, silent=True, store_history=False))
+
+
+async def _language_info(client: NotebookClient) -> None:
+    """The kernel's language_info in the notebook's metadata, as nbclient's `execute` sets it."""
+    kc = client.kc
+    assert kc is not None
+    reply = await client.async_wait_for_reply(kc.kernel_info())
+    if reply is None:
+        return
+    if "language_info" not in reply["content"]:
+        raise RuntimeError("the kernel's kernel_info reply has no language_info: "
+                           f"{reply['content']}")
+    client.nb.metadata["language_info"] = reply["content"]["language_info"]
 
 
 def _open_log(kernel_log: Path | None) -> IO[bytes] | None:
@@ -254,34 +281,28 @@ def _open_log(kernel_log: Path | None) -> IO[bytes] | None:
     return open(kernel_log, "ab")  # noqa: SIM115 (closed by _finish, after the kernel)
 
 
-def _finish(client: Any, km: object, handlers: dict[int, SignalHandler], log: IO[bytes] | None,
-            skipped: list, nb: nbformat.NotebookNode, output: Path) -> Path | None:
-    """Whatever way `execute`'s run ended: the process's signal handlers back, the kernel shut
-    down, the kernel log closed, the skip tags taken off, and (once the kernel had started)
-    the executed notebook written. `client` is a `_stoppable_client()`. Returns the notebook
-    written, or None."""
-    _restore(handlers)
+def _finish(km: object, log: IO[bytes] | None, skipped: list, nb: nbformat.NotebookNode,
+            output: Path | None) -> Path | None:
+    """Whatever way `execute`'s run ended: the kernel shut down, the kernel log closed, the
+    skip tags taken off, and (`output`, once the kernel had started) the executed notebook
+    written. Returns the notebook written, or None."""
     _shutdown(km)
-    # nbclient leaves its atexit cleanup registered when the kernel did not start.
-    atexit.unregister(client._cleanup_kernel)
     if log is not None:
         log.close()
     for cell in skipped:
         _untag(cell)
-    if not client.flo_kernel_ready:
+    if output is None:
         return None
     output.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, output)
     return output
 
 
-#: nbclient does not execute a cell with this tag (its `skip_cells_with_tag` default).
-SKIP_TAG = "skip-execution"
-
-
 def _skip_all_but(nb: nbformat.NotebookNode, only: Collection[int]) -> list:
-    """Tag every code cell not in `only` for nbclient to skip; the notebook's metadata says
-    which ran. Returns the cells tagged here (a cell the author tagged already stays so)."""
+    """Tag every code cell not in `only` to be skipped (`auditor.common.execution.will_run`);
+    the notebook's metadata says which ran. Returns the cells tagged here (a cell the author
+    tagged already stays so). Tagged before the parameters are injected: `only` counts the
+    cells of the notebook as audited."""
     tagged = []
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code" or index in only:
@@ -305,7 +326,7 @@ def _start_failed(python: Path, kernel_log: Path | None, exc: BaseException
                   ) -> KernelStartFailed:
     """The one-line error for a kernel that never answered: the cause, preferring the last
     line the kernel itself wrote (`No module named ipykernel_launcher`) to nbclient's."""
-    cause = _first_line(exc)
+    cause = _last_line(str(exc)) or type(exc).__name__
     if kernel_log is not None and kernel_log.is_file():
         with open(kernel_log, "rb") as text:
             text.seek(max(0, kernel_log.stat().st_size - 4096))
@@ -314,65 +335,6 @@ def _start_failed(python: Path, kernel_log: Path | None, exc: BaseException
         if lines:
             cause = f"{cause}: {lines[-1]}"
     return KernelStartFailed(env_prefix(python), kernel_log, cause)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _stoppable_client() -> type:
-    """NotebookClient whose SIGINT/SIGTERM handlers stop the execution (see the module doc)."""
-    from nbclient import NotebookClient
-
-    class StoppableClient(NotebookClient):
-        flo_stopped_by: int | None = None
-        flo_kernel_ready = False  # it answered kernel_info: from here on a notebook is written
-        flo_user_file: Path | None = None
-        flo_before_cells: Callable[[], None] | None = None
-
-        async def async_start_new_kernel(self, **kwargs: object) -> None:
-            # Called right after nbclient's async_setup_kernel added its handlers: replace them.
-            loop, task = asyncio.get_running_loop(), asyncio.current_task()
-            assert task is not None  # called from inside nbclient's execution task
-            ignored = {s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN}
-            for signum in STOP_SIGNALS:
-                try:
-                    loop.add_signal_handler(signum, self._flo_stop, signum, task, ignored)
-                except (RuntimeError, ValueError):  # not the main thread: nbclient added none
-                    break
-            await super().async_start_new_kernel(**kwargs)
-
-        async def async_start_new_kernel_client(self) -> KernelClient:
-            kc = await super().async_start_new_kernel_client()
-            if self.flo_before_cells is not None:
-                try:
-                    await _in_thread(self.flo_before_cells)
-                except Exception as exc:  # noqa: BLE001 (raised by execute, as it was)
-                    raise BeforeCellsFailed(exc) from exc
-            self.flo_kernel_ready = True
-            if self.flo_user_file is not None:
-                code = f"get_ipython().user_ns['__file__'] = {str(self.flo_user_file)!r}"
-                await self.async_wait_for_reply(
-                    kc.execute(code, silent=True, store_history=False))
-            return kc
-
-        def _flo_stop(self, signum: signal.Signals, task: asyncio.Task,
-                      ignored: set[signal.Signals]) -> None:
-            if signum in ignored:  # e.g. SIGINT of a background job of a non-interactive shell
-                return
-            self.flo_stopped_by = self.flo_stopped_by or signum
-            self.shutdown_kernel = "immediate"
-            task.cancel()
-
-    return StoppableClient
-
-
-class BeforeCellsFailed(Exception):
-    """Carries what `execute`'s `before_cells` raised through nbclient, told apart from a
-    kernel that failed to start."""
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
 
 
 async def _in_thread(work: Callable[[], None]) -> None:
@@ -404,18 +366,6 @@ async def _in_thread(work: Callable[[], None]) -> None:
     await done
 
 
-def _handlers() -> dict[int, SignalHandler]:
-    """The process's SIGINT/SIGTERM handlers, to put back after nbclient removed its own."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-
-
-def _restore(handlers: dict[int, SignalHandler]) -> None:
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-
-
 def _shutdown(km: object) -> None:
     from jupyter_core.utils import run_sync
 
@@ -426,9 +376,10 @@ def _shutdown(km: object) -> None:
         pass
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
+def _last_line(text: str) -> str:
+    """The last line of an error's text that says something (its one-line cause)."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
 
 
 # ---------------------------------------------------------------- interactive
