@@ -1,4 +1,4 @@
-"""The one execution core of both sides: which cells run, running them, how a run ends.
+"""The one execution core of flo-audit and flo-run: which cells run, running them, how a run ends.
 
 The audit's recorder (auditor/record/session.py) and flo-run's runner (provisioner/runner.py)
 each start a kernel their own way (under a tracer; in the manager environment), then run the
