@@ -23,15 +23,16 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -39,6 +40,7 @@ from typing import IO, TYPE_CHECKING
 import nbformat
 
 from auditor.backpack.workflow import load_workflow
+from auditor.common import stale
 from auditor.common.errors import FloError
 from auditor.common.execution import (
     SKIP_TAG,
@@ -193,7 +195,10 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
     user_file = Path(workflow).absolute() if loaded.kind == "py" else None
     ready = False  # the kernel answered and before_cells passed: a notebook is written
 
-    with tempfile.TemporaryDirectory(prefix="flo-run-kernelspec-") as specs:
+    # An owned folder, not a TemporaryDirectory: if flo-run is SIGKILLed, the next flo-run
+    # removes it (stale.sweep), as it does the run folder.
+    stale.sweep(None, (stale.KERNELSPEC_PREFIX,))
+    with _removed_after(stale.owned_folder(stale.KERNELSPEC_PREFIX)) as specs:
         name = write_kernelspec(Path(specs), python, {})
         km = AsyncKernelManager(kernel_name=name,
                                 kernel_spec_manager=KernelSpecManager(kernel_dirs=[
@@ -271,6 +276,14 @@ async def _language_info(client: NotebookClient) -> None:
         raise RuntimeError("the kernel's kernel_info reply has no language_info: "
                            f"{reply['content']}")
     client.nb.metadata["language_info"] = reply["content"]["language_info"]
+
+
+@contextmanager
+def _removed_after(folder: Path) -> Iterator[Path]:
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _open_log(kernel_log: Path | None) -> IO[bytes] | None:

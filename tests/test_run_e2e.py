@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -529,10 +530,13 @@ def test_sigkill_mid_cell_leaves_nothing_running_and_the_next_run_sweeps(places)
         "part.write_text(json.dumps({'kernel': os.getpid(), 'workers': workers}))\n"
         f"part.rename({str(marker)!r})\ntime.sleep(600)"])
     scratch = places["base"] / "sigkill-scratch"  # this test's run folders only
+    tmp = places["base"] / "sigkill-tmp"  # and its temporary folder (the kernelspec's)
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmp)}
     argv = [*FLO_RUN, str(bp), "--execute", "-o", str(places["base"] / "sigkill-run.ipynb"),
             "--cache-dir", str(places["cache"]), "--scratch-dir", str(scratch)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            cwd=places["base"])
+                            cwd=places["base"], env=env)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not marker.exists():
@@ -549,12 +553,14 @@ def test_sigkill_mid_cell_leaves_nothing_running_and_the_next_run_sweeps(places)
     assert _still_running(descendants, 10) == [], "nothing flo-run started outlives it"
     left = list(scratch.glob("run-*"))
     assert len(left) == 1, "SIGKILL leaves the run folder"
+    assert len(list(tmp.glob("flo-run-kernelspec-*"))) == 1, "and the kernelspec folder"
 
     quick = hand_backpack(places["base"] / "after-sigkill", ["print(1)"])
     done = subprocess.run([*FLO_RUN, str(quick), "--execute", "-o",
                            str(places["base"] / "after-sigkill-run.ipynb"), "--cache-dir",
                            str(places["cache"]), "--scratch-dir", str(scratch)],
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-                          cwd=places["base"])
+                          cwd=places["base"], env=env)
     assert done.returncode == 0, done.stderr
     assert list(scratch.glob("run-*")) == [], "the next run removes the killed run's folder"
+    assert list(tmp.glob("flo-run-kernelspec-*")) == [], "and its kernelspec folder"

@@ -29,6 +29,8 @@ OWNER_FILE = ".flo-owner.json"
 #: connection file, the --workers scratch); flo-run's run folders start with "run-".
 AUDIT_PREFIXES = ("flo-audit-", "flo-kernel-", "flo-workers-")
 RUN_PREFIXES = ("run-",)
+#: The kernelspec folder flo-run's headless runner makes in the temporary directory.
+KERNELSPEC_PREFIX = "flo-run-kernelspec-"
 #: psutil's start times come from the same clock ticks each time: equal within a tick.
 _SAME_START_S = 0.05
 
