@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backpack.cells import CELLS, EXECUTED, render_cells_yml
 from .backpack.compute import ComputeSpec
@@ -47,6 +47,9 @@ from .emit.report import build_summary
 from .emit.sides import SideOutputs, derive_sides, pool_roots
 from .events import Access, Event, assign_cells, first_accesses
 from .roles import PROCESS_KINDS, Roles, RoleTracker
+
+if TYPE_CHECKING:
+    from .resolve.ahead import IndexAhead
 
 # Outputs derive writes into audit/: never copied from an older record over the new ones.
 _DERIVED_IN_AUDIT = ("summary.json", "cells.yml")
@@ -189,7 +192,8 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
            extra_warnings: Iterable[str] = (), checksum_remote: bool = False,
            on_hash: Callable[[str, int, int], None] | None = None,
            workflow: Path | None = None, bundle_bytes: int | None = None,
-           saved_counts: dict[int, int] | None = None) -> Derived:
+           saved_counts: dict[int, int] | None = None,
+           index_ahead: IndexAhead | None = None) -> Derived:
     """Resolve and emit everything from a saved record folder, without running anything.
 
     `notebook_dir` is the notebook's folder at record time (default: from session.json);
@@ -199,7 +203,8 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     `Derived.copies`; `bundle_bytes`: `--bundle-data`, inputs up to that many bytes copied into
     data/ (as `backpack` sources). `saved_counts`: code-cell index -> the execution count
     saved in the notebook as given (default: from the backpack's workflow/ copy, see
-    `_saved_counts`). Every file is rendered once, at the end, from the models.
+    `_saved_counts`). `index_ahead`: the environment index the audit built while the notebook
+    ran, taken when still valid. Every file is rendered once, at the end, from the models.
     """
     from .minimize import apply_record, read_minimize_record, summary_block
     from .optional import find_candidates
@@ -226,7 +231,9 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     stream = cell_watch.watch(run_observer.watch(observer.watch(distinct)))
 
     env = Environment.from_kernel_record(session.kernel)
-    index = index_environment(env, exclude_names=OWN_DISTRIBUTIONS)
+    index = index_ahead.take(env, OWN_DISTRIBUTIONS) if index_ahead is not None else None
+    if index is None:
+        index = index_environment(env, exclude_names=OWN_DISTRIBUTIONS)
     data = collector_for_record(session, index, notebook_dir, ignore=own_code_dirs(),
                                 record_dir=record_dir)
     observer.on_data = data.note  # before the stream is consumed (by resolve)
@@ -371,20 +378,24 @@ def audit(path: str | Path, options: AuditOptions | None = None) -> AuditResult:
     tracer, tracer_warnings = choose_tracer(options.backend)
     stale.sweep(None, stale.AUDIT_PREFIXES)  # what a killed flo-audit left in the temp folder
     record_dir = stale.owned_folder(f"flo-audit-{workflow.stem}-")
+    from .resolve.ahead import IndexAhead
+
+    ahead = IndexAhead(OWN_DISTRIBUTIONS)  # the environment indexed while the notebook runs
     try:
         record(RecordOptions(notebook=workflow.notebook, notebook_path=workflow.path,
                              record_dir=record_dir, tracer=tracer,
                              kernel_name=options.kernel_name, python=_interpreter(options.python),
                              timeout=options.timeout, on_cell=options.progress,
                              env=dict(options.env),
-                             workers=options.workers,
+                             workers=options.workers, on_kernel=ahead.start,
                              user_file=workflow.path if workflow.kind == "py" else None))
         derived = derive(record_dir, workflow.path.parent, cell_sources=workflow.code_sources,
                          saved_counts=workflow.saved_counts,
                          extra_warnings=tracer_warnings,
                          checksum_remote=options.checksum_remote, on_hash=options.on_hash,
                          workflow=workflow.path,
-                         bundle_bytes=options.max_bundle_size if options.bundle_data else None)
+                         bundle_bytes=options.max_bundle_size if options.bundle_data else None,
+                         index_ahead=ahead)
         copies = list(derived.copies)
         if derived.sides is not None:
             derived.sides.keep_measurements(record_dir)  # audit/written.json, for derive

@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +106,9 @@ class RecordOptions:
     user_file: Path | None = None  # sets `__file__` in the user namespace (.py workflows)
     on_cell: CellProgress | None = None
     workers: int = 0  # start a Dask scheduler and this many traced workers (--workers)
+    #: Called with the kernel side's `kernel` record once it is attached, before any cell
+    #: (the audit starts indexing the environment it names: resolve/ahead.py). Must not block.
+    on_kernel: Callable[[dict], None] | None = None
 
 
 @dataclass
@@ -226,9 +229,12 @@ class _Run:
                               f"{self._stderr_tail()}") from exc
         finally:
             self.nb.cells.pop()
-        self.kernel_pid = kernel_record(self.record_dir).get("pid")
+        kernel = kernel_record(self.record_dir)
+        self.kernel_pid = kernel.get("pid")
         if self.kernel_pid:
             self.tree.add_root(self.kernel_pid)
+        if self.options.on_kernel is not None and kernel:
+            self.options.on_kernel(kernel)
 
     async def execute_cells(self) -> None:
         pool = self.companions.pool
