@@ -222,3 +222,19 @@ def test_checksum_remote_downloads_what_the_notebook_fetched(tmp_path: Path) -> 
     inputs = json.loads(proc.stdout)["data"]["inputs"]
     assert [(e["source"], e["expected_size"], e["checksum"]) for e in inputs] == [
         (url, len(payload), "sha256:" + hashlib.sha256(payload).hexdigest())]
+
+
+def test_terminal_summary_shows_the_first_inputs_and_counts_the_rest() -> None:
+    """A notebook that reads thousands of files gets a table of the first ones and one line
+    for the rest, not a table of thousands of rows (data.yml lists them all)."""
+    from auditor.summary_view import INPUTS_SHOWN
+
+    inputs = [{"name": f"f{i:05d}", "target_location": f"files/f{i:05d}.txt",
+               "expected_size": 1000, "read_by": "manager", "first_cell": 1,
+               "source_type": "fs"} for i in range(INPUTS_SHOWN + 980)]
+    console = Console(record=True, width=200)
+    render_data({"data": {"file": "data/data.yml", "inputs": inputs}}, console)
+    text = console.export_text()
+    assert f"files/f{INPUTS_SHOWN - 1:05d}.txt" in text
+    assert f"files/f{INPUTS_SHOWN:05d}.txt" not in text
+    assert "... and 980 more inputs (980.0 kB), all in data/data.yml" in text

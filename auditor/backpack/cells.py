@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..common.errors import RecordFormatError
+from .yaml_text import dump_yaml
 
 CELLS = "audit/cells.yml"
 EXECUTED = "audit/executed.ipynb"
@@ -171,8 +172,8 @@ def render_cells_yml(report: CellsReport) -> str:
               "`flo-audit derive`).\n# cell: notebook cell index (0-based, markdown cells "
               "counted); depends_on: earlier cells\n# whose file or name this cell uses; "
               "concurrent_groups: cells that could run at once.\n")
-    return header + yaml.safe_dump(report.to_dict(), sort_keys=False, width=100,
-                                   default_flow_style=None, allow_unicode=True)
+    return header + dump_yaml(report.to_dict(), sort_keys=False, width=100,
+                              default_flow_style=None, allow_unicode=True)
 
 
 def load_cells_yml(path: str | Path) -> CellsReport:

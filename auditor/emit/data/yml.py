@@ -17,9 +17,8 @@ import os
 import re
 from pathlib import Path
 
-import yaml
-
 from ...backpack.checksums import directory_files
+from ...backpack.yaml_text import dump_yaml
 from ...common.errors import UsageError
 from .collect import DataDraft
 
@@ -47,7 +46,7 @@ def render_data_yml(draft: DataDraft, notebook: str) -> str:
     doc = {"schema_version": 1.0, "default_profile": "local_data",
            "profiles": {"local_data": {"policy": {"retry_attempts": 3, "timeout": 60},
                                        "data": [e.to_yaml_dict() for e in draft.inputs]}}}
-    body = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    body = dump_yaml(doc, sort_keys=False, allow_unicode=True, width=100)
     return "\n".join(header) + "\n" + body
 
 
