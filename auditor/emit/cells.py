@@ -26,6 +26,7 @@ from packaging.utils import canonicalize_name
 from ..backpack.cells import ERROR, NOT_RUN, OK, CellReport, CellsReport, Predecessor
 from ..backpack.data import climb
 from ..backpack.session import Session
+from ..common.realpaths import RealPaths
 from ..roles import MANAGER, TOOL, WORKER
 from .cell_source import free_names, named_modules
 from .cell_watch import CellWatch
@@ -202,9 +203,10 @@ def _data_names(facts: CellFacts) -> tuple[Callable[[str], str | None], dict[str
     exact: dict[str, str] = {}
     folders: list[tuple[str, str]] = []
     urls: dict[str, str] = {}
+    real = RealPaths()
     for entry in draft.inputs:
         if entry.source_type == "fs":
-            for source in {entry.source, os.path.realpath(entry.source)}:
+            for source in {entry.source, real(entry.source)}:
                 exact[source] = entry.target_location
                 if entry.files is not None:
                     folders.append((source.rstrip("/") + "/", entry.target_location))

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from packaging.utils import canonicalize_name
 
+from ..common.realpaths import RealPaths
 from . import conda, pip  # noqa: F401  (importing registers the scanners)
 from .base import SCANNERS, Distribution, Environment, Listing, Ownership, is_metadata_path
 
@@ -57,6 +58,7 @@ class EnvIndex:
         self._by_key: dict[str, Distribution] = {}
         self._dists: list[Distribution] = []
         self._memo: dict[tuple[str, str | None], Ownership | None] = {}
+        self._realpath = RealPaths()
         self._env_memo: dict[str, bool] = {}
         sites = [p for p in env.paths if os.path.isdir(p)]
         self._anchors = {v for p in sites for v in _variants(p)}
@@ -168,7 +170,7 @@ class EnvIndex:
             found = self._lookup(path)
         if found is None:
             # Named through a symlink the index does not know (lib64 -> lib, a linked home).
-            resolved = os.path.realpath(real or path)
+            resolved = self._realpath(real or path)
             if resolved not in (real, path):
                 found = self._lookup(resolved)
         self._memo[key] = found

@@ -40,6 +40,8 @@ SECRET_NAME_PATTERNS = ("*.pem", "*.key", "*.p12", "*.pfx", "*.keytab", "id_rsa*
                         "token", ".token", "*.token", "*_token", "*-token", "token.json",
                         "token.txt", "*passwd*", "*password*", "*secret*", "credentials",
                         "credentials.json", "jupyter_cookie_secret")
+#: The patterns as one regex (fnmatch's own translation, ORed): one match a path.
+_SECRET_NAME = re.compile("|".join(fnmatch.translate(p) for p in SECRET_NAME_PATTERNS))
 # flo-backpack's own temporary folders (record, kernel connection file, downloads).
 FLO_TEMP_PREFIXES = ("flo-audit-", "flo-kernel-", "flo-derive-", "flo-fetch-")
 
@@ -87,8 +89,7 @@ class DataRules:
         if rel is not None and any(rel == s.rstrip("/") or rel.startswith(s)
                                    for s in SECRET_HOME_PATHS):
             return True
-        name = os.path.basename(path).lower()
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in SECRET_NAME_PATTERNS)
+        return _SECRET_NAME.match(os.path.basename(path).lower()) is not None
 
     def is_system(self, path: str) -> bool:
         """The system, pseudo filesystems, flo-backpack's own code and temporary folders."""
