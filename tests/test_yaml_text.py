@@ -30,3 +30,19 @@ def test_the_same_text_as_safe_dump_in_the_styles_the_backpack_files_use() -> No
         text = dump_yaml(DOC, **options)
         assert text == yaml.safe_dump(DOC, **options)
         assert yaml.safe_load(text) == DOC
+
+
+def test_reading_gives_the_same_document_and_the_line_of_a_syntax_error() -> None:
+    from auditor.backpack.yaml_text import load_yaml_text
+
+    for options in ({"sort_keys": False, "allow_unicode": True, "width": 100},
+                    {"sort_keys": False, "width": 100, "default_flow_style": None}):
+        text = yaml.safe_dump(DOC, **options)
+        assert load_yaml_text(text) == yaml.safe_load(text) == DOC
+    for bad, line in (("a: [1, 2\n", 2), ("a: b: c\n", 1), ("key: 1\n  bad: 2\n", 2)):
+        try:
+            load_yaml_text(bad)
+        except yaml.YAMLError as exc:
+            assert exc.problem_mark.line + 1 == line, bad  # type: ignore[attr-defined]
+        else:
+            raise AssertionError(f"{bad!r} was read")

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ..common.errors import RecordFormatError
-from .yaml_text import dump_yaml
+from .yaml_text import dump_yaml, load_yaml_text
 
 CELLS = "audit/cells.yml"
 EXECUTED = "audit/executed.ipynb"
@@ -180,7 +180,7 @@ def load_cells_yml(path: str | Path) -> CellsReport:
     """Read audit/cells.yml; RecordFormatError naming the file when it is not one."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml_text(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecordFormatError(f"{path} is missing: re-derive it with "
                                 f"`flo-audit derive {path.parent.parent} -o OUT`") from None

@@ -16,6 +16,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from ..common.errors import SpecError
+from .yaml_text import load_yaml_text
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class EnvSpec:
 
 def load_yaml(path: Path) -> object:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml_text(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SpecError(path, "", f"cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:

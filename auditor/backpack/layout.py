@@ -30,6 +30,7 @@ from .environment import (
     requirement_lines,
 )
 from .summary import Summary, read_summary
+from .yaml_text import load_yaml_text
 
 ENVIRONMENT = "software/environment.yml"
 WORKER_ENVIRONMENT = "software/worker-environment.yml"
@@ -276,7 +277,7 @@ def _read_yaml(path: Path, expected: str) -> Any:
     if not path.exists():
         raise BackpackSpecError(path, "", f"missing; expected {expected}")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = load_yaml_text(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
