@@ -26,7 +26,18 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ptrace import PtraceError
 from ptrace.binding import func as pt
 
-from ..events import Access, CellMark, Connect, Event, Exec, Exit, Spawn, parse_mark, to_json
+from ..events import (
+    Accept,
+    Access,
+    CellMark,
+    Connect,
+    Event,
+    Exec,
+    Exit,
+    Spawn,
+    parse_mark,
+    to_json,
+)
 from . import ptrace_syscalls as linux
 
 if TYPE_CHECKING:
@@ -205,13 +216,16 @@ class WaitLoop:
             if mark is not None:
                 self.emit(CellMark(pid=task.tgid, seq=mark[0], phase=mark[1], t=now))
             elif rval >= 0:
+                mode = linux.open_mode(self.open_flags(task, nr, args))
+                if mode is None:
+                    return
                 dirfd = linux.fd_arg(args[0]) if at else linux.AT_FDCWD
                 path = self.absolute(task, dirfd, name)
                 real = linux.readlink(f"/proc/{task.tid}/fd/{rval}")
-                mode = linux.open_mode(self.open_flags(task, nr, args))
+                given = self.as_named(task, name) if dirfd == linux.AT_FDCWD else None
                 self.emit(Access(pid=task.tgid, path=path, mode=mode,
                                  real=real if real and real.startswith("/") else None,
-                                 t=now, source="ptrace"))
+                                 t=now, source="ptrace", given=given))
         elif nr in linux.EXECS:
             if rval == 0 and exec_call is not None:
                 self.emit(Exec(pid=task.tgid, path=exec_call[0], argv=exec_call[1], t=now))
@@ -219,7 +233,18 @@ class WaitLoop:
             raw = self.memory.read(task.tgid, args[1], min(args[2], 128))
             address = linux.sockaddr_address(raw)
             if address:
-                self.emit(Connect(pid=task.tgid, address=address, t=now))
+                protocol = linux.socket_protocol(task.tid, linux.fd_arg(args[0]))
+                self.emit(Connect(pid=task.tgid, address=address, t=now,
+                                  datagram=protocol.startswith("UDP")))
+        elif nr in linux.ACCEPTS and rval >= 0:
+            served = linux.local_address(task.tgid, rval)
+            if served:  # a TCP connection the run served (a Unix socket is no address)
+                self.emit(Accept(pid=task.tgid, address=served, t=now))
+        elif nr in linux.RENAMES and rval == 0:  # a file written in place: its new name
+            dirfd, at = ((linux.AT_FDCWD, 1) if nr == linux.SYS_RENAME
+                         else (linux.fd_arg(args[2]), 3))
+            target = self.absolute(task, dirfd, self.memory.read_str(task.tgid, args[at]))
+            self.emit(Access(pid=task.tgid, path=target, mode="w", t=now, source="ptrace"))
 
     def open_flags(self, task: Task, nr: int, args: tuple[int, ...]) -> int:
         if nr == linux.SYS_CREAT:
@@ -228,6 +253,17 @@ class WaitLoop:
             raw = self.memory.read(task.tgid, args[2], 8)
             return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
         return args[1] if nr == linux.SYS_OPEN else args[2]
+
+    def as_named(self, task: Task, path: str) -> str | None:
+        """The relative name a program opened against its cwd: `path` itself, or what follows
+        the cwd in a path built as cwd + relative ('/nb/../src/x.py' from cwd /nb, as Python's
+        import system builds them from a relative sys.path entry); as strace_parse does."""
+        if path[:1] != "/":
+            return path or None
+        if "/../" not in path:
+            return None
+        cwd = linux.readlink(f"/proc/{task.tid}/cwd")
+        return path[len(cwd) + 1:] if cwd and path.startswith(cwd + "/") else None
 
     def absolute(self, task: Task, dirfd: int, path: str) -> str:
         if not path.startswith("/"):

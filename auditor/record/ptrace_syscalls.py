@@ -7,6 +7,7 @@ Split from `ptrace_run` (the wait loop) so each reads in one sitting; used only 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import socket
 import struct
@@ -14,13 +15,20 @@ import struct
 # Linux x86_64 syscall numbers of what we record; other architectures are not supported.
 SYS_OPEN, SYS_CREAT, SYS_OPENAT, SYS_OPENAT2 = 2, 85, 257, 437
 SYS_EXECVE, SYS_EXECVEAT, SYS_CONNECT = 59, 322, 42
+SYS_ACCEPT, SYS_ACCEPT4 = 43, 288
+SYS_RENAME, SYS_RENAMEAT, SYS_RENAMEAT2 = 82, 264, 316
+SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
 OPENS = frozenset({SYS_OPEN, SYS_CREAT, SYS_OPENAT, SYS_OPENAT2})
 EXECS = frozenset({SYS_EXECVE, SYS_EXECVEAT})
-RECORDED = OPENS | EXECS | {SYS_CONNECT}
+ACCEPTS = frozenset({SYS_ACCEPT, SYS_ACCEPT4})
+RENAMES = frozenset({SYS_RENAME, SYS_RENAMEAT, SYS_RENAMEAT2})
+# What strace records too (auditor/record/strace.py SYSCALLS), less what /proc tells us at
+# each stop anyway (the cwd: chdir, fchdir) and what ptrace events report (fork, clone).
+RECORDED = OPENS | EXECS | ACCEPTS | RENAMES | {SYS_CONNECT}
 AUDIT_ARCH_X86_64 = 0xC000003E
 
 O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
-O_CREAT, O_TRUNC, O_DIRECTORY = 0o100, 0o1000, 0o200000
+O_CREAT, O_TRUNC, O_DIRECTORY, O_PATH = 0o100, 0o1000, 0o200000, 0o10000000
 AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
 PATH_MAX, ARG_MAX_COUNT = 4096, 65536
 
@@ -97,6 +105,11 @@ class TraceeMemory:
         return argv
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def readlink(path: str) -> str | None:
     """The target of a /proc link (a cwd, an fd), or None when the task or fd is gone."""
     try:
@@ -110,15 +123,48 @@ def fd_arg(word: int) -> int:
     return ctypes.c_int32(word & 0xFFFFFFFF).value
 
 
-def open_mode(flags: int) -> str:
-    """Access.mode from open flags: d(irectory), rw, w (write, create or truncate) or r."""
+def open_mode(flags: int) -> str | None:
+    """Access.mode from open flags: d(irectory), rw, w (write, create or truncate) or r; None
+    for an O_PATH handle, which reads nothing (like a stat: not a use), as strace_parse."""
     if flags & O_DIRECTORY:
         return "d"
     if flags & O_ACCMODE == O_RDWR and not flags & O_TRUNC:
         return "rw"  # truncating discards what was there: a write, not a read
     if flags & O_ACCMODE == O_WRONLY or flags & (O_CREAT | O_TRUNC):
         return "w"
+    if flags & O_PATH:
+        return None
     return "r"
+
+
+def socket_protocol(tid: int, fd: int) -> str:
+    """The protocol of a tracee's socket ("TCP", "UDPv6", "UNIX-STREAM"...), as the kernel
+    names it (the xattr strace's --decode-fds=socket reads too); "" when the fd is gone."""
+    try:
+        return os.getxattr(f"/proc/{tid}/fd/{fd}", "system.sockprotoname").rstrip(b"\0").decode()
+    except OSError:
+        return ""
+
+
+def local_address(tgid: int, fd: int) -> str | None:
+    """"ip:port" ("[v6]:port") a tracee's TCP socket is bound to: a copy of the fd taken with
+    pidfd_getfd (Linux 5.6+; the tracer may), asked getsockname. None for other sockets."""
+    libc = _libc()
+    pidfd = libc.syscall(SYS_PIDFD_OPEN, tgid, 0)
+    if pidfd < 0:
+        return None
+    try:
+        copy = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+    if copy < 0:
+        return None
+    with socket.socket(fileno=copy) as sock:  # closing the copy leaves the tracee's fd open
+        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET,
+                                                                   socket.AF_INET6):
+            return None
+        host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
 
 
 def sockaddr_address(raw: bytes) -> str | None:
@@ -149,7 +195,7 @@ def seccomp_program() -> SockFprog:
 
 def install_seccomp() -> bool:
     """Install `seccomp_program` in this process (and so all it starts); False if refused."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
     prog = seccomp_program()
     if libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) == 0:
