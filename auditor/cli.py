@@ -80,7 +80,8 @@ def _audit_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernel", metavar="NAME", dest="kernel_name",
                         help="run the kernel of this installed kernelspec")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="tracer: strace, ptrace, hooks (audit hooks only), or auto")
+                        help="tracer: ptrace, strace, hooks (audit hooks only), or auto (the "
+                             "first of those that can run here)")
     parser.add_argument("--workers", type=_count, default=0, metavar="N",
                         help="start a Dask scheduler and N traced workers on loopback and put "
                              "DASK_SCHEDULER_ADDRESS in the kernel's environment (for notebooks "

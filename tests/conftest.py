@@ -27,6 +27,11 @@ pytest_plugins = ["conftest_slurm", "conftest_sge"]
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures" / "notebooks"
+#: The backend `--backend auto` picks on x86_64 with python-ptrace, audited unless a test asks
+#: for another; a test that reads strace's own record (trace.strace) asks for "strace".
+DEFAULT_BACKEND = "ptrace"
+#: The raw record file of each syscall backend (audit/trace<suffix>, trace-<name><suffix>).
+RECORD_SUFFIX = {"strace": ".strace", "ptrace": ".jsonl"}
 #: Upper bound for one audit of one fixture, including kernel start-up, resolving and writing.
 AUDIT_TIMEOUT_S = 600
 
@@ -197,10 +202,11 @@ def run_audit(scenario: Scenario, backend: str, base: Path) -> AuditRun:
 
 @pytest.fixture(scope="session")
 def audit_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., AuditRun]:
-    """`audit_runs(name, backend="strace")`: the scenario's audit, run at most once a session."""
+    """`audit_runs(name, backend=DEFAULT_BACKEND)`: the scenario's audit, run at most once a
+    session."""
     done: dict[tuple[str, str], AuditRun] = {}
 
-    def get(name: str, backend: str = "strace") -> AuditRun:
+    def get(name: str, backend: str = DEFAULT_BACKEND) -> AuditRun:
         key = (name, backend)
         if key not in done:
             base = tmp_path_factory.mktemp(f"audit-{name}-{backend}")

@@ -99,8 +99,8 @@ def _gone_within(pids: list[int], seconds: float) -> list[str]:
 
 
 @pytest.mark.parametrize(("backend", "workers"), [
-    ("strace", 0), ("strace", 1), ("ptrace", 0), ("hooks", 0)],
-    ids=["strace", "strace-workers", "ptrace", "hooks"])
+    ("strace", 0), ("strace", 1), ("ptrace", 0), ("ptrace", 1), ("hooks", 0)],
+    ids=["strace", "strace-workers", "ptrace", "ptrace-workers", "hooks"])
 def test_sigkill_mid_cell_leaves_nothing_running_and_the_next_start_sweeps(
         tmp_path: Path, backend: str, workers: int) -> None:
     """SIGKILL runs no teardown: the tracers, the kernel and the --workers scheduler and worker

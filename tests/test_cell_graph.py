@@ -290,7 +290,7 @@ def test_static_cross_check_of_each_cell(graph_run: AuditRun) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["strace", "hooks"])
+@pytest.mark.parametrize("backend", ["ptrace", "strace", "hooks"])
 def test_cell_graph_edges_and_concurrent_groups(backend: str,
                                                 audit_runs: Callable[..., AuditRun]) -> None:
     """The rebound `values` links 4 to 3 (not 2); 5 is linked by a file only, 6 by a name

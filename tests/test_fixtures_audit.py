@@ -15,16 +15,31 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import MACHINERY, OWN_UNUSED, AuditRun, requires_closure, scenario_names
+from conftest import (
+    DEFAULT_BACKEND,
+    MACHINERY,
+    OWN_UNUSED,
+    RECORD_SUFFIX,
+    AuditRun,
+    requires_closure,
+    scenario_names,
+)
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=scenario_names())
+#: Every scenario with the default backend (ptrace), and these again with strace: the same
+#: checks hold for its record (the fallback where ptrace is not usable).
+STRACE_SCENARIOS = ("c_extension", "data_inputs", "workers_mp_fork")
+
+
+@pytest.fixture(scope="module", params=[
+    *((name, DEFAULT_BACKEND) for name in scenario_names()),
+    *((name, "strace") for name in STRACE_SCENARIOS)], ids=lambda p: "-".join(p))
 def run(request: pytest.FixtureRequest, audit_runs: Callable[..., AuditRun]) -> AuditRun:
-    return audit_runs(request.param)
+    return audit_runs(*request.param)
 
 
 def test_fixture_environment_is_set_up() -> None:
@@ -46,7 +61,8 @@ def test_exit_code_and_status(run: AuditRun) -> None:
 def test_backpack_layout(run: AuditRun) -> None:
     for relative in ("software/environment.yml", "software/requirements.txt",
                      "compute/compute.yml", "audit/summary.json", "audit/session.json",
-                     "audit/hooks.jsonl", "audit/executed.ipynb", "audit/trace.strace"):
+                     "audit/hooks.jsonl", "audit/executed.ipynb",
+                     f"audit/trace{RECORD_SUFFIX[run.backend]}"):
         assert run.path(relative).is_file(), f"missing {relative}\n{run.describe()}"
     compute = yaml.safe_load(run.path("compute/compute.yml").read_text(encoding="utf-8"))
     assert {"cores", "memory", "disk"} <= set(compute["vine_factory_config"]), compute

@@ -14,7 +14,17 @@ import psutil
 import pytest
 
 from auditor.common.errors import RecordFormatError
-from auditor.events import Access, CellMark, Connect, Exec, Exit, Spawn, mark_path, read_jsonl
+from auditor.events import (
+    Accept,
+    Access,
+    CellMark,
+    Connect,
+    Exec,
+    Exit,
+    Spawn,
+    mark_path,
+    read_jsonl,
+)
 from auditor.record.ptrace import PtraceTracer, _probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,3 +207,59 @@ def test_probe_finds_ptrace_usable_and_asks_once(monkeypatch: pytest.MonkeyPatch
 def test_events_of_a_record_without_trace_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RecordFormatError, match="trace.jsonl is missing"):
         PtraceTracer().events(tmp_path)
+
+
+SOCKETS_AND_RENAMES = r"""
+import ctypes, json, os, socket, sys
+
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.connect(("127.0.0.1", 9))   # sets the default peer only: nothing is sent
+udp.close()
+
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+port = server.getsockname()[1]
+client = socket.create_connection(("127.0.0.1", port))
+served, _ = server.accept()     # accept4 (what Python calls)
+served.close(), client.close()
+again = socket.create_connection(("127.0.0.1", port))
+fd = ctypes.CDLL(None, use_errno=True).accept(server.fileno(), None, None)  # accept itself
+assert fd >= 0, ctypes.get_errno()
+os.close(fd), again.close()
+
+open("draft.tmp", "w").close()
+os.rename("draft.tmp", "result.txt")       # written in place: the new name is an output
+os.close(os.open("result.txt", os.O_PATH))  # a handle that reads nothing, like a stat
+os.mkdir("sub")
+open("sub/../result.txt").close()
+print(json.dumps({"pid": os.getpid(), "port": port}))
+"""
+
+
+def test_udp_connects_accepts_renames_and_names_as_strace_records_them(tmp_path: Path) -> None:
+    """What strace's parser reads off its -y decorations, the ptrace backend records too:
+    a UDP connect is a datagram, an accepted connection names the served port, a rename
+    writes its new name, an O_PATH open is no access, a relative name is kept as given."""
+    work = tmp_path / "work"
+    work.mkdir()
+    program = tmp_path / "program.py"
+    program.write_text(SOCKETS_AND_RENAMES)
+    done = subprocess.run(_wrapped(tmp_path, [sys.executable, str(program)]), cwd=work,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ids = json.loads(done.stdout)
+    pid, served = ids["pid"], f"127.0.0.1:{ids['port']}"
+    events = list(PtraceTracer().events(tmp_path))
+
+    connects = [(e.pid, e.address, e.datagram) for e in events if isinstance(e, Connect)]
+    assert connects == [(pid, "127.0.0.1:9", True), (pid, served, False), (pid, served, False)]
+    assert [(e.pid, e.address) for e in events if isinstance(e, Accept)] == [
+        (pid, served), (pid, served)]
+
+    def accesses(name: str) -> list[tuple[str, str | None]]:
+        return [(e.mode, e.given) for e in events
+                if isinstance(e, Access) and e.path == str(work / name)]
+
+    assert accesses("draft.tmp") == [("w", "draft.tmp")]
+    assert accesses("result.txt") == [("w", None), ("r", "sub/../result.txt")]

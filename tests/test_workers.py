@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AuditRun, Environment, flo_audit_argv
+from conftest import RECORD_SUFFIX, AuditRun, Environment, flo_audit_argv
 from packaging.utils import canonicalize_name
 
 pytestmark = pytest.mark.slow
@@ -159,7 +159,8 @@ def test_workers_option_traces_each_worker(audit_runs: Callable[..., AuditRun]) 
     workers = [p for p in pool["processes"] if p["role"] == "worker"]
     assert len(workers) == 2 and all(not p["during_run"] for p in workers), pool
     for member in pool["processes"]:
-        assert run.path(f"audit/trace-{member['name']}.strace").is_file(), member
+        suffix = RECORD_SUFFIX[run.backend]
+        assert run.path(f"audit/trace-{member['name']}{suffix}").is_file(), member
     processes = run.load_json("audit/summary.json")["processes"]["processes"]
     sides = {p["pid"]: p["side"] for p in processes}
     assert all(sides.get(p["pid"]) == "worker" for p in workers), processes

@@ -23,7 +23,7 @@ _MARK = re.compile(r"^\d+ +([\d.]+) open(?:at)?\(.*\"" + re.escape(MARK_PREFIX) 
 def test_unclosed_cluster_ends_without_respawns(audit_runs: Callable[..., AuditRun]) -> None:
     """Client(n_workers=2) left open: 2 worker processes ran tasks, and the trace shows no
     process of a worker started after the last cell's end mark."""
-    run = audit_runs("workers_dask_unclosed")
+    run = audit_runs("workers_dask_unclosed", "strace")  # reads strace's own trace
     assert run.returncode == 0, run.describe()
     worker = run.load_json("audit/summary.json")["roles"]["worker"]
     expected = run.scenario.expect["workers_ran"]

@@ -1,8 +1,10 @@
-"""The ptrace backend: for machines without the strace binary, trace with python-ptrace.
+"""The ptrace backend (the default on x86_64): trace with python-ptrace.
 
 The kernel runs under `python -m auditor.record.ptrace_run` (flo-audit's own interpreter,
 which has python-ptrace), a tracer process that writes the events of `auditor.events`
-straight to `trace.jsonl`, so reading the record back is just loading it.
+straight to `trace.jsonl`, so reading the record back is just loading it. Its seccomp filter
+holds in every thread and child (strace 6.1 restarts those to stop at every syscall), so a
+kernel's zmq threads and a notebook's workers run at full speed between recorded syscalls.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ RECORD_FILE = "trace.jsonl"
 
 @register
 class PtraceTracer(Tracer):
-    """Trace the kernel and all its descendants with ptrace (slower than strace, same view)."""
+    """Trace the kernel and all its descendants with ptrace (strace's view, less cost)."""
 
     name = "ptrace"
     cannot_see = ""

@@ -1,8 +1,8 @@
 """The ptrace tracer program: run a command, trace it and all its descendants, write events.
 
-`python -m auditor.record.ptrace_run -o trace.jsonl -- CMD...` is the fallback for machines
-without the strace binary (see `auditor.record.ptrace`). The ptrace calls go through
-python-ptrace's bindings; PTRACE_GET_SYSCALL_INFO (Linux 5.3+) tells entry from exit without
+`python -m auditor.record.ptrace_run -o trace.jsonl -- CMD...` is the ptrace backend's tracer
+(see `auditor.record.ptrace`); it records what the strace backend does. The ptrace calls go
+through python-ptrace's bindings; PTRACE_GET_SYSCALL_INFO (Linux 5.3+) tells entry from exit without
 per-architecture register juggling. Like `strace --seccomp-bpf`, a seccomp filter makes
 tracees stop only at the syscalls we record; without it every syscall stops and all but the
 recorded ones are skipped by number before anything is decoded.

@@ -1,4 +1,5 @@
-"""The default tracer: the strace binary with a seccomp-bpf filter, writing raw text.
+"""The strace tracer (where ptrace is not usable): the strace binary with a seccomp-bpf
+filter, writing raw text.
 
 Only the syscalls that show a use are traced, so with --seccomp-bpf every other syscall runs
 at full speed: opens (files read, written, directories listed), execs, process and thread
