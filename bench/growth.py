@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from auditor.common.process import run  # noqa: E402  (the repo on sys.path first)
+from auditor.record.base import choose_tracer  # noqa: E402
 
 RUN_TIMEOUT_S = 1800
 NOTEBOOK = "growth.ipynb"
@@ -221,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two smaller sizes per dimension")
     parser.add_argument("--only", action="append", choices=list(DIMENSIONS),
                         help="measure this dimension only (repeatable)")
-    parser.add_argument("--backend", default="strace", choices=["strace", "ptrace", "hooks"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "ptrace", "strace", "hooks"],
+                        help="the tracer (default: the one flo-audit's auto picks here)")
     parser.add_argument("--against", type=Path, help="also audit with this source tree")
     args = parser.parse_args(argv)
+    args.backend = choose_tracer(args.backend)[0].name  # named in the table
     against = args.against.resolve() if args.against else None
     rows = []
     with tempfile.TemporaryDirectory(prefix="flo-growth-") as tmp:

@@ -5,7 +5,7 @@ For each benchmark fixture, alternate N times: a plain headless execution throug
 and writing the backpack into a temporary folder). Both are started as fresh processes, so
 both pay interpreter and kernel start-up. The order flips every round to cancel drift.
 
-    .venv/bin/python bench/overhead.py [-n 3] [--backend strace] [FIXTURE ...]
+    .venv/bin/python bench/overhead.py [-n 3] [--backend auto|ptrace|strace|hooks] [FIXTURE ...]
 
 Targets (issue 2): compute-bound <= 1.10, import-heavy <= 1.5. A benchmark prints, it does not
 pass or fail on a wall-clock time.
@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from auditor.common.process import run  # noqa: E402
+from auditor.record.base import choose_tracer  # noqa: E402
 
 FIXTURES = REPO / "fixtures" / "notebooks"
 TARGETS = {"compute_bound": 1.10, "import_heavy": 1.5}
@@ -97,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("fixtures", nargs="*", default=list(TARGETS),
                         help="fixture names under fixtures/notebooks (default: %(default)s)")
     parser.add_argument("-n", "--rounds", type=int, default=3)
-    parser.add_argument("--backend", default="strace", choices=["strace", "ptrace", "hooks"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "ptrace", "strace", "hooks"],
+                        help="the tracer (default: the one flo-audit's auto picks here)")
     args = parser.parse_args(argv)
+    args.backend = choose_tracer(args.backend)[0].name  # named in the table
     results = [measure(name, args.rounds, args.backend) for name in args.fixtures]
     print()
     print(table(results, args.backend))
