@@ -233,6 +233,7 @@ os.rename("draft.tmp", "result.txt")       # written in place: the new name is a
 os.close(os.open("result.txt", os.O_PATH))  # a handle that reads nothing, like a stat
 os.mkdir("sub")
 open("sub/../result.txt").close()
+os.close(os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600))  # an unnamed file, no listing
 print(json.dumps({"pid": os.getpid(), "port": port}))
 """
 
@@ -240,7 +241,8 @@ print(json.dumps({"pid": os.getpid(), "port": port}))
 def test_udp_connects_accepts_renames_and_names_as_strace_records_them(tmp_path: Path) -> None:
     """What strace's parser reads off its -y decorations, the ptrace backend records too:
     a UDP connect is a datagram, an accepted connection names the served port, a rename
-    writes its new name, an O_PATH open is no access, a relative name is kept as given."""
+    writes its new name, an O_PATH open is no access, a relative name is kept as given, an
+    O_TMPFILE open is no folder listing."""
     work = tmp_path / "work"
     work.mkdir()
     program = tmp_path / "program.py"
@@ -263,3 +265,6 @@ def test_udp_connects_accepts_renames_and_names_as_strace_records_them(tmp_path:
 
     assert accesses("draft.tmp") == [("w", "draft.tmp")]
     assert accesses("result.txt") == [("w", None), ("r", "sub/../result.txt")]
+    unnamed = [e for e in events if isinstance(e, Access) and e.path == str(work)]
+    assert [(e.mode, e.given) for e in unnamed] == [("rw", ".")], unnamed
+    assert unnamed[0].real and unnamed[0].real.startswith(f"{work}/#"), unnamed  # not "(deleted)"

@@ -221,10 +221,10 @@ class WaitLoop:
                     return
                 dirfd = linux.fd_arg(args[0]) if at else linux.AT_FDCWD
                 path = self.absolute(task, dirfd, name)
-                real = linux.readlink(f"/proc/{task.tid}/fd/{rval}")
+                real = linux.real_path(task.tid, rval)
                 given = self.as_named(task, name) if dirfd == linux.AT_FDCWD else None
                 self.emit(Access(pid=task.tgid, path=path, mode=mode,
-                                 real=real if real and real.startswith("/") else None,
+                                 real=real,
                                  t=now, source="ptrace", given=given))
         elif nr in linux.EXECS:
             if rval == 0 and exec_call is not None:

@@ -29,6 +29,7 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 
 O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
 O_CREAT, O_TRUNC, O_DIRECTORY, O_PATH = 0o100, 0o1000, 0o200000, 0o10000000
+O_TMPFILE_ONLY = 0o20000000  # __O_TMPFILE: O_TMPFILE is this | O_DIRECTORY
 AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
 PATH_MAX, ARG_MAX_COUNT = 4096, 65536
 
@@ -118,6 +119,15 @@ def readlink(path: str) -> str | None:
         return None
 
 
+def real_path(tid: int, fd: int) -> str | None:
+    """The file a tracee's fd is open on, as strace -y shows it: None for what is no path (a
+    pipe, a socket), without the " (deleted)" of an unlinked (an O_TMPFILE) file."""
+    real = readlink(f"/proc/{tid}/fd/{fd}")
+    if not real or not real.startswith("/"):
+        return None
+    return real.removesuffix(" (deleted)")
+
+
 def fd_arg(word: int) -> int:
     """A syscall's int fd argument from its 64-bit register word (AT_FDCWD is negative)."""
     return ctypes.c_int32(word & 0xFFFFFFFF).value
@@ -125,8 +135,9 @@ def fd_arg(word: int) -> int:
 
 def open_mode(flags: int) -> str | None:
     """Access.mode from open flags: d(irectory), rw, w (write, create or truncate) or r; None
-    for an O_PATH handle, which reads nothing (like a stat: not a use), as strace_parse."""
-    if flags & O_DIRECTORY:
+    for an O_PATH handle, which reads nothing (like a stat: not a use), as strace_parse. An
+    O_TMPFILE open names its folder and makes an unnamed file there: not a listing."""
+    if flags & O_DIRECTORY and not flags & O_TMPFILE_ONLY:
         return "d"
     if flags & O_ACCMODE == O_RDWR and not flags & O_TRUNC:
         return "rw"  # truncating discards what was there: a write, not a read
