@@ -44,7 +44,7 @@ from .verify import DIFFERS, NOT_REPRODUCED, SAME
 
 MINIMIZE_PREFIX = "flo-minimize-"
 #: Left out of a trial's copy of the backpack: the re-run never reads the syscall trace.
-_NOT_COPIED = ("trace.strace",)
+_NOT_COPIED = ("trace.strace", "trace.jsonl")  # strace's and ptrace's (the default)
 
 
 @dataclass
