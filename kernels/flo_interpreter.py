@@ -87,6 +87,8 @@ def imported_names(shell, raw_cell, depth=0):
     Magics are transformed to Python first; the text given to a magic (`%%time` bodies,
     `%time import x`) is searched too, since such magics run it as Python.
     """
+    if "import" not in raw_cell:  # every form found below spells it: no parse needed
+        return []
     source = raw_cell
     try:
         source = shell.transform_cell(raw_cell)

@@ -200,9 +200,10 @@ class _KernelSide:
         self.raw_cell = getattr(info, "raw_cell", None)
         self.modules_before = set(sys.modules.copy())  # copy(): atomic vs. other threads
         self.write("cell", {"phase": "start"})
-        self.flush()
-        if self.marks:
+        if self.marks:  # the tracer's record has the start: the log may wait for the end
             self.mark(self.seq, "start")
+        else:  # hooks alone: on disk now, so a kernel that dies in the cell still names it
+            self.flush()
 
     def post_run_cell(self, result=None):
         if self.seq is None:
