@@ -15,9 +15,11 @@ OUT=${1:-bench-logs-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 against=()
 baseline=()
+kernel_against=()
 if [[ -n "${BASELINE:-}" ]]; then
     against=(--against "$BASELINE")
     baseline=(--baseline "$BASELINE")
+    kernel_against=(--against "$BASELINE/kernels/flo_kernel.py")
 fi
 
 step() {  # step NAME COMMAND...: run it, its output to the terminal and OUT/NAME.log
@@ -31,7 +33,8 @@ step overhead "$PY" bench/overhead.py -n 3
 step tracer_tasks "$PY" bench/tracer_tasks.py
 step derive_speed "$PY" bench/derive_speed.py --growth "${baseline[@]}"
 step parse_speed "$PY" bench/parse_speed.py
-step names_cost "$PY" bench/names_cost.py --rounds 400
+step names_cost "$PY" bench/names_cost.py --rounds 400 "${kernel_against[@]}"
+step kernel_cell_cost "$PY" bench/kernel_cell_cost.py "${kernel_against[@]}"
 step growth_cells "$PY" bench/growth.py --only cells -n 2 "${against[@]}"
 step growth_files "$PY" bench/growth.py --only files --only imports
 step growth_workers "$PY" bench/growth.py --only workers
