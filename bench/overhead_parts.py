@@ -1,12 +1,13 @@
 """Where an audit's extra time goes, phase by phase, beside a plain run of the same notebook.
 
-For a fixture, alternates N rounds of three fresh processes: **plain** (nbclient, as
+For a fixture, alternates N rounds of four fresh processes: **plain** (nbclient, as
 bench/overhead.py runs it, with its phases timed in-process), **hooks** (the audit with
-`--backend hooks`: the kernel side without a tracer) and **strace** (the default audit). The
+`--backend hooks`: the kernel side without a tracer), **ptrace** (the default audit on x86_64)
+and **strace** (`--backend strace`). The
 audits run the CLI in-process with the phases of the recorder and of derive wrapped by
 timers (the same functions, timed; nothing else changes). Cell time is nbclient's own
 record in the executed notebook (status busy to idle, summed), so hooks - plain is what the
-kernel side costs in cells, strace - hooks what the tracer costs there.
+kernel side costs in cells, ptrace - hooks (strace - hooks) what the tracer costs there.
 
     .venv/bin/python bench/overhead_parts.py [-n 3] [FIXTURE ...]
 
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for fixture in args.fixtures:
         notebook = FIXTURES / fixture / f"{fixture}.ipynb"
-        runs: dict[str, list[dict[str, float]]] = {"plain": [], "hooks": [], "strace": []}
+        runs: dict[str, list[dict[str, float]]] = {"plain": [], "hooks": [], "ptrace": [],
+                                                 "strace": []}
         walls: dict[str, list[float]] = {name: [] for name in runs}
         for i in range(args.rounds):
             order = list(runs) if i % 2 == 0 else list(reversed(runs))
@@ -154,14 +156,16 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         labels = list(dict.fromkeys(k for variant in runs.values() for r in variant for k in r))
         print(f"\n{fixture}: median seconds of {args.rounds} alternating rounds")
-        print(f"{'phase':48s} {'plain':>7s} {'hooks':>7s} {'strace':>7s} {'strace-plain':>12s}")
-
+        print(f"{'phase':48s} {'plain':>7s} {'hooks':>7s} {'ptrace':>7s} {'strace':>7s} "
+              f"{'ptrace-plain':>12s}")
         for label in labels:
             row = [statistics.median(r.get(label, 0.0) for r in runs[v]) for v in runs]
-            print(f"{label:48s} {row[0]:7.2f} {row[1]:7.2f} {row[2]:7.2f} {row[2] - row[0]:12.2f}")
+            print(f"{label:48s} {row[0]:7.2f} {row[1]:7.2f} {row[2]:7.2f} {row[3]:7.2f} "
+                  f"{row[2] - row[0]:12.2f}")
         wall = [statistics.median(walls[v]) for v in runs]
         print(f"{'whole process (wall)':48s} {wall[0]:7.2f} {wall[1]:7.2f} {wall[2]:7.2f} "
-              f"{wall[2] - wall[0]:12.2f}   ratio strace/plain {wall[2] / wall[0]:.2f}")
+              f"{wall[3]:7.2f} {wall[2] - wall[0]:12.2f}   ratio ptrace/plain "
+              f"{wall[2] / wall[0]:.2f}, strace/plain {wall[3] / wall[0]:.2f}")
     return 0
 
 

@@ -30,6 +30,7 @@ step() {  # step NAME COMMAND...: run it, its output to the terminal and OUT/NAM
 }
 
 step overhead "$PY" bench/overhead.py -n 3
+step overhead_parts "$PY" bench/overhead_parts.py -n 3
 step tracer_tasks "$PY" bench/tracer_tasks.py
 step derive_speed "$PY" bench/derive_speed.py --growth "${baseline[@]}"
 step parse_speed "$PY" bench/parse_speed.py
