@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import inspect
 import json
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ AUDIT_PHASES = {
     ("auditor.record.session", "_Run.shutdown"): "kernel shutdown",
     ("auditor.record.session", "_Run.teardown"): "teardown",
     ("auditor.record.session", "_Run.finish"): "record files",
+    ("auditor.resolve.ahead", "index_environment"): "environment index (a thread, in the run)",
     ("auditor.resolve", "index_environment"): "derive: environment index",
     ("auditor.resolve", "resolve"): "derive: parse + events + resolve (streamed)",
     ("auditor.emit.data.collect", "DataCollector.draft"): "derive: data draft (hashing)",
@@ -55,6 +57,16 @@ AUDIT_PHASES = {
 
 
 def _wrap(totals: dict[str, float], label: str, fn):
+    if inspect.iscoroutinefunction(fn):  # the recorder's phases run on the event loop
+        @functools.wraps(fn)
+        async def timed_async(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                totals[label] = totals.get(label, 0.0) + time.perf_counter() - started
+        return timed_async
+
     @functools.wraps(fn)
     def timed(*args, **kwargs):
         started = time.perf_counter()
