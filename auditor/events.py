@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 # Magic path prefix the kernel side opens (and fails to open) to put cell boundaries into a
 # syscall trace, in order with the syscalls around them: /.flo-backpack-mark/cell/<seq>/<phase>
@@ -193,10 +193,17 @@ def first_accesses(events: Iterable[Event]) -> Iterator[Event]:
         yield event
 
 
+#: Each event type's field names, in order: to_json reads them without asdict's deep copy
+#: (the tracers write an event per recorded syscall; every field is a plain JSON value).
+FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in EVENT_TYPES.values()}
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def to_json(event: Event) -> str:
-    data = asdict(event)
+    data = {name: getattr(event, name) for name in FIELD_NAMES[type(event)]}
     data["kind"] = event.kind
-    return json.dumps(data, separators=(",", ":"))
+    return _ENCODE(data)
 
 
 def from_json(line: str) -> Event:

@@ -268,3 +268,93 @@ def test_udp_connects_accepts_renames_and_names_as_strace_records_them(tmp_path:
     unnamed = [e for e in events if isinstance(e, Access) and e.path == str(work)]
     assert [(e.mode, e.given) for e in unnamed] == [("rw", ".")], unnamed
     assert unnamed[0].real and unnamed[0].real.startswith(f"{work}/#"), unnamed  # not "(deleted)"
+
+
+READS = r"""
+import json, os, sys
+os.mkdir("real")
+open("real/data.txt", "w").close()
+os.symlink("real", "linked")                   # a folder reached through a symlink
+os.symlink("data.txt", "real/alias.txt")       # a file that is a symlink
+os.mkfifo("pipe")
+for name in ("linked/data.txt", "real/alias.txt", "real", "/proc/self/status"):
+    open(name, "rb").close() if name != "real" else os.close(os.open(name, os.O_RDONLY))
+for name, flags in (("missing.txt", os.O_RDONLY), ("real/data.txt/x", os.O_RDONLY),
+                    ("real/data.txt", os.O_RDONLY | os.O_DIRECTORY)):
+    try:
+        os.open(name, flags)
+    except OSError:
+        pass
+os.close(os.open("pipe", os.O_RDONLY | os.O_NONBLOCK))
+print(os.getpid())
+"""
+
+
+@pytest.mark.parametrize("seccomp", [True, False], ids=["seccomp-bpf", "every-syscall"])
+def test_reads_judged_at_entry_are_recorded_as_the_kernel_opens_them(tmp_path: Path,
+                                                                    seccomp: bool) -> None:
+    """A read-only open is recorded at its first stop when the tracer can tell its outcome:
+    the same paths, modes and real paths as the fd would show, nothing for the ones that
+    fail, and the tracee's own /proc/self."""
+    work = tmp_path / "work"
+    work.mkdir()
+    program = tmp_path / "program.py"
+    program.write_text(READS)
+    done = subprocess.run(_wrapped(tmp_path, [sys.executable, str(program)], seccomp),
+                          cwd=work, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout)
+    mine = [(e.path, e.mode, e.real) for e in PtraceTracer().events(tmp_path)
+            if isinstance(e, Access) and e.pid == pid
+            and (e.path.startswith(str(work)) or e.path.startswith("/proc/self"))]
+    data = str(work / "real" / "data.txt")
+    assert [m for m in mine if m[1] == "r"] == [
+        (str(work / "linked" / "data.txt"), "r", data),
+        (str(work / "real" / "alias.txt"), "r", data),
+        (str(work / "real"), "r", str(work / "real")),
+        ("/proc/self/status", "r", f"/proc/{pid}/status"),
+        (str(work / "pipe"), "r", str(work / "pipe")),
+    ]
+    assert not [m for m in mine if "missing" in m[0] or m[0].endswith("/x")]
+    assert [m for m in mine if m[0] == data] == [(data, "w", data)]  # not the O_DIRECTORY try
+
+
+def test_open_at_entry_decides_only_what_the_kernel_would_agree_with(tmp_path: Path) -> None:
+    """The decision itself, on this process's own memory: a readable file is recorded and
+    needs no exit stop, a missing one is skipped, a write, a /proc path and a FIFO wait for
+    the kernel's answer."""
+    import ctypes
+    import io
+
+    from auditor.record import ptrace_syscalls as linux
+    from auditor.record.ptrace_run import Task, WaitLoop
+
+    (tmp_path / "there.txt").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink("there.txt", tmp_path / "link.txt")
+    out = io.StringIO()
+    loop = WaitLoop(out, seccomp=True, main_pid=os.getpid())
+    task = Task(os.getpid(), os.getpid())
+    keep = []
+
+    def decide(path: str, flags: int) -> tuple[bool, list[dict[str, object]]]:
+        name = ctypes.create_string_buffer(os.fsencode(path))
+        keep.append(name)
+        out.seek(0), out.truncate()
+        at_fdcwd = linux.AT_FDCWD & 0xFFFFFFFFFFFFFFFF
+        decided = loop.open_at_entry(task, linux.SYS_OPENAT,
+                                     (at_fdcwd, ctypes.addressof(name), flags, 0, 0, 0))
+        return decided, [json.loads(line) for line in out.getvalue().splitlines()]
+
+    there = str(tmp_path / "there.txt")
+    decided, events = decide(there, os.O_RDONLY)
+    assert decided and [(e["path"], e["mode"], e["real"]) for e in events] == [
+        (there, "r", there)]
+    assert decide(str(tmp_path / "missing"), os.O_RDONLY) == (True, [])
+    assert decide(there, os.O_WRONLY) == (False, [])
+    assert decide(there, os.O_RDONLY | os.O_CREAT) == (False, [])
+    assert decide(str(tmp_path / "link.txt"), os.O_RDONLY | os.O_NOFOLLOW) == (False, [])
+    assert decide("/proc/self/status", os.O_RDONLY) == (False, [])
+    assert decide(str(tmp_path / "fifo"), os.O_RDONLY) == (False, [])
+    decided, events = decide(mark_path(3, "end"), os.O_RDONLY)
+    assert decided and [(e["seq"], e["phase"]) for e in events] == [(3, "end")]

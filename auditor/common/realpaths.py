@@ -17,10 +17,11 @@ class RealPaths:
     def __init__(self) -> None:
         self._folders: dict[str, str] = {}
 
-    def __call__(self, path: str) -> str:
+    def __call__(self, path: str, link: bool | None = None) -> str:
+        """`link`: whether `path` is a symlink, if the caller knows (it saves an lstat)."""
         folder, name = os.path.split(path)
         if (not name or name in (".", "..") or "/./" in f"{folder}/" or "/../" in f"{folder}/"
-                or os.path.islink(path)):
+                or (os.path.islink(path) if link is None else link)):
             return os.path.realpath(path)
         real = self._folders.get(folder)
         if real is None:

@@ -5,7 +5,10 @@
 through python-ptrace's bindings; PTRACE_GET_SYSCALL_INFO (Linux 5.3+) tells entry from exit without
 per-architecture register juggling. Like `strace --seccomp-bpf`, a seccomp filter makes
 tracees stop only at the syscalls we record; without it every syscall stops and all but the
-recorded ones are skipped by number before anything is decoded.
+recorded ones are skipped by number before anything is decoded. A recorded syscall costs
+three stops (seccomp, entry, exit); a read-only open whose outcome the tracer can tell from
+outside (the file is there and readable, or it is missing) is recorded at the first and
+costs one (`WaitLoop.open_at_entry`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import platform
 import resource
 import signal
+import stat
 import struct
 import sys
 import time
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ptrace import PtraceError
 from ptrace.binding import func as pt
 
+from ..common.realpaths import RealPaths
 from ..events import (
     Accept,
     Access,
@@ -53,6 +58,11 @@ OPTIONS = (pt.PTRACE_O_TRACESYSGOOD | pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEV
            | pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL)
 WALL = 0x40000000
 SYSCALL_STOP = signal.SIGTRAP | 0x80
+# After each stop the tracer polls for the next one this long before it sleeps in waitpid:
+# recorded syscalls come in bursts (an import opens many files), and waking a sleeping
+# tracer costs more than the poll where an idle CPU halts (a VM's vCPU: tens of µs;
+# bench/tracer_tasks.py). The CPU it spends is bounded by this per recorded syscall.
+SPIN_S = 50e-6
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
 
@@ -79,6 +89,7 @@ class WaitLoop:
     announced: set[int] = field(default_factory=set)  # new tids whose parent reported them
     held: set[int] = field(default_factory=set)  # new tids stopped before their parent said so
     memory: linux.TraceeMemory = field(default_factory=linux.TraceeMemory)
+    real: RealPaths = field(default_factory=RealPaths)  # real paths of opens at entry
     main_status: int | None = None
     stop_signal: int | None = None  # a SIGTERM/SIGINT/SIGHUP we were sent and passed on
 
@@ -104,9 +115,14 @@ class WaitLoop:
                 raise
 
     def loop(self) -> None:
+        clock = time.perf_counter
         while True:
             try:
-                tid, status = os.waitpid(-1, WALL)
+                until, tid, status = clock() + SPIN_S, 0, 0
+                while not tid and clock() < until:  # the next stop often comes soon
+                    tid, status = os.waitpid(-1, WALL | os.WNOHANG)
+                if not tid:
+                    tid, status = os.waitpid(-1, WALL)
             except ChildProcessError:
                 return
             if os.WIFSTOPPED(status):
@@ -196,6 +212,9 @@ class WaitLoop:
                 self.leave(task, nr, args, exec_call, rval)
 
     def enter(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        if nr in linux.OPENS and self.open_at_entry(task, nr, args):
+            task.in_seccomp_call = False  # recorded already: run on without its exit stop
+            return
         task.nr, task.args, task.exec_call = nr, args, None
         if nr in linux.EXECS:  # the new image replaces this memory: read path and argv now
             dirfd = linux.fd_arg(args[0]) if nr == linux.SYS_EXECVEAT else linux.AT_FDCWD
@@ -205,6 +224,50 @@ class WaitLoop:
                 path = linux.readlink(f"/proc/{task.tid}/fd/{dirfd}") or ""
             argv = self.memory.read_argv(task.tgid, args[at + 1])
             task.exec_call = (self.absolute(task, dirfd, path), argv)
+
+    def open_at_entry(self, task: Task, nr: int, args: tuple[int, ...]) -> bool:
+        """Record an open at its entry stop when its outcome is known already, and so spare
+        the two stops its exit costs (a recorded syscall's stops are most of an audit's cost):
+        a cell mark; an O_PATH handle (not a use); a read of a missing file (it fails: not
+        recorded) or of an existing, readable one outside /proc and /dev (it opens: recorded
+        with the real path its fd would show). False leaves it to the exit stop: creating,
+        writing or truncating opens, and whatever the tracer cannot judge from outside."""
+        at = 1 if nr in (linux.SYS_OPENAT, linux.SYS_OPENAT2) else 0
+        name = self.memory.read_str(task.tgid, args[at])
+        mark = parse_mark(name)
+        if mark is not None:
+            self.emit(CellMark(pid=task.tgid, seq=mark[0], phase=mark[1], t=time.time()))
+            return True
+        flags = self.open_flags(task, nr, args)
+        mode = linux.open_mode(flags)
+        if mode is None:
+            return True
+        if mode not in ("r", "d") or flags & linux.O_CREAT or nr == linux.SYS_OPENAT2:
+            return False  # (openat2's resolve flags may refuse what a stat finds)
+        dirfd = linux.fd_arg(args[0]) if at else linux.AT_FDCWD
+        path = self.absolute(task, dirfd, name)
+        if path.startswith(("/proc/", "/dev/")) or path in ("/proc", "/dev"):
+            return False  # /proc/self is the tracer's here; devices may refuse or block
+        try:
+            st = os.lstat(path)
+            link = stat.S_ISLNK(st.st_mode)
+            if link:
+                if flags & linux.O_NOFOLLOW:
+                    return False  # ELOOP, unless the kernel's view differs: ask it
+                st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return True  # it fails with ENOENT or ENOTDIR: a failed open is not recorded
+        except OSError:
+            return False
+        if mode == "d" and not stat.S_ISDIR(st.st_mode):
+            return True  # O_DIRECTORY of a file: ENOTDIR
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) or not os.access(path,
+                                                                                     os.R_OK):
+            return False  # a FIFO, socket or device, or one it may not read: ask the kernel
+        given = self.as_named(task, name) if dirfd == linux.AT_FDCWD else None
+        self.emit(Access(pid=task.tgid, path=path, mode=mode, real=self.real(path, link),
+                         t=time.time(), source="ptrace", given=given))
+        return True
 
     def leave(self, task: Task, nr: int, args: tuple[int, ...],
               exec_call: tuple[str, list[str]] | None, rval: int) -> None:
