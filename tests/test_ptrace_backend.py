@@ -344,6 +344,7 @@ def test_open_at_entry_decides_only_what_the_kernel_would_agree_with(tmp_path: P
         at_fdcwd = linux.AT_FDCWD & 0xFFFFFFFFFFFFFFFF
         decided = loop.open_at_entry(task, linux.SYS_OPENAT,
                                      (at_fdcwd, ctypes.addressof(name), flags, 0, 0, 0))
+        loop.settle()  # what the wait loop does once the tracee runs on
         return decided, [json.loads(line) for line in out.getvalue().splitlines()]
 
     there = str(tmp_path / "there.txt")

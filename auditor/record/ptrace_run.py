@@ -90,6 +90,8 @@ class WaitLoop:
     held: set[int] = field(default_factory=set)  # new tids stopped before their parent said so
     memory: linux.TraceeMemory = field(default_factory=linux.TraceeMemory)
     real: RealPaths = field(default_factory=RealPaths)  # real paths of opens at entry
+    # Opens settled at entry, to record once the tracee runs on; and whether each is a symlink.
+    settling: list[tuple[Access, bool]] = field(default_factory=list)
     main_status: int | None = None
     stop_signal: int | None = None  # a SIGTERM/SIGINT/SIGHUP we were sent and passed on
 
@@ -167,6 +169,8 @@ class WaitLoop:
             if exc.errno != errno.ESRCH:
                 raise
         self.resume(task, deliver)
+        if self.settling:
+            self.settle()
 
     def on_event(self, task: Task, event: int) -> None:
         if event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
@@ -226,12 +230,13 @@ class WaitLoop:
             task.exec_call = (self.absolute(task, dirfd, path), argv)
 
     def open_at_entry(self, task: Task, nr: int, args: tuple[int, ...]) -> bool:
-        """Record an open at its entry stop when its outcome is known already, and so spare
+        """Settle an open at its entry stop when its outcome is known already, and so spare
         the two stops its exit costs (a recorded syscall's stops are most of an audit's cost):
         a cell mark; an O_PATH handle (not a use); a read of a missing file (it fails: not
-        recorded) or of an existing, readable one outside /proc and /dev (it opens: recorded
-        with the real path its fd would show). False leaves it to the exit stop: creating,
-        writing or truncating opens, and whatever the tracer cannot judge from outside."""
+        recorded) or of one that is there outside /proc and /dev (it opens: recorded, by
+        `settle` once the tracee runs on, with the real path its fd would show). False leaves
+        it to the exit stop: creating, writing or truncating opens, and whatever the tracer
+        cannot judge from outside (sockets, FIFOs, a symlink opened O_NOFOLLOW, openat2)."""
         at = 1 if nr in (linux.SYS_OPENAT, linux.SYS_OPENAT2) else 0
         name = self.memory.read_str(task.tgid, args[at])
         mark = parse_mark(name)
@@ -261,13 +266,21 @@ class WaitLoop:
             return False
         if mode == "d" and not stat.S_ISDIR(st.st_mode):
             return True  # O_DIRECTORY of a file: ENOTDIR
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) or not os.access(path,
-                                                                                     os.R_OK):
-            return False  # a FIFO, socket or device, or one it may not read: ask the kernel
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return False  # a FIFO, socket or device: ask the kernel
         given = self.as_named(task, name) if dirfd == linux.AT_FDCWD else None
-        self.emit(Access(pid=task.tgid, path=path, mode=mode, real=self.real(path, link),
-                         t=time.time(), source="ptrace", given=given))
+        self.settling.append((Access(pid=task.tgid, path=path, mode=mode, real=None,
+                                     t=time.time(), source="ptrace", given=given), link))
         return True
+
+    def settle(self) -> None:
+        """Record the opens `open_at_entry` let run on: their real paths and the check that
+        the tracee may read them are the tracer's work while the tracee runs again."""
+        for access, link in self.settling:
+            if os.access(access.path, os.R_OK):  # else it failed with EACCES
+                access.real = self.real(access.path, link)
+                self.emit(access)
+        self.settling.clear()
 
     def leave(self, task: Task, nr: int, args: tuple[int, ...],
               exec_call: tuple[str, list[str]] | None, rval: int) -> None:
