@@ -57,25 +57,31 @@ def _feed(digest: hashlib._Hash, path: str | Path, progress: Progress | None) ->
 def directory_files(path: str | Path) -> list[tuple[str, Path]]:
     """Every file under `path` (recursively; symlinked directories are not followed) as
     (relative POSIX path, absolute path), sorted by the relative path's UTF-8 bytes."""
-    root = Path(path)
+    root = os.fspath(path)
     found = []
     for folder, dirs, names in os.walk(root):
         dirs.sort()
+        relative_folder = os.path.relpath(folder, root)
         for name in names:
-            full = Path(folder) / name
-            if full.is_file():
-                found.append((full.relative_to(root).as_posix(), full))
-    return sorted(found, key=lambda item: item[0].encode("utf-8", "surrogateescape"))
+            full = os.path.join(folder, name)
+            if os.path.isfile(full):
+                relative = name if relative_folder == "." else f"{relative_folder}/{name}"
+                found.append((relative, full))
+    found.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
+    return [(relative, Path(full)) for relative, full in found]
 
 
-def directory_stats(path: str | Path) -> tuple[int, int]:
-    """(number of files, total bytes) of a directory, as `files` and `expected_size` count."""
-    files = directory_files(path)
+def directory_stats(path: str | Path,
+                    files: list[tuple[str, Path]] | None = None) -> tuple[int, int]:
+    """(number of files, total bytes) of a directory, as `files` and `expected_size` count;
+    `files`: its `directory_files`, if the caller has them."""
+    files = directory_files(path) if files is None else files
     return len(files), sum(full.stat().st_size for _, full in files)
 
 
 def directory_checksum(path: str | Path, algo: str = "sha256",
-                       progress: Progress | None = None) -> str:
+                       progress: Progress | None = None,
+                       files: list[tuple[str, Path]] | None = None) -> str:
     """The checksum of a directory entry -> 'algo:hex'.
 
     Byte layout fed to the hash, for each file of `directory_files` in that order:
@@ -84,7 +90,7 @@ def directory_checksum(path: str | Path, algo: str = "sha256",
     trees produce the same bytes). Empty directories and file modes do not count.
     """
     digest = hashlib.new(algo)
-    for relative, full in directory_files(path):
+    for relative, full in directory_files(path) if files is None else files:
         size = full.stat().st_size
         digest.update(relative.encode("utf-8", "surrogateescape") + b"\0"
                       + str(size).encode("ascii") + b"\0")

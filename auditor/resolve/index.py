@@ -60,6 +60,7 @@ class EnvIndex:
         self._memo: dict[tuple[str, str | None], Ownership | None] = {}
         self._realpath = RealPaths()
         self._env_memo: dict[str, bool] = {}
+        self._folder_owner: dict[str, Distribution | None] = {}  # _editable_owner's climbs
         sites = [p for p in env.paths if os.path.isdir(p)]
         self._anchors = {v for p in sites for v in _variants(p)}
         conda_meta = os.path.join(env.prefix, "conda-meta")
@@ -218,12 +219,21 @@ class EnvIndex:
         return Ownership(None, metadata=True)
 
     def _editable_owner(self, path: str) -> Distribution | None:
+        dist = self._roots.get(path)
+        if dist is not None or path in self._anchors or path in self._stops:
+            return dist
+        folder = os.path.dirname(path)
+        if folder not in self._folder_owner:  # many files share a folder: climb it once
+            self._folder_owner[folder] = self._climb(folder)
+        return self._folder_owner[folder]
+
+    def _climb(self, folder: str) -> Distribution | None:
         # Never climb out of the environment: a project dir may hold its own .venv.
-        for folder in [path, *_ancestors(path)]:
-            dist = self._roots.get(folder)
+        for step in [folder, *_ancestors(folder)]:
+            dist = self._roots.get(step)
             if dist is not None:
                 return dist
-            if folder in self._anchors or folder in self._stops:
+            if step in self._anchors or step in self._stops:
                 return None
         return None
 

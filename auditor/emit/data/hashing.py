@@ -13,7 +13,13 @@ import tempfile
 import urllib.request
 from collections.abc import Callable
 
-from ...backpack.checksums import CHUNK, directory_checksum, directory_stats, file_checksum
+from ...backpack.checksums import (
+    CHUNK,
+    directory_checksum,
+    directory_files,
+    directory_stats,
+    file_checksum,
+)
 
 #: progress(what, bytes done, bytes in all or 0 when unknown)
 Progress = Callable[[str, int, int], None]
@@ -62,7 +68,9 @@ def sha256_folder(folder: str, progress: Progress | None = None) -> tuple[str, i
     """(checksum, files, total size) of a folder entry (the layout of
     checksums.directory_checksum); None if a file vanished while it was hashed."""
     try:
-        files, size = directory_stats(folder)
-        return directory_checksum(folder, "sha256", _counting(folder, size, progress)), files, size
+        listing = directory_files(folder)  # walked once for both
+        files, size = directory_stats(folder, listing)
+        digest = directory_checksum(folder, "sha256", _counting(folder, size, progress), listing)
+        return digest, files, size
     except OSError:
         return None

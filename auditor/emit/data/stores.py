@@ -39,8 +39,12 @@ def stores_of(paths: Iterable[str], cwd: str) -> dict[str, list[str]]:
     notebook's own folder is never a data entry)."""
     marked: dict[str, bool] = {}
     roots: dict[str, list[str]] = {}
+    root_of: dict[str, str | None] = {}  # per folder: a store's root depends on it alone
     for path in paths:
-        root = store_root(path, marked)
+        folder = os.path.dirname(path)
+        if folder not in root_of:
+            root_of[folder] = store_root(path, marked)
+        root = root_of[folder]
         if root is not None and not (cwd == root or cwd.startswith(root + os.sep)):
             roots.setdefault(root, []).append(path)
     return roots
