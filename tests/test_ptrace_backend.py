@@ -204,6 +204,40 @@ def test_probe_finds_ptrace_usable_and_asks_once(monkeypatch: pytest.MonkeyPatch
         _probe.cache_clear()
 
 
+def test_probe_runs_no_program_when_the_tracer_imports_from_anywhere(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed (this checkout is), the probe is a forked child traced in this process; it
+    traces /bin/true only when flo-backpack may import from the cwd alone."""
+    import auditor.record.ptrace as backend
+
+    def no_program(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the probe started a program")
+
+    monkeypatch.setattr(backend, "run", no_program)
+    _probe.cache_clear()
+    try:
+        assert _probe() is None
+        assert not psutil.Process().children()  # the probe's child was reaped
+    finally:
+        _probe.cache_clear()
+
+
+def test_importable_elsewhere_only_through_what_is_not_the_cwd(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.machinery
+
+    import auditor.record.ptrace as backend
+
+    monkeypatch.setattr(sys, "meta_path", [importlib.machinery.PathFinder])
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "path", [str(REPO)])
+    assert not backend._importable_elsewhere()  # the checkout is the cwd: only from here
+    monkeypatch.chdir(tmp_path)
+    assert backend._importable_elsewhere()
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    assert not backend._importable_elsewhere()
+
+
 def test_events_of_a_record_without_trace_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RecordFormatError, match="trace.jsonl is missing"):
         PtraceTracer().events(tmp_path)

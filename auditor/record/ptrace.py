@@ -10,10 +10,12 @@ kernel's zmq threads and a notebook's workers run at full speed between recorded
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import sys
 import tempfile
 from collections.abc import Iterator
+from importlib.machinery import PathFinder
 from pathlib import Path
 
 from ..common.errors import CommandError, RecordFormatError
@@ -50,16 +52,44 @@ class PtraceTracer(Tracer):
 
 @functools.cache
 def _probe() -> str | None:
-    """Why ptrace cannot trace here (checked once, by tracing /bin/true), or None."""
+    """Why ptrace cannot trace here (checked once, in this process), or None."""
     try:
-        import ptrace.binding  # noqa: F401
+        from . import ptrace_run
     except ImportError:
         return "python-ptrace is not installed (pip install python-ptrace)"
+    if not _importable_elsewhere():
+        return _probe_by_tracing()  # flo-backpack may be importable from this cwd only
+    return ptrace_run.probe()
+
+
+def _importable_elsewhere() -> bool:
+    """Whether `python -m auditor...` imports this package from another cwd: a finder of
+    sys.meta_path finds it (an editable install's, or the path finder over the absolute
+    sys.path entries that are not the cwd)."""
+    mine = os.path.realpath(Path(__file__).parents[1] / "__init__.py")
+    cwd = os.path.realpath(os.getcwd())
+    entries = [e for e in sys.path if os.path.isabs(e) and os.path.realpath(e) != cwd]
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None:
+            continue
+        try:
+            spec = find_spec("auditor", entries if finder is PathFinder else None)
+        except Exception:  # a third-party finder that cannot answer: ask the next one
+            continue
+        if spec is not None and spec.origin and os.path.realpath(spec.origin) == mine:
+            return True
+    return False
+
+
+def _probe_by_tracing() -> str | None:
+    """Why ptrace cannot trace here, found by tracing /bin/true from a neutral cwd, as the
+    kernel will run (`-m auditor...` must import there), or None."""
     if platform.machine() != "x86_64":
         return f"the ptrace backend supports x86_64 only, not {platform.machine()}"
     with tempfile.TemporaryDirectory(prefix="flo-ptrace-probe-") as tmp:
         argv = PtraceTracer().wrap(["/bin/true"], Path(tmp))
-        try:  # from a neutral cwd, as the kernel will run: `-m auditor...` must import
+        try:
             done = run(argv, timeout=30, check=False, cwd=tmp, what="probing ptrace")
         except CommandError as exc:
             return str(exc)

@@ -388,6 +388,44 @@ def _child(argv: list[str], report: int, seccomp: bool) -> None:
         os._exit(127)
 
 
+def probe() -> str | None:
+    """Why this process cannot trace as `trace` does, or None, without starting a program: a
+    forked child asks to be traced and installs the seccomp filter, the tracer sets its
+    options on it, then kills it (a few ms, where tracing /bin/true costs a Python start)."""
+    if platform.machine() != "x86_64":
+        return f"the ptrace backend supports x86_64 only, not {platform.machine()}"
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but system calls until it is killed
+        os.close(read_end)
+        try:
+            pt.ptrace_traceme()
+        except PtraceError as exc:
+            os.write(write_end, f"E ptrace(PTRACE_TRACEME) failed: {exc}".encode())
+            os._exit(126)
+        os.write(write_end, b"S" if linux.install_seccomp() else b"F")
+        os.close(write_end)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        os._exit(0)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as report:
+            said = report.read(4096)
+        _, status = os.waitpid(pid, WALL)
+        if not said.startswith((b"S", b"F")) or not os.WIFSTOPPED(status):
+            return said[2:].decode(errors="replace") or "a traced child did not start"
+        pt.ptrace_setoptions(pid, OPTIONS | (PTRACE_O_TRACESECCOMP if said == b"S" else 0))
+        return None
+    except PtraceError as exc:
+        return f"ptrace(PTRACE_SETOPTIONS) failed: {exc}"
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, WALL)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 def trace(argv: list[str], out: TextIO, *, seccomp: bool = True) -> int:
     """Run argv traced, writing events to `out`; returns its exit code or -signal."""
     if platform.machine() != "x86_64":
