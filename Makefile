@@ -3,6 +3,8 @@
 # Set-up: a .venv made with python3 (3.11 on our machines), uv inside it, flo-backpack installed
 # editable with its test extras, the fixture packages, and the editable local fixture packages.
 # It is redone only when pyproject.toml or the fixture requirements change (the stamp file).
+# Everything is compiled to bytecode, as pip does by default (uv only when asked): machines
+# that set PYTHONDONTWRITEBYTECODE would otherwise compile every module at every start.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
@@ -23,8 +25,9 @@ LOCAL_PACKAGES := floedit flohost floextra floplug
 
 $(STAMP): pyproject.toml fixtures/requirements.txt $(LOCAL_PACKAGES:%=fixtures/packages/%/pyproject.toml) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[test]' -r fixtures/requirements.txt
-	$(BIN)/uv pip install --python $(BIN)/python $(LOCAL_PACKAGES:%=-e fixtures/packages/%)
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e '.[test]' -r fixtures/requirements.txt
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(LOCAL_PACKAGES:%=-e fixtures/packages/%)
+	$(BIN)/python -m compileall -q auditor kernels provisioner
 	touch $(STAMP)
 
 demo: $(STAMP)
