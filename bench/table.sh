@@ -8,7 +8,7 @@
 #
 # BASELINE: another checkout's tree (`git archive COMMIT | tar -x -C /tmp/old`), for the
 # "before" columns (compile it too: `python -m compileall -q /tmp/old`, as make setup compiles
-this tree). About 35 minutes on the 2-core development machine.
+# this tree). About 35 minutes on the 2-core development machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
