@@ -370,8 +370,9 @@ def _is_group_stop(tid: int) -> bool:
 
 # -- starting the traced command -----------------------------------------------------------
 
-def _child(argv: list[str], report: int, seccomp: bool) -> None:
-    """In the forked child: become a tracee, install the filter, stop, then exec argv."""
+def _child(argv: list[str] | None, report: int, seccomp: bool) -> None:
+    """In the forked child: become a tracee, install the filter, stop, then exec argv (with
+    None, wait to be killed: the probe's child)."""
     try:
         pt.ptrace_traceme()
     except PtraceError as exc:
@@ -381,6 +382,8 @@ def _child(argv: list[str], report: int, seccomp: bool) -> None:
     os.write(report, mode)
     os.close(report)
     os.kill(os.getpid(), signal.SIGSTOP)  # the tracer sets its options during this stop
+    if argv is None:
+        os._exit(0)
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:
@@ -388,46 +391,9 @@ def _child(argv: list[str], report: int, seccomp: bool) -> None:
         os._exit(127)
 
 
-def probe() -> str | None:
-    """Why this process cannot trace as `trace` does, or None, without starting a program: a
-    forked child asks to be traced and installs the seccomp filter, the tracer sets its
-    options on it, then kills it (a few ms, where tracing /bin/true costs a Python start)."""
-    if platform.machine() != "x86_64":
-        return f"the ptrace backend supports x86_64 only, not {platform.machine()}"
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: nothing but system calls until it is killed
-        os.close(read_end)
-        try:
-            pt.ptrace_traceme()
-        except PtraceError as exc:
-            os.write(write_end, f"E ptrace(PTRACE_TRACEME) failed: {exc}".encode())
-            os._exit(126)
-        os.write(write_end, b"S" if linux.install_seccomp() else b"F")
-        os.close(write_end)
-        os.kill(os.getpid(), signal.SIGSTOP)
-        os._exit(0)
-    os.close(write_end)
-    try:
-        with os.fdopen(read_end, "rb") as report:
-            said = report.read(4096)
-        _, status = os.waitpid(pid, WALL)
-        if not said.startswith((b"S", b"F")) or not os.WIFSTOPPED(status):
-            return said[2:].decode(errors="replace") or "a traced child did not start"
-        pt.ptrace_setoptions(pid, OPTIONS | (PTRACE_O_TRACESECCOMP if said == b"S" else 0))
-        return None
-    except PtraceError as exc:
-        return f"ptrace(PTRACE_SETOPTIONS) failed: {exc}"
-    finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, WALL)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-
-
-def trace(argv: list[str], out: TextIO, *, seccomp: bool = True) -> int:
-    """Run argv traced, writing events to `out`; returns its exit code or -signal."""
+def _start(argv: list[str] | None, seccomp: bool) -> tuple[int, bool]:
+    """Fork the child `_child` makes of argv and wait for its stop: (pid, whether the seccomp
+    filter holds). OSError saying why when it could not become a tracee (nothing is left)."""
     if platform.machine() != "x86_64":
         raise OSError(f"the ptrace backend supports x86_64 only, not {platform.machine()}")
     read_end, write_end = os.pipe()
@@ -444,7 +410,31 @@ def trace(argv: list[str], out: TextIO, *, seccomp: bool = True) -> int:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, WALL)
         raise OSError(said[2:].decode(errors="replace") or "the traced command did not start")
-    tracer = WaitLoop(out, seccomp=said == b"S", main_pid=pid)
+    return pid, said == b"S"
+
+
+def probe() -> str | None:
+    """Why this process cannot trace as `trace` does, or None, without starting a program: a
+    forked child asks to be traced and installs the seccomp filter, the tracer sets its
+    options on it, then kills it (a few ms, where tracing /bin/true costs a Python start)."""
+    try:
+        pid, seccomp = _start(None, seccomp=True)
+    except OSError as exc:
+        return str(exc)
+    try:
+        pt.ptrace_setoptions(pid, OPTIONS | (PTRACE_O_TRACESECCOMP if seccomp else 0))
+        return None
+    except PtraceError as exc:
+        return f"ptrace(PTRACE_SETOPTIONS) failed: {exc}"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, WALL)
+
+
+def trace(argv: list[str], out: TextIO, *, seccomp: bool = True) -> int:
+    """Run argv traced, writing events to `out`; returns its exit code or -signal."""
+    pid, seccomp = _start(argv, seccomp)
+    tracer = WaitLoop(out, seccomp=seccomp, main_pid=pid)
     tracer.tasks[pid] = Task(pid, pid)
     forward = _forward_signals(tracer)
     try:
