@@ -57,6 +57,8 @@ def _probe() -> str | None:
         from . import ptrace_run
     except ImportError:
         return "python-ptrace is not installed (pip install python-ptrace)"
+    if platform.machine() != "x86_64":
+        return f"the ptrace backend supports x86_64 only, not {platform.machine()}"
     if not _importable_elsewhere():
         return _probe_by_tracing()  # flo-backpack may be importable from this cwd only
     return ptrace_run.probe()
@@ -85,8 +87,6 @@ def _importable_elsewhere() -> bool:
 def _probe_by_tracing() -> str | None:
     """Why ptrace cannot trace here, found by tracing /bin/true from a neutral cwd, as the
     kernel will run (`-m auditor...` must import there), or None."""
-    if platform.machine() != "x86_64":
-        return f"the ptrace backend supports x86_64 only, not {platform.machine()}"
     with tempfile.TemporaryDirectory(prefix="flo-ptrace-probe-") as tmp:
         argv = PtraceTracer().wrap(["/bin/true"], Path(tmp))
         try:

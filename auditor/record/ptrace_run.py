@@ -74,7 +74,9 @@ class Task:
     tgid: int
     nr: int | None = None
     args: tuple[int, ...] = ()
-    exec_call: tuple[str, list[str]] | None = None  # execve path and argv, read at entry
+    # What its entry stop read for the exit to record: an exec's path and argv (the new image
+    # replaces that memory), an open's path, mode and name (its real path is the fd's).
+    entered: Exec | Access | None = None
     in_seccomp_call: bool = False
 
 
@@ -187,7 +189,7 @@ class WaitLoop:
             if former != task.tid:  # a non-leader thread exec'd and took the leader's tid
                 moved = self.tasks.pop(former, None)
                 if moved is not None:
-                    task.nr, task.args, task.exec_call = moved.nr, moved.args, moved.exec_call
+                    task.nr, task.args, task.entered = moved.nr, moved.args, moved.entered
                     task.in_seccomp_call = moved.in_seccomp_call
             self.memory.forget(task.tgid)
         elif event == PTRACE_EVENT_SECCOMP:
@@ -210,16 +212,17 @@ class WaitLoop:
         elif info.op == linux.SYSCALL_INFO_EXIT:
             task.in_seccomp_call = False
             if task.nr is not None:
-                nr, args, exec_call = task.nr, task.args, task.exec_call
-                task.nr, task.args, task.exec_call = None, (), None
+                nr, args, entered = task.nr, task.args, task.entered
+                task.nr, task.args, task.entered = None, (), None
                 rval = ctypes.c_int64(info.words[0]).value
-                self.leave(task, nr, args, exec_call, rval)
+                self.leave(task, nr, args, entered, rval)
 
     def enter(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        task.nr, task.args, task.entered = nr, args, None
         if nr in linux.OPENS and self.open_at_entry(task, nr, args):
-            task.in_seccomp_call = False  # recorded already: run on without its exit stop
+            task.nr, task.entered = None, None
+            task.in_seccomp_call = False  # settled already: run on without its exit stop
             return
-        task.nr, task.args, task.exec_call = nr, args, None
         if nr in linux.EXECS:  # the new image replaces this memory: read path and argv now
             dirfd = linux.fd_arg(args[0]) if nr == linux.SYS_EXECVEAT else linux.AT_FDCWD
             at = 1 if nr == linux.SYS_EXECVEAT else 0
@@ -227,16 +230,17 @@ class WaitLoop:
             if nr == linux.SYS_EXECVEAT and not path and args[4] & linux.AT_EMPTY_PATH:
                 path = linux.readlink(f"/proc/{task.tid}/fd/{dirfd}") or ""
             argv = self.memory.read_argv(task.tgid, args[at + 1])
-            task.exec_call = (self.absolute(task, dirfd, path), argv)
+            task.entered = Exec(pid=task.tgid, path=self.absolute(task, dirfd, path), argv=argv)
 
     def open_at_entry(self, task: Task, nr: int, args: tuple[int, ...]) -> bool:
-        """Settle an open at its entry stop when its outcome is known already, and so spare
-        the two stops its exit costs (a recorded syscall's stops are most of an audit's cost):
-        a cell mark; an O_PATH handle (not a use); a read of a missing file (it fails: not
-        recorded) or of one that is there outside /proc and /dev (it opens: recorded, by
-        `settle` once the tracee runs on, with the real path its fd would show). False leaves
-        it to the exit stop: creating, writing or truncating opens, and whatever the tracer
-        cannot judge from outside (sockets, FIFOs, a symlink opened O_NOFOLLOW, openat2)."""
+        """Read an open at its entry stop, and settle it there when its outcome is known
+        already, sparing the two stops its exit costs (a recorded syscall's stops are most of
+        an audit's cost): a cell mark; an O_PATH handle (not a use); a read of a missing file
+        (it fails: not recorded) or of one that is there outside /proc and /dev (it opens:
+        recorded, by `settle` once the tracee runs on, with the real path its fd would show).
+        False leaves it to the exit stop (`task.entered` holds what the entry read): creating,
+        writing or truncating opens, and whatever the tracer cannot judge from outside
+        (sockets, FIFOs, a symlink opened O_NOFOLLOW, openat2)."""
         at = 1 if nr in (linux.SYS_OPENAT, linux.SYS_OPENAT2) else 0
         name = self.memory.read_str(task.tgid, args[at])
         mark = parse_mark(name)
@@ -247,10 +251,13 @@ class WaitLoop:
         mode = linux.open_mode(flags)
         if mode is None:
             return True
-        if mode not in ("r", "d") or flags & linux.O_CREAT or nr == linux.SYS_OPENAT2:
-            return False  # (openat2's resolve flags may refuse what a stat finds)
         dirfd = linux.fd_arg(args[0]) if at else linux.AT_FDCWD
         path = self.absolute(task, dirfd, name)
+        given = self.as_named(task, name) if dirfd == linux.AT_FDCWD else None
+        task.entered = access = Access(pid=task.tgid, path=path, mode=mode, t=time.time(),
+                                       source="ptrace", given=given)
+        if mode not in ("r", "d") or flags & linux.O_CREAT or nr == linux.SYS_OPENAT2:
+            return False  # (openat2's resolve flags may refuse what a stat finds)
         if path.startswith(("/proc/", "/dev/")) or path in ("/proc", "/dev"):
             return False  # /proc/self is the tracer's here; devices may refuse or block
         try:
@@ -268,9 +275,7 @@ class WaitLoop:
             return True  # O_DIRECTORY of a file: ENOTDIR
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             return False  # a FIFO, socket or device: ask the kernel
-        given = self.as_named(task, name) if dirfd == linux.AT_FDCWD else None
-        self.settling.append((Access(pid=task.tgid, path=path, mode=mode, real=None,
-                                     t=time.time(), source="ptrace", given=given), link))
+        self.settling.append((access, link))
         return True
 
     def settle(self) -> None:
@@ -283,28 +288,16 @@ class WaitLoop:
         self.settling.clear()
 
     def leave(self, task: Task, nr: int, args: tuple[int, ...],
-              exec_call: tuple[str, list[str]] | None, rval: int) -> None:
+              entered: Exec | Access | None, rval: int) -> None:
         now = time.time()
-        if nr in linux.OPENS:
-            at = 1 if nr in (linux.SYS_OPENAT, linux.SYS_OPENAT2) else 0
-            name = self.memory.read_str(task.tgid, args[at])
-            mark = parse_mark(name)
-            if mark is not None:
-                self.emit(CellMark(pid=task.tgid, seq=mark[0], phase=mark[1], t=now))
-            elif rval >= 0:
-                mode = linux.open_mode(self.open_flags(task, nr, args))
-                if mode is None:
-                    return
-                dirfd = linux.fd_arg(args[0]) if at else linux.AT_FDCWD
-                path = self.absolute(task, dirfd, name)
-                real = linux.real_path(task.tid, rval)
-                given = self.as_named(task, name) if dirfd == linux.AT_FDCWD else None
-                self.emit(Access(pid=task.tgid, path=path, mode=mode,
-                                 real=real,
-                                 t=now, source="ptrace", given=given))
-        elif nr in linux.EXECS:
-            if rval == 0 and exec_call is not None:
-                self.emit(Exec(pid=task.tgid, path=exec_call[0], argv=exec_call[1], t=now))
+        if isinstance(entered, Access):  # an open the entry could not settle
+            if rval >= 0:
+                entered.real, entered.t = linux.real_path(task.tid, rval), now
+                self.emit(entered)
+        elif isinstance(entered, Exec):
+            if rval == 0:
+                entered.t = now
+                self.emit(entered)
         elif nr == linux.SYS_CONNECT and rval in (0, -errno.EINPROGRESS):
             raw = self.memory.read(task.tgid, args[1], min(args[2], 128))
             address = linux.sockaddr_address(raw)
