@@ -95,3 +95,19 @@ def test_dpkg_owners_batches_and_follows_merged_usr():
     for path in libc[:1] + usr_libc:
         assert owners[path] == "libc6"
     assert "/no/such/file" not in owners
+
+
+def test_module_names_resolve_by_search_path_like_the_import_system(venv, tmp_path):
+    from auditor.resolve.modules import NOT_FOUND, ModuleOwners
+
+    env, index, site = venv
+    (tmp_path / "helper.py").write_text("X = 1\n")
+    (tmp_path / "helper.cpython-311-x86_64-linux-gnu.so.txt").write_text("not a module\n")
+    owners = ModuleOwners(index, [str(tmp_path), *env.paths], str(tmp_path))
+    assert owners.owner("numpy.linalg") == "numpy"
+    # an extension module alone at the top of site-packages: found by its `name.<tag>.so`
+    assert glob.glob(os.path.join(site, "_cffi_backend.*.so"))
+    assert owners.owner("_cffi_backend") == "cffi"
+    assert owners.owner("helper") is None  # the notebook's own module, first on the path
+    assert owners.owner("json") is None
+    assert owners.owner("no_such_module_anywhere") == NOT_FOUND

@@ -29,6 +29,10 @@ class ModuleOwners:
     search_path: Iterable[str]
     notebook_dir: str
     _memo: dict[str, str | None] = field(default_factory=dict)
+    # Each folder's extension modules by name, listed once: a glob per module lists the
+    # whole folder again, and N names looked up in a folder of N modules is N^2 (bench/growth.py
+    # --only imports).
+    _extensions: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def owner(self, module: str) -> str | None:
         """The distribution's name; None for the stdlib and the notebook's own modules;
@@ -58,13 +62,28 @@ class ModuleOwners:
                     return None  # the workflow's own helper module
         return None if top in _STDLIB else NOT_FOUND
 
-    @staticmethod
-    def _candidates(entry: str, relative: str) -> list[str]:
+    def _candidates(self, entry: str, relative: str) -> list[str]:
         package = os.path.join(entry, relative)
         found = [p for p in (os.path.join(package, "__init__.py"), package + ".py")
                  if os.path.isfile(p)]
-        found += sorted(glob.glob(glob.escape(package) + ".*.so"))
+        folder, base = os.path.split(package)
+        found += [os.path.join(folder, name) for name in self._extensions_in(folder).get(base, ())]
         if not found and os.path.isdir(package):  # a namespace package: any module in it
             found = sorted(glob.glob(os.path.join(glob.escape(package), "**", "*.py"),
                                      recursive=True))[:1]
         return found
+
+    def _extensions_in(self, folder: str) -> dict[str, list[str]]:
+        """`name.<tag>.so` files (`_json.cpython-311-x86_64-linux-gnu.so`) by module name."""
+        if folder not in self._extensions:
+            by_name: dict[str, list[str]] = {}
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError:
+                names = []
+            for name in names:
+                module, dot, tag = name.partition(".")
+                if dot and tag.endswith(".so"):
+                    by_name.setdefault(module, []).append(name)
+            self._extensions[folder] = by_name
+        return self._extensions[folder]
