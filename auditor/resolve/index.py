@@ -61,6 +61,7 @@ class EnvIndex:
         self._realpath = RealPaths()
         self._env_memo: dict[str, bool] = {}
         self._folder_owner: dict[str, Distribution | None] = {}  # _editable_owner's climbs
+        self._folder_package: dict[str, Distribution | None] = {}  # _package_dir_owner's
         sites = [p for p in env.paths if os.path.isdir(p)]
         self._anchors = {v for p in sites for v in _variants(p)}
         conda_meta = os.path.join(env.prefix, "conda-meta")
@@ -238,8 +239,15 @@ class EnvIndex:
         return None
 
     def _package_dir_owner(self, path: str) -> Distribution | None:
+        if path in self._anchors or path in self._stops or path in self._dir_owner:
+            return self._climb_package_dirs(path)
+        folder = os.path.dirname(path)  # a file: its folder decides, climbed once per folder
+        if folder not in self._folder_package:
+            self._folder_package[folder] = self._climb_package_dirs(folder)
+        return self._folder_package[folder]
+
+    def _climb_package_dirs(self, folder: str) -> Distribution | None:
         candidate = None
-        folder = path
         while folder not in ("/", ""):
             if folder in self._anchors:
                 return candidate
