@@ -39,7 +39,7 @@ step names_cost "$PY" bench/names_cost.py --rounds 400 "${kernel_against[@]}"
 step kernel_cell_cost "$PY" bench/kernel_cell_cost.py "${kernel_against[@]}"
 step growth_cells "$PY" bench/growth.py --only cells -n 2 "${against[@]}"
 step growth_files "$PY" bench/growth.py --only files -n 3 "${against[@]}"
-step growth_imports "$PY" bench/growth.py --only imports -n 2
+step growth_imports "$PY" bench/growth.py --only imports -n 3 "${against[@]}"
 step growth_workers "$PY" bench/growth.py --only workers -n 2
 step env_cache "$PY" bench/env_cache.py
 step run_overhead "$PY" bench/run_overhead.py --repeat 2
