@@ -393,3 +393,38 @@ def test_open_at_entry_decides_only_what_the_kernel_would_agree_with(tmp_path: P
     assert decide(str(tmp_path / "fifo"), os.O_RDONLY) == (False, [])
     decided, events = decide(mark_path(3, "end"), os.O_RDONLY)
     assert decided and [(e["seq"], e["phase"]) for e in events] == [(3, "end")]
+
+
+def test_the_filter_goes_in_by_seccomp_2_so_it_can_ask_for_no_ssbd() -> None:
+    """install_seccomp asks seccomp(2) for SECCOMP_FILTER_FLAG_SPEC_ALLOW (kernels >= 4.17, as
+    here), so the filter does not force the speculative store bypass mitigation on what it
+    traces; prctl, which cannot ask, is the fallback. A child with prctl taken away must
+    still end up filtered: /proc says mode 2 (read by the parent: an untraced child's opens
+    now fail with ENOSYS)."""
+    import ctypes
+
+    from auditor.record import ptrace_syscalls as linux
+
+    class NoPrctl:
+        def __init__(self, libc: ctypes.CDLL) -> None:
+            self.syscall = libc.syscall
+
+        def prctl(self, *args: object) -> int:
+            raise AssertionError("prctl used: seccomp(2) with SPEC_ALLOW failed")
+
+    pid = os.fork()
+    if pid == 0:  # the child: filter itself, stop to be looked at, report by exit code
+        code = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(38, 1, 0, 0, 0)  # no_new_privs, as an unprivileged tracer needs
+            code = 0 if linux._set_filter(NoPrctl(libc), linux.seccomp_program()) else 2
+            os.kill(os.getpid(), signal.SIGSTOP)
+        finally:
+            os._exit(code)
+    _, stopped = os.waitpid(pid, os.WUNTRACED)
+    filtered = "Seccomp:\t2" in Path(f"/proc/{pid}/status").read_text()
+    os.kill(pid, signal.SIGCONT)
+    _, ended = os.waitpid(pid, 0)
+    assert os.WIFSTOPPED(stopped) and os.WIFEXITED(ended) and os.WEXITSTATUS(ended) == 0
+    assert filtered

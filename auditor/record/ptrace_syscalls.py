@@ -17,7 +17,7 @@ SYS_OPEN, SYS_CREAT, SYS_OPENAT, SYS_OPENAT2 = 2, 85, 257, 437
 SYS_EXECVE, SYS_EXECVEAT, SYS_CONNECT = 59, 322, 42
 SYS_ACCEPT, SYS_ACCEPT4 = 43, 288
 SYS_RENAME, SYS_RENAMEAT, SYS_RENAMEAT2 = 82, 264, 316
-SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
+SYS_PIDFD_OPEN, SYS_PIDFD_GETFD, SYS_SECCOMP = 434, 438, 317
 OPENS = frozenset({SYS_OPEN, SYS_CREAT, SYS_OPENAT, SYS_OPENAT2})
 EXECS = frozenset({SYS_EXECVE, SYS_EXECVEAT})
 ACCEPTS = frozenset({SYS_ACCEPT, SYS_ACCEPT4})
@@ -208,11 +208,23 @@ def seccomp_program() -> SockFprog:
 def install_seccomp() -> bool:
     """Install `seccomp_program` in this process (and so all it starts); False if refused."""
     libc = _libc()
-    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
     prog = seccomp_program()
-    if libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) == 0:
+    if _set_filter(libc, prog):
         return True
     # Unprivileged tracers need no_new_privs first (setuid programs then lose their bit).
+    pr_set_no_new_privs = 38
     if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
         return False
+    return _set_filter(libc, prog)
+
+
+def _set_filter(libc: ctypes.CDLL, prog: SockFprog) -> bool:
+    # seccomp(2) with SPEC_ALLOW: a filter alone must not switch on the speculative store
+    # bypass mitigation (SSBD) for the notebook and all it starts, which kernels before 5.16
+    # do by default and which slows compute; before 4.17 the flag is unknown (EINVAL) and
+    # prctl installs the same filter without it.
+    set_mode_filter, flag_spec_allow = 1, 1 << 2
+    if libc.syscall(SYS_SECCOMP, set_mode_filter, flag_spec_allow, ctypes.byref(prog)) == 0:
+        return True
+    pr_set_seccomp, seccomp_mode_filter = 22, 2
     return libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) == 0
