@@ -9,8 +9,12 @@ timers (the same functions, timed; nothing else changes). Cell time is nbclient'
 record in the executed notebook (status busy to idle, summed), so hooks - plain is what the
 kernel side costs in cells, ptrace - hooks (strace - hooks) what the tracer costs there.
 
-    .venv/bin/python bench/overhead_parts.py [-n 3] [FIXTURE ...]
+    .venv/bin/python bench/overhead_parts.py [-n 3] [FIXTURE | NOTEBOOK.ipynb ...]
+    .venv/bin/python bench/overhead_parts.py --against /tmp/old --only plain --only ptrace NB
 
+`--against TREE` adds a fifth variant, **against**: the default audit by another checkout's
+tree (its auditor package first on sys.path), alternated with the others, so a change's effect
+on each phase is read side by side. `--only` keeps the variants named.
 Prints a table of median seconds per phase and variant. It does not pass or fail.
 """
 
@@ -33,6 +37,7 @@ STARTED = time.perf_counter()
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures" / "notebooks"
 TIMEOUT_S = 900
+VARIANTS = ("plain", "hooks", "ptrace", "strace", "against")
 
 # Functions timed in the audit, as (module, attribute[.method]) -> label.
 AUDIT_PHASES = {
@@ -77,10 +82,11 @@ def _wrap(totals: dict[str, float], label: str, fn):
     return timed
 
 
-def inner_audit(notebook: str, out: str, backend: str, report: str) -> None:
-    """In a fresh process: the flo-audit CLI with its phases timed; writes `report`."""
+def inner_audit(notebook: str, out: str, backend: str, report: str, tree: str = "") -> None:
+    """In a fresh process: the flo-audit CLI (of `tree`, else of this checkout) with its
+    phases timed; writes `report`."""
     totals: dict[str, float] = {}
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, tree or str(REPO))
     import auditor.cli
 
     totals["CLI start (imports)"] = time.perf_counter() - STARTED
@@ -143,11 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fixtures", nargs="*", default=["compute_bound", "import_heavy"])
     parser.add_argument("-n", "--rounds", type=int, default=3)
+    parser.add_argument("--against", type=Path, help="another checkout's tree, compiled")
+    parser.add_argument("--only", action="append", choices=VARIANTS, default=None,
+                        help="run only this variant (repeatable)")
     args = parser.parse_args(argv)
+    variants = [v for v in VARIANTS if (v != "against" or args.against)
+                and (args.only is None or v in args.only)]
     for fixture in args.fixtures:
-        notebook = FIXTURES / fixture / f"{fixture}.ipynb"
-        runs: dict[str, list[dict[str, float]]] = {"plain": [], "hooks": [], "ptrace": [],
-                                                 "strace": []}
+        notebook = (Path(fixture).resolve() if fixture.endswith(".ipynb")
+                    else FIXTURES / fixture / f"{fixture}.ipynb")
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
         walls: dict[str, list[float]] = {name: [] for name in runs}
         for i in range(args.rounds):
             order = list(runs) if i % 2 == 0 else list(reversed(runs))
@@ -155,35 +166,37 @@ def main(argv: list[str] | None = None) -> int:
                 with tempfile.TemporaryDirectory(prefix="flo-parts-") as tmp:
                     report = Path(tmp) / "report.json"
                     me = [sys.executable, __file__]
-                    argv_ = ([*me, "--inner-plain", str(notebook), str(report)]
-                             if variant == "plain" else
-                             [*me, "--inner-audit", str(notebook), str(Path(tmp) / "bp"),
-                              variant, str(report)])
+                    if variant == "plain":
+                        argv_ = [*me, "--inner-plain", str(notebook), str(report)]
+                    else:
+                        backend, tree = ("ptrace", str(args.against.resolve())) \
+                            if variant == "against" else (variant, "")
+                        argv_ = [*me, "--inner-audit", str(notebook), str(Path(tmp) / "bp"),
+                                 backend, str(report), tree]
                     started = time.perf_counter()
                     subprocess.run(argv_, cwd=notebook.parent, check=True, timeout=TIMEOUT_S,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     walls[variant].append(time.perf_counter() - started)
                     runs[variant].append(json.loads(report.read_text())["phases"])
-                print(f"  {fixture} round {i + 1}: {variant:6s} {walls[variant][-1]:6.2f} s",
+                print(f"  {fixture} round {i + 1}: {variant:7s} {walls[variant][-1]:6.2f} s",
                       flush=True)
         labels = list(dict.fromkeys(k for variant in runs.values() for r in variant for k in r))
         print(f"\n{fixture}: median seconds of {args.rounds} alternating rounds")
-        print(f"{'phase':48s} {'plain':>7s} {'hooks':>7s} {'ptrace':>7s} {'strace':>7s} "
-              f"{'ptrace-plain':>12s}")
+        print(f"{'phase':48s}" + "".join(f" {v:>7s}" for v in runs))
         for label in labels:
             row = [statistics.median(r.get(label, 0.0) for r in runs[v]) for v in runs]
-            print(f"{label:48s} {row[0]:7.2f} {row[1]:7.2f} {row[2]:7.2f} {row[3]:7.2f} "
-                  f"{row[2] - row[0]:12.2f}")
-        wall = [statistics.median(walls[v]) for v in runs]
-        print(f"{'whole process (wall)':48s} {wall[0]:7.2f} {wall[1]:7.2f} {wall[2]:7.2f} "
-              f"{wall[3]:7.2f} {wall[2] - wall[0]:12.2f}   ratio ptrace/plain "
-              f"{wall[2] / wall[0]:.2f}, strace/plain {wall[3] / wall[0]:.2f}")
+            print(f"{label:48s}" + "".join(f" {x:7.2f}" for x in row))
+        wall = {v: statistics.median(walls[v]) for v in runs}
+        ratios = ", ".join(f"{v}/plain {wall[v] / wall['plain']:.2f}" for v in runs
+                           if v != "plain" and "plain" in wall)
+        print(f"{'whole process (wall)':48s}" + "".join(f" {x:7.2f}" for x in wall.values())
+              + (f"   ratio {ratios}" if ratios else ""))
     return 0
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--inner-audit"]:
-        inner_audit(*sys.argv[2:6])
+        inner_audit(*sys.argv[2:7])
     elif sys.argv[1:2] == ["--inner-plain"]:
         inner_plain(*sys.argv[2:4])
     else:

@@ -312,3 +312,27 @@ def test_descendants_are_found_from_every_thread_as_psutil_finds_them() -> None:
             proc.kill()
         parent.kill()
         parent.wait()
+
+
+def test_a_snapshot_asked_for_after_a_cell_comes_at_once_on_the_watcher_thread() -> None:
+    from auditor.common.tree import ProcessTree
+
+    parent = subprocess.Popen([sys.executable, "-c", FAMILY], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    tree = ProcessTree("test-soon")
+    try:
+        tree.add_root(parent.pid)  # before its children exist: the first snapshot misses them
+        tree.start_watching(interval=3600)  # its own ticks never come within the test
+        kids = {int(pid) for pid in parent.stdout.readline().split()}  # type: ignore[union-attr]
+        assert not kids & {pid for pid, _ in tree.seen}
+        tree.snapshot_soon()
+        deadline = time.monotonic() + 5
+        while not kids <= {pid for pid, _ in tree.seen} and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert kids <= {pid for pid, _ in tree.seen}
+        assert tree.stop_all() == []  # the watcher ends promptly and everything is stopped
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+                       for pid in kids)
+    finally:
+        parent.kill()
+        parent.wait()

@@ -53,8 +53,10 @@ class Workflow:
                 and not isinstance(cell.execution_count, bool)}
 
 
-def load_workflow(path: str | Path) -> Workflow:
-    """Read and validate `path`; raise `UsageError` with one line saying what is wrong."""
+def load_workflow(path: str | Path, *, validate: bool = True) -> Workflow:
+    """Read and validate `path`; raise `UsageError` with one line saying what is wrong.
+    `validate=False` skips the nbformat schema check (a notebook audited before, read again
+    for what it holds: the check is the slowest part of reading a big notebook)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UsageError(f"no such file: {path}")
@@ -62,7 +64,7 @@ def load_workflow(path: str | Path) -> Workflow:
         raise UsageError(f"{path} is a directory; give the notebook or script file to audit")
     suffix = path.suffix.lower()
     if suffix == ".ipynb":
-        notebook = _load_notebook(path)
+        notebook = _load_notebook(path, validate)
         kind = "ipynb"
     elif suffix == ".py":
         notebook = notebook_from_script(_read_text(path))
@@ -82,7 +84,7 @@ def _read_text(path: Path) -> str:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _load_notebook(path: Path) -> nbformat.NotebookNode:
+def _load_notebook(path: Path, validate: bool = True) -> nbformat.NotebookNode:
     text = _read_text(path)
     try:
         data = json.loads(text)
@@ -103,7 +105,8 @@ def _load_notebook(path: Path) -> nbformat.NotebookNode:
         except Exception as exc:  # nbformat raises a variety of types for odd versions
             raise UsageError(f"{path} is not a valid notebook: {_one_line(str(exc))}") from None
         try:
-            nbformat.validate(notebook)
+            if validate:
+                nbformat.validate(notebook)
         except nbformat.ValidationError as exc:
             raise UsageError(f"{path} is not a valid notebook (nbformat {notebook.nbformat}): "
                              f"{_summarise_validation(exc)}; open and re-save it in Jupyter"

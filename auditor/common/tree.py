@@ -45,6 +45,7 @@ class ProcessTree:
         self.seen: dict[tuple[int, float], psutil.Process] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._soon = threading.Event()
         self._watcher: threading.Thread | None = None
 
     def add_root(self, pid: int) -> None:
@@ -73,8 +74,20 @@ class ProcessTree:
                                              name="flo-process-watch", daemon=True)
             self._watcher.start()
 
+    def snapshot_soon(self) -> None:
+        """Snapshot now, on the watcher's thread when it runs (its next tick comes at once),
+        so the caller does not wait for the /proc reads; without a watcher, here."""
+        if self._watcher is None:
+            self.snapshot()
+        else:
+            self._soon.set()
+
     def _watch(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+        while True:
+            self._soon.wait(interval)
+            self._soon.clear()
+            if self._stop.is_set():
+                return
             self.snapshot()
 
     def _remember(self, processes: Iterable[psutil.Process]) -> None:
@@ -116,6 +129,7 @@ class ProcessTree:
         """Freeze and kill everything but `spare` (the tracer), then terminate, then kill what
         is left, the tracer included; returns survivors (normally none)."""
         self._stop.set()
+        self._soon.set()
         if self._watcher is not None:
             self._watcher.join(timeout=2)
         frozen = [proc for proc in self.living() if proc.pid not in spare]

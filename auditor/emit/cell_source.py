@@ -33,6 +33,7 @@ def _transformer() -> TransformerManager | None:
     return TransformerManager()
 
 
+@lru_cache(maxsize=4096)  # the cells report reads every cell twice (modules, then names)
 def python_source(source: str) -> str:
     """The cell as the kernel runs it: IPython's transform when IPython is here; else magic
     and `!` lines are dropped (their effects are still seen by the run)."""

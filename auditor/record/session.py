@@ -9,9 +9,9 @@ session.json, executed.ipynb, hooks.jsonl, kernel.stderr and the tracer's raw re
 
 The cells run in the execution core flo-run's runner uses too (auditor/common/execution.py:
 `run_cells` inside `run_stoppable`, from the kernel's start to the last cell); the recorder's
-after-cell hook snapshots the process tree and reads the --workers watch. However the run ends
-(a failing cell, a timeout, a dead kernel, SIGINT or SIGTERM), no process the recorder started
-is left running when `record` returns or raises.
+after-cell hook has the process tree snapshotted (on its watcher's thread) and reads the
+--workers watch. However the run ends (a failing cell, a timeout, a dead kernel, SIGINT or
+SIGTERM), no process the recorder started is left running when `record` returns or raises.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ class _Run:
             died = None
             if watch is not None and watch.dead is not None:
                 died = Status.WORKER_DIED, FailedCell(index, "WorkerDied", watch.message())
-            self.tree.snapshot()
+            self.tree.snapshot_soon()
             return died
 
         try:
