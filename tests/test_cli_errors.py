@@ -118,3 +118,18 @@ def test_the_hooks_backend_asked_for_by_name_says_what_it_cannot_see(tmp_path):
     assert done.returncode == 0, done.stderr
     warnings = json.loads((tmp_path / "bp" / "audit" / "summary.json").read_text())["warnings"]
     assert any("hooks backend" in w and "files opened by C code" in w for w in warnings)
+
+
+def test_a_notebook_read_again_for_its_cells_skips_only_the_schema_check(tmp_path):
+    from auditor.backpack.workflow import load_workflow
+    from auditor.common.errors import UsageError
+
+    odd = tmp_path / "odd.ipynb"  # a key the schema does not allow: readable, not valid
+    odd.write_text(notebook_json([{**VALID_CELL, "execution_count": 3, "extra": 1}]))
+    with pytest.raises(UsageError, match="is not a valid notebook"):
+        load_workflow(odd)
+    saved = load_workflow(odd, validate=False)
+    assert saved.code_sources == {0: "print(1)"} and saved.saved_counts == {0: 3}
+    (tmp_path / "broken.ipynb").write_text('{"cells": [')  # what is not a notebook still is not
+    with pytest.raises(UsageError, match="not JSON"):
+        load_workflow(tmp_path / "broken.ipynb", validate=False)
