@@ -12,6 +12,12 @@ threads and children stop at every syscall (ipykernel's zmq, iopub and control t
 pool's workers).
 
     .venv/bin/python bench/tracer_tasks.py [-n 3] [--calls 20000]
+    .venv/bin/python bench/tracer_tasks.py --halt-poll-ns 200000   # root, KVM guests
+
+`--halt-poll-ns N` (a KVM guest with the haltpoll cpuidle driver, as root; bench/halt_poll.py):
+every round runs under the machine's `guest_halt_poll_ns` and under N, alternating, and a
+table is printed for each. Most of a stop on these VMs is waking a halted vCPU: this shows
+how much.
 
 It prints; it does not pass or fail.
 """
@@ -28,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import halt_poll  # noqa: E402  (bench/halt_poll.py, beside this script)
 
 from auditor.common.process import run  # noqa: E402
 from auditor.record.ptrace import PtraceTracer  # noqa: E402
@@ -84,9 +92,14 @@ def commands(program: Path, calls: int, record: Path) -> dict[str, list[str]]:
             "ptrace": PtraceTracer().wrap(argv, record / "ptrace")}
 
 
-def measure(rounds: int, calls: int) -> dict[str, dict[str, dict[str, list[float]]]]:
-    runs: dict[str, dict[str, dict[str, list[float]]]] = {}
-    with tempfile.TemporaryDirectory(prefix="flo-tracer-tasks-") as tmp:
+def measure(rounds: int, calls: int, halt_poll_ns: str | None = None
+            ) -> dict[str, dict[str, dict[str, dict[str, list[float]]]]]:
+    """setting -> tracer -> place -> call -> us per call, one value per round (settings:
+    bench/halt_poll.py)."""
+    settings = halt_poll.settings(halt_poll_ns)
+    runs: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = {}
+    with tempfile.TemporaryDirectory(prefix="flo-tracer-tasks-") as tmp, \
+            halt_poll.restored(halt_poll_ns):
         program = Path(tmp) / "calls.py"
         program.write_text(PROGRAM, encoding="utf-8")
         for name in ("strace", "ptrace"):
@@ -95,14 +108,17 @@ def measure(rounds: int, calls: int) -> dict[str, dict[str, dict[str, list[float
         order = list(argvs)
         env = {**os.environ, "PYTHONPATH": str(REPO)}  # the ptrace tracer imports auditor
         for round_no in range(rounds):
-            for tracer in order if round_no % 2 == 0 else order[::-1]:
-                done = run(argvs[tracer], timeout=RUN_TIMEOUT_S, cwd=tmp, env=env,
-                           what=f"timing under {tracer}")
-                result = json.loads(done.stdout.strip().splitlines()[-1])
-                for place in PLACES:
-                    for call in CALLS:
-                        (runs.setdefault(tracer, {}).setdefault(place, {})
-                         .setdefault(call, []).append(result[place][call]))
+            for label, value in settings.items():
+                halt_poll.apply(value)
+                for tracer in order if round_no % 2 == 0 else order[::-1]:
+                    done = run(argvs[tracer], timeout=RUN_TIMEOUT_S, cwd=tmp, env=env,
+                               what=f"timing under {tracer}")
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    for place in PLACES:
+                        for call in CALLS:
+                            (runs.setdefault(label, {}).setdefault(tracer, {})
+                             .setdefault(place, {}).setdefault(call, [])
+                             .append(result[place][call]))
     return runs
 
 
@@ -123,12 +139,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--halt-poll-ns", metavar="N",
+                        help="also run with this guest_halt_poll_ns (root; KVM haltpoll)")
     args = parser.parse_args()
     for name, tracer in (("strace", StraceTracer), ("ptrace", PtraceTracer)):
         if reason := tracer.unavailable():
             print(f"the {name} backend cannot run here: {reason}", file=sys.stderr)
             return 1
-    print(table(measure(args.rounds, args.calls), args.rounds, args.calls))
+    if args.halt_poll_ns is not None and (reason := halt_poll.unavailable()):
+        print(f"--halt-poll-ns: {reason}", file=sys.stderr)
+        return 1
+    measured = measure(args.rounds, args.calls, args.halt_poll_ns)
+    for label, runs in measured.items():
+        if len(measured) > 1:
+            print(f"\n{label}:")
+        print(table(runs, args.rounds, args.calls))
     return 0
 
 
