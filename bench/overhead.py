@@ -77,10 +77,9 @@ def measure(fixture: str, rounds: int, backend: str, halt_poll_ns: str | None = 
             ) -> dict[str, Timings]:
     """Setting label -> the fixture's timings under it (settings: bench/halt_poll.py)."""
     notebook = FIXTURES / fixture / f"{fixture}.ipynb"
-    settings = halt_poll.settings(halt_poll_ns)
-    timings = {label: Timings(fixture) for label in settings}
     plain_argv = [sys.executable, "-c", PLAIN, str(notebook)]
-    with halt_poll.restored(halt_poll_ns):
+    with halt_poll.compared(halt_poll_ns) as settings:
+        timings = {label: Timings(fixture) for label in settings}
         for i in range(rounds):
             for label, value in settings.items():
                 halt_poll.apply(value)
@@ -115,10 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--rounds", type=int, default=3)
     parser.add_argument("--backend", default="auto", choices=["auto", "ptrace", "strace", "hooks"],
                         help="the tracer (default: the one flo-audit's auto picks here)")
-    parser.add_argument("--halt-poll-ns", metavar="N",
-                        help="also run with this guest_halt_poll_ns (root; KVM haltpoll)")
+    halt_poll.add_option(parser)
     args = parser.parse_args(argv)
-    if args.halt_poll_ns is not None and (reason := halt_poll.unavailable()):
+    if reason := halt_poll.unavailable(args.halt_poll_ns):
         print(f"--halt-poll-ns: {reason}", file=sys.stderr)
         return 1
     args.backend = choose_tracer(args.backend)[0].name  # named in the table

@@ -96,10 +96,9 @@ def measure(rounds: int, calls: int, halt_poll_ns: str | None = None
             ) -> dict[str, dict[str, dict[str, dict[str, list[float]]]]]:
     """setting -> tracer -> place -> call -> us per call, one value per round (settings:
     bench/halt_poll.py)."""
-    settings = halt_poll.settings(halt_poll_ns)
     runs: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = {}
     with tempfile.TemporaryDirectory(prefix="flo-tracer-tasks-") as tmp, \
-            halt_poll.restored(halt_poll_ns):
+            halt_poll.compared(halt_poll_ns) as settings:
         program = Path(tmp) / "calls.py"
         program.write_text(PROGRAM, encoding="utf-8")
         for name in ("strace", "ptrace"):
@@ -139,14 +138,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--halt-poll-ns", metavar="N",
-                        help="also run with this guest_halt_poll_ns (root; KVM haltpoll)")
+    halt_poll.add_option(parser)
     args = parser.parse_args()
     for name, tracer in (("strace", StraceTracer), ("ptrace", PtraceTracer)):
         if reason := tracer.unavailable():
             print(f"the {name} backend cannot run here: {reason}", file=sys.stderr)
             return 1
-    if args.halt_poll_ns is not None and (reason := halt_poll.unavailable()):
+    if reason := halt_poll.unavailable(args.halt_poll_ns):
         print(f"--halt-poll-ns: {reason}", file=sys.stderr)
         return 1
     measured = measure(args.rounds, args.calls, args.halt_poll_ns)
