@@ -178,6 +178,16 @@ def test_sigterm_is_forwarded_and_the_exit_signal_passed_on(tmp_path: Path) -> N
     _assert_all_gone({pid, *grandchildren})
 
 
+def test_a_command_killed_by_sigkill_ends_the_tracer_by_sigkill_without_a_traceback(
+        tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer's) takes no handler: the tracer still dies of it, quietly."""
+    done = subprocess.run(_wrapped(tmp_path, [sys.executable, "-c",
+                                              "import os; os.kill(os.getpid(), 9)"]),
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    assert done.stderr == ""
+
+
 def test_tracees_die_with_a_killed_tracer(tmp_path: Path) -> None:
     tracer, pid = _start_waiting(tmp_path, [sys.executable, "-c", WAITER])
     tracees = {pid, *(p.pid for p in psutil.Process(pid).children())}

@@ -478,7 +478,8 @@ def main(args: list[str] | None = None) -> int:
         return 126
     if code < 0:  # die of the same signal, as the command did (without dumping core)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two take no handler
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
         return 128 - code
     return code
