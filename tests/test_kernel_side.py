@@ -216,3 +216,90 @@ def test_absolute_paths_are_those_abspath_gives(tmp_path, monkeypatch, cwd: str)
              ".hidden/x", "a/.b", "a/b.", "", "/etc/hosts", "/a/../b", "/a/./b", "//a", "///a",
              "/a//b/", "/", "/.x/y", "é/ü.txt", "x\udcff"]
     assert [absolute(p) for p in paths] == [os.path.abspath(p) for p in paths]
+
+
+# Runs traced by ptrace_run; argv: kernel side path, log path, work dir, the tracer's key.
+QUIET_SCRIPT = r'''
+import _io, json, os, runpy, sys
+
+kernel_side, log, work, key = sys.argv[1:5]
+os.chdir(work)
+
+''' + STAND_IN_SHELL + r'''
+shell = Shell()
+runpy.run_path(kernel_side, run_name="_flo_backpack_kernel")["attach"](
+    shell, {"log": log, "marks": True, "quiet_key": int(key)})
+sys.path[:0] = [work, os.path.join(work, "zipped.zip")]
+shell.events.handlers["pre_run_cell"][0](None)
+import quietmod
+import inzip
+try:
+    _io.open_code(os.path.join(work, "missing.py"))
+except FileNotFoundError as exc:
+    missing = exc.filename
+open("input.txt").read()
+child = os.fork()
+if child == 0:
+    import inchild
+    os.kill(os.getpid(), 9)  # killed in the cell: what it imported is on disk all the same
+os.waitpid(child, 0)
+shell.events.handlers["post_run_cell"][0](None)
+data = quietmod.__loader__.get_data(quietmod.__file__)  # between cells
+shell.events.handlers["pre_run_cell"][0](None)
+print(json.dumps({"pid": os.getpid(), "child": child, "missing": missing,
+                  "values": [quietmod.VALUE, inzip.VALUE, type(data).__name__]}), flush=True)
+import lastmod
+os.kill(os.getpid(), 9)  # the kernel killed in its second cell
+'''
+
+
+@pytest.mark.parametrize("python", _interpreters(), ids=lambda p: Path(p).parent.parent.name)
+def test_under_ptrace_the_import_systems_reads_are_the_kernel_sides_to_record(
+        python: str, tmp_path: Path) -> None:
+    """With the tracer's key, the kernel side reads modules (a source file through a symlink,
+    a zip archive on sys.path, in the kernel and in a forked child, and in a kernel killed
+    mid-cell) without the tracer seeing them, and records each as an `opened` record with its
+    real path and cell, written through at once; the
+    modules import as they would, a missing file raises FileNotFoundError, and the files the
+    notebook's own code opens stay the tracer's."""
+    import zipfile
+
+    from auditor.record.ptrace import PtraceTracer
+
+    work = tmp_path / "work"
+    (work / "real").mkdir(parents=True)
+    (work / "real" / "quietmod.py").write_text("VALUE = 'q'\n")
+    (work / "quietmod.py").symlink_to(work / "real" / "quietmod.py")
+    (work / "inchild.py").write_text("VALUE = 'c'\n")
+    (work / "lastmod.py").write_text("VALUE = 'l'\n")
+    (work / "input.txt").write_text("data\n")
+    with zipfile.ZipFile(work / "zipped.zip", "w") as archive:
+        archive.writestr("inzip.py", "VALUE = 'z'\n")
+    log, record = tmp_path / "hooks.jsonl", tmp_path / "record"
+    record.mkdir()
+    tracer = PtraceTracer()
+    argv = tracer.wrap([python, "-c", QUIET_SCRIPT, str(KERNEL_SIDE), str(log), str(work),
+                        str(tracer.quiet_key)], record)
+    env = {**os.environ, "PYTHONPATH": str(KERNEL_SIDE.parents[1]),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == -9, done.stderr
+    facts = json.loads(done.stdout)
+    assert facts["values"] == ["q", "z", "bytes"]
+    assert facts["missing"] == str(work / "missing.py")
+
+    opened = {(r["path"], r.get("real"), r["seq"], r["pid"])
+              for r in map(json.loads, log.read_text().splitlines()) if r["ev"] == "opened"}
+    ours = {entry for entry in opened if entry[0].startswith(str(work))}
+    assert ours == {
+        (str(work / "quietmod.py"), str(work / "real" / "quietmod.py"), 0, facts["pid"]),
+        (str(work / "zipped.zip"), str(work / "zipped.zip"), 0, facts["pid"]),
+        (str(work / "inchild.py"), str(work / "inchild.py"), 0, facts["child"]),
+        # get_data after the cell's end: no cell's (machinery, as the tracer would say)
+        (str(work / "quietmod.py"), str(work / "real" / "quietmod.py"), None, facts["pid"]),
+        (str(work / "lastmod.py"), str(work / "lastmod.py"), 1, facts["pid"]),
+    }
+    traced = {e.path for e in tracer.events(record) if getattr(e, "path", "").startswith(
+        str(work)) and e.kind == "access"}
+    assert str(work / "input.txt") in traced
+    assert not traced & {p for p, _, _, _ in ours}

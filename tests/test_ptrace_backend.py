@@ -77,8 +77,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def _wrapped(tmp_path: Path, argv: list[str], seccomp: bool = True) -> list[str]:
-    command = PtraceTracer().wrap(argv, tmp_path)
+def _wrapped(tmp_path: Path, argv: list[str], seccomp: bool = True,
+             tracer: PtraceTracer | None = None) -> list[str]:
+    command = (tracer or PtraceTracer()).wrap(argv, tmp_path)
     if not seccomp:
         command.insert(command.index("-o"), "--no-seccomp")
     return command
@@ -438,3 +439,44 @@ def test_the_filter_goes_in_by_seccomp_2_so_it_can_ask_for_no_ssbd() -> None:
     _, ended = os.waitpid(pid, 0)
     assert os.WIFSTOPPED(stopped) and os.WIFEXITED(ended) and os.WEXITSTATUS(ended) == 0
     assert filtered
+
+
+QUIET = r"""
+import ctypes, os, sys
+syscall = ctypes.CDLL(None, use_errno=True).syscall
+syscall.restype = ctypes.c_long
+syscall.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_long, ctypes.c_ulong)
+key = int(sys.argv[1], 16)
+for name, mode in (("quiet.txt", key), ("other mode.txt", key ^ 1), ("high half.txt", key >> 32),
+                   ("low half.txt", key & 0xFFFFFFFF)):
+    fd = syscall(257, -100, os.fsencode(os.path.abspath(name)), os.O_RDONLY, mode)
+    assert fd >= 0, ctypes.get_errno()
+    os.close(fd)
+os.close(os.open("plain.txt", os.O_RDONLY))
+print(os.getpid())
+"""
+
+
+@pytest.mark.parametrize("seccomp", [True, False], ids=["seccomp-bpf", "every-syscall"])
+def test_an_open_with_the_quiet_key_as_its_mode_passes_the_filter_unrecorded(
+        tmp_path: Path, seccomp: bool) -> None:
+    """The tracer's filter lets an openat through without a stop only when its mode argument
+    is the whole 64-bit key (either half alone, or the key with one bit changed, stops and is
+    recorded); without the filter every open is recorded, the quiet one too."""
+    work = tmp_path / "work"
+    work.mkdir()
+    names = ["quiet.txt", "other mode.txt", "high half.txt", "low half.txt", "plain.txt"]
+    for name in names:
+        (work / name).write_text(name)
+    program = tmp_path / "program.py"
+    program.write_text(QUIET)
+    tracer = PtraceTracer()
+    argv = _wrapped(tmp_path, [sys.executable, str(program), f"{tracer.quiet_key:x}"], seccomp,
+                    tracer)
+    done = subprocess.run(argv, cwd=work, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout)
+    seen = {Path(e.path).name for e in PtraceTracer().events(tmp_path)
+            if isinstance(e, Access) and e.pid == pid and e.path.startswith(str(work))}
+    assert seen == set(names[1:]) | ({"quiet.txt"} if not seccomp else set())

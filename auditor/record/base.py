@@ -32,6 +32,10 @@ class Tracer(ABC):
         """`cwd`: where the recorded run ran (session.json's `cwd`, read by derive), for a
         record that names paths relative to it; None when recording."""
         self.cwd = cwd
+        #: The openat mode argument this tracer's filter lets through unrecorded, for the
+        #: kernel side to read the import system's files with and record them itself (the
+        #: `opened` record); None: every open is the tracer's to record.
+        self.quiet_key: int | None = None
 
     @classmethod
     def unavailable(cls) -> str | None:

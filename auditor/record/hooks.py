@@ -40,18 +40,20 @@ class HooksTracer(Tracer):
 
 
 def hook_events(record_dir: Path) -> Iterator[Event]:
-    """The Import events, URLs, named connects and namespace bindings of hooks.jsonl, in
-    time order.
+    """The Import events, URLs, named connects, namespace bindings and the kernel side's own
+    reads (`opened`) of hooks.jsonl, in time order.
 
     Syscall traces cannot show which module a cell named, which URL it opened, which host
-    name an address was looked up as, or which names a cell bound; the strace and ptrace
-    backends merge these into their own streams by time.
+    name an address was looked up as, or which names a cell bound, and under ptrace the
+    import system's reads are the kernel side's to record (kernels/flo_kernel.py
+    `_quiet_reads`); the strace and ptrace backends merge these into their own streams by
+    time.
     """
     selected = ([event for event in _convert(entry)
-                 if isinstance(event, (Import, Bind))
+                 if isinstance(event, (Import, Bind)) or entry["ev"] == "opened"
                  or (isinstance(event, Connect) and (event.url or event.host))]
                 for entry in read_hook_log(record_dir)
-                if entry.get("ev") in ("import", "url", "connect", "names"))
+                if entry.get("ev") in ("import", "url", "connect", "names", "opened"))
     return _in_time_order(selected)
 
 
@@ -83,6 +85,9 @@ def _convert(entry: dict[str, Any]) -> list[Event]:
         if kind == "open":
             return [Access(pid, entry["path"], entry.get("mode") or "r", t=t, source="hook",
                            given=entry.get("as"))]
+        if kind == "opened":  # a read that succeeded, made by the kernel side itself
+            return [Access(pid, entry["path"], "r", real=entry.get("real"), t=t,
+                           source="hook", given=entry.get("as"))]
         if kind == "listdir":
             given = entry.get("as")
             return [Access(pid, listed_dir(entry["path"]), "d", t=t, source="hook",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -33,13 +34,20 @@ class PtraceTracer(Tracer):
     name = "ptrace"
     cannot_see = ""
 
+    def __init__(self, cwd: str | None = None) -> None:
+        super().__init__(cwd)
+        # The mode argument that lets the kernel side's own reads for imports pass the
+        # filter unstopped (it records them itself): random per audit, never a real mode.
+        self.quiet_key = secrets.randbits(64) | 1 << 63
+
     @classmethod
     def unavailable(cls) -> str | None:
         return _probe()
 
     def wrap(self, argv: list[str], record_dir: Path, stem: str = "trace") -> list[str]:
         return [sys.executable, "-m", "auditor.record.ptrace_run",
-                "-o", str(Path(record_dir) / f"{stem}.jsonl"), "--", *argv]
+                "-o", str(Path(record_dir) / f"{stem}.jsonl"),
+                "--quiet-key", f"{self.quiet_key:x}", "--", *argv]
 
     def events(self, record_dir: Path) -> Iterator[Event]:
         path = Path(record_dir) / RECORD_FILE

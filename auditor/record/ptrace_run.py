@@ -363,7 +363,8 @@ def _is_group_stop(tid: int) -> bool:
 
 # -- starting the traced command -----------------------------------------------------------
 
-def _child(argv: list[str] | None, report: int, seccomp: bool) -> None:
+def _child(argv: list[str] | None, report: int, seccomp: bool,
+           quiet_key: int | None = None) -> None:
     """In the forked child: become a tracee, install the filter, stop, then exec argv (with
     None, wait to be killed: the probe's child)."""
     try:
@@ -371,7 +372,7 @@ def _child(argv: list[str] | None, report: int, seccomp: bool) -> None:
     except PtraceError as exc:
         os.write(report, f"E ptrace(PTRACE_TRACEME) failed: {exc}".encode())
         os._exit(126)
-    mode = b"S" if seccomp and linux.install_seccomp() else b"F"
+    mode = b"S" if seccomp and linux.install_seccomp(quiet_key) else b"F"
     os.write(report, mode)
     os.close(report)
     os.kill(os.getpid(), signal.SIGSTOP)  # the tracer sets its options during this stop
@@ -384,7 +385,8 @@ def _child(argv: list[str] | None, report: int, seccomp: bool) -> None:
         os._exit(127)
 
 
-def _start(argv: list[str] | None, seccomp: bool) -> tuple[int, bool]:
+def _start(argv: list[str] | None, seccomp: bool,
+           quiet_key: int | None = None) -> tuple[int, bool]:
     """Fork the child `_child` makes of argv and wait for its stop: (pid, whether the seccomp
     filter holds). OSError saying why when it could not become a tracee (nothing is left)."""
     if platform.machine() != "x86_64":
@@ -393,7 +395,7 @@ def _start(argv: list[str] | None, seccomp: bool) -> tuple[int, bool]:
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _child(argv, write_end, seccomp)
+        _child(argv, write_end, seccomp, quiet_key)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as report:
         said = report.read(4096)
@@ -424,9 +426,11 @@ def probe() -> str | None:
         os.waitpid(pid, WALL)
 
 
-def trace(argv: list[str], out: TextIO, *, seccomp: bool = True) -> int:
-    """Run argv traced, writing events to `out`; returns its exit code or -signal."""
-    pid, seccomp = _start(argv, seccomp)
+def trace(argv: list[str], out: TextIO, *, seccomp: bool = True,
+          quiet_key: int | None = None) -> int:
+    """Run argv traced, writing events to `out`; returns its exit code or -signal.
+    `quiet_key`: openats with this mode argument do not stop (`linux.seccomp_program`)."""
+    pid, seccomp = _start(argv, seccomp, quiet_key)
     tracer = WaitLoop(out, seccomp=seccomp, main_pid=pid)
     tracer.tasks[pid] = Task(pid, pid)
     forward = _forward_signals(tracer)
@@ -468,11 +472,15 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True, help="events file (JSON lines)")
     parser.add_argument("--no-seccomp", action="store_true",
                         help="stop at every syscall instead of filtering with seccomp-bpf")
+    parser.add_argument("--quiet-key", type=lambda text: int(text, 16), default=None,
+                        metavar="HEX", help="openat with this mode argument is not recorded "
+                        "(the kernel side records its own import reads)")
     parser.add_argument("command", nargs="+", metavar="CMD")
     options = parser.parse_args(args)
     try:
         with open(options.output, "w", encoding="utf-8") as out:
-            code = trace(options.command, out, seccomp=not options.no_seccomp)
+            code = trace(options.command, out, seccomp=not options.no_seccomp,
+                         quiet_key=options.quiet_key)
     except OSError as exc:
         print(f"ptrace_run: {exc}", file=sys.stderr)
         return 126

@@ -190,13 +190,27 @@ def sockaddr_address(raw: bytes) -> str | None:
     return None
 
 
-def seccomp_program() -> SockFprog:
-    """BPF: stop (SECCOMP_RET_TRACE) at the recorded x86_64 syscalls, allow everything else."""
+def seccomp_program(quiet_key: int | None = None) -> SockFprog:
+    """BPF: stop (SECCOMP_RET_TRACE) at the recorded x86_64 syscalls, allow everything else.
+
+    With `quiet_key`, an openat whose mode argument is that 64-bit value runs without a stop:
+    the kernel side's own reads for the import system (kernels/flo_kernel.py `_quiet_reads`),
+    which it records itself. The mode of an open that creates nothing is ignored by the
+    kernel, and no program passes a random 64-bit value there by chance."""
     ld_abs, jeq, ret = 0x20, 0x15, 0x06
     allow, trace = 0x7FFF0000, 0x7FF00000
     nrs = sorted(RECORDED)
     n = len(nrs)
-    code = [(ld_abs, 0, 0, 4), (jeq, 0, n + 1, AUDIT_ARCH_X86_64), (ld_abs, 0, 0, 0)]
+    quiet: list[tuple[int, int, int, int]] = []
+    if quiet_key is not None:
+        mode_low, mode_high = 16 + 3 * 8, 16 + 3 * 8 + 4  # seccomp_data.args[3], little-endian
+        quiet = [(jeq, 0, 4, SYS_OPENAT),
+                 (ld_abs, 0, 0, mode_low), (jeq, 0, 2, quiet_key & 0xFFFFFFFF),
+                 (ld_abs, 0, 0, mode_high), (jeq, n + 1, 0, quiet_key >> 32),
+                 (ld_abs, 0, 0, 0)]
+    # [arch?] [nr] [the quiet openat, then nr again] [one jeq per recorded nr] allow trace
+    code = [(ld_abs, 0, 0, 4), (jeq, 0, len(quiet) + n + 1, AUDIT_ARCH_X86_64), (ld_abs, 0, 0, 0)]
+    code += quiet
     code += [(jeq, n - j, 0, nr) for j, nr in enumerate(nrs)]
     code += [(ret, 0, 0, allow), (ret, 0, 0, trace)]
     array = (SockFilter * len(code))(*(SockFilter(*op) for op in code))
@@ -205,10 +219,10 @@ def seccomp_program() -> SockFprog:
     return prog
 
 
-def install_seccomp() -> bool:
+def install_seccomp(quiet_key: int | None = None) -> bool:
     """Install `seccomp_program` in this process (and so all it starts); False if refused."""
     libc = _libc()
-    prog = seccomp_program()
+    prog = seccomp_program(quiet_key)
     if _set_filter(libc, prog):
         return True
     # Unprivileged tracers need no_new_privs first (setuid programs then lose their bit).
