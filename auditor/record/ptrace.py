@@ -45,9 +45,9 @@ class PtraceTracer(Tracer):
         return _probe()
 
     def wrap(self, argv: list[str], record_dir: Path, stem: str = "trace") -> list[str]:
+        quiet = ["--quiet-key", f"{self.quiet_key:x}"] if self.quiet_key is not None else []
         return [sys.executable, "-m", "auditor.record.ptrace_run",
-                "-o", str(Path(record_dir) / f"{stem}.jsonl"),
-                "--quiet-key", f"{self.quiet_key:x}", "--", *argv]
+                "-o", str(Path(record_dir) / f"{stem}.jsonl"), *quiet, "--", *argv]
 
     def events(self, record_dir: Path) -> Iterator[Event]:
         path = Path(record_dir) / RECORD_FILE
