@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -248,10 +249,19 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     from .record.sampler import read_samples
 
     samples = read_samples(record_dir)
-    sides = derive_sides(session=session, roles=roles, resolution=resolution, index=index,
-                         observer=run_observer, samples=samples,
-                         manager_spec=spec, python=env.version, notebook_stem=stem,
-                         record_dir=record_dir)
+    module_owner = ModuleOwners(index, session.kernel.get("path") or (), notebook_dir).owner
+    # The optional-import candidates parse library sources while the sides mostly wait on
+    # dpkg: a thread of derive's own (reads only), its answer taken before the summary's.
+    with ThreadPoolExecutor(1, thread_name_prefix="flo-candidates") as pool:
+        finding = pool.submit(find_candidates, record_dir, pins=spec.pins, index=index,
+                              module_owner=module_owner, notebook_dir=notebook_dir,
+                              kernel_pid=session.kernel_pid, python=env.version,
+                              cell_sources=cell_sources)
+        sides = derive_sides(session=session, roles=roles, resolution=resolution, index=index,
+                             observer=run_observer, samples=samples,
+                             manager_spec=spec, python=env.version, notebook_stem=stem,
+                             record_dir=record_dir)
+        candidates = finding.result()
     compute = sides.compute
     keep = set(resolution.workflow) | {p for p in resolution.outside if not p.startswith(_SYSTEM)}
     copies: list[tuple[str | Path, str]] = []
@@ -274,11 +284,6 @@ def derive(record_dir: str | Path, notebook_dir: str | Path | None = None, *,
     summary["data"] = data_summary(draft)
     summary["data"]["warnings"] += bundle_warnings
     summary.update(roles=sides.report, apt=sides.apt.to_json())
-    module_owner = ModuleOwners(index, session.kernel.get("path") or (), notebook_dir).owner
-    candidates = find_candidates(record_dir, pins=spec.pins, index=index,
-                                 module_owner=module_owner, notebook_dir=notebook_dir,
-                                 kernel_pid=session.kernel_pid, python=env.version,
-                                 cell_sources=cell_sources)
     minimized = read_minimize_record(record_dir)
     summary["minimize"] = {"candidates": [c.to_json() for c in candidates],
                            **summary_block(minimized)}

@@ -1,12 +1,14 @@
 """What a syscall costs under each tracer, in the traced command's main thread, in a thread it
 starts and in a child it forks: why `--backend auto` prefers ptrace.
 
-A small Python program times N calls of a syscall no backend records (`getppid`) and N of
-one they all record (`openat` of a missing file), in each of the three places, and prints
-microseconds per call. It runs alternately (the order turns every round) with no tracer, under
-the strace backend's own command line (`StraceTracer.wrap`: `strace -f --seccomp-bpf ...`)
-and under the ptrace backend's (`python -m auditor.record.ptrace_run`); the table shows the
-medians. With a seccomp filter that holds, an unrecorded syscall costs what it costs untraced
+A small Python program times N calls of a syscall no backend records (`getppid`), N/10 of
+one they all record (`openat` of a missing file) and N/10 of the same `openat` with the ptrace
+tracer's key as its mode argument (how the kernel side reads the import system's files under
+ptrace, `quiet`: the filter lets it through unstopped; no tracer and strace see a plain
+openat), in each of the three places, and prints microseconds per call. It runs alternately
+(the order turns every round) with no tracer, under the strace backend's own command line
+(`StraceTracer.wrap`: `strace -f --seccomp-bpf ...`) and under the ptrace backend's
+(`python -m auditor.record.ptrace_run`); the table shows the medians. With a seccomp filter that holds, an unrecorded syscall costs what it costs untraced
 wherever it runs; strace 6.1 restarts every task but the first with PTRACE_SYSCALL, so its
 threads and children stop at every syscall (ipykernel's zmq, iopub and control threads, a
 pool's workers).
@@ -43,13 +45,16 @@ from auditor.record.strace import StraceTracer  # noqa: E402
 
 RUN_TIMEOUT_S = 600
 PLACES = ("main", "thread", "child")
-CALLS = ("unrecorded", "recorded")
+CALLS = ("unrecorded", "recorded", "quiet")
 
 # The traced program: argv[1] calls of each syscall in each place; prints us per call.
 PROGRAM = r"""
-import json, os, sys, threading, time
-n = int(sys.argv[1])
+import ctypes, json, os, sys, threading, time
+n, key = int(sys.argv[1]), int(sys.argv[2])
 missing = "/nonexistent-flo-bench/x"
+syscall = ctypes.CDLL(None, use_errno=True).syscall
+syscall.restype = ctypes.c_long
+syscall.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_long, ctypes.c_ulong)
 
 def timed():
     out = {}
@@ -64,6 +69,11 @@ def timed():
         except OSError:
             pass
     out["recorded"] = (time.perf_counter() - start) / (n // 10) * 1e6
+    name = os.fsencode(missing)
+    start = time.perf_counter()
+    for _ in range(n // 10):
+        syscall(257, -100, name, os.O_RDONLY, key)  # fails: ENOENT
+    out["quiet"] = (time.perf_counter() - start) / (n // 10) * 1e6
     return out
 
 result = {"main": timed()}
@@ -86,10 +96,11 @@ print(json.dumps(result))
 
 
 def commands(program: Path, calls: int, record: Path) -> dict[str, list[str]]:
-    argv = [sys.executable, str(program), str(calls)]
+    ptrace = PtraceTracer()
+    argv = [sys.executable, str(program), str(calls), str(ptrace.quiet_key)]
     return {"none": argv,
             "strace": StraceTracer().wrap(argv, record / "strace"),
-            "ptrace": PtraceTracer().wrap(argv, record / "ptrace")}
+            "ptrace": ptrace.wrap(argv, record / "ptrace")}
 
 
 def measure(rounds: int, calls: int, halt_poll_ns: str | None = None
@@ -123,7 +134,8 @@ def measure(rounds: int, calls: int, halt_poll_ns: str | None = None
 
 def table(runs: dict[str, dict[str, dict[str, list[float]]]], rounds: int, calls: int) -> str:
     lines = [f"us per syscall, medians of {rounds} alternating round(s); {calls:,} getppid "
-             f"(recorded by no backend) and {calls // 10:,} failed openat (recorded) per place",
+             f"(recorded by no backend), {calls // 10:,} failed openat (recorded) and as many "
+             "with the ptrace tracer's key as mode (quiet) per place",
              "",
              f"{'tracer':<8}" + "".join(f"{place + ' ' + call:>20}" for call in CALLS
                                         for place in PLACES)]
