@@ -1,17 +1,17 @@
 """What a syscall costs under each tracer, in the traced command's main thread, in a thread it
 starts and in a child it forks: why `--backend auto` prefers ptrace.
 
-A small Python program times N calls of a syscall no backend records (`getppid`), N/10 of
-one they all record (`openat` of a missing file) and N/10 of the same `openat` with the ptrace
+A small Python program times N calls of a syscall no backend records (`getppid`), N/10 of one
+they all record (`openat` of a missing file) and N/10 of the same `openat` with the ptrace
 tracer's key as its mode argument (how the kernel side reads the import system's files under
 ptrace, `quiet`: the filter lets it through unstopped; no tracer and strace see a plain
 openat), in each of the three places, and prints microseconds per call. It runs alternately
 (the order turns every round) with no tracer, under the strace backend's own command line
-(`StraceTracer.wrap`: `strace -f --seccomp-bpf ...`) and under the ptrace backend's
-(`python -m auditor.record.ptrace_run`); the table shows the medians. With a seccomp filter that holds, an unrecorded syscall costs what it costs untraced
-wherever it runs; strace 6.1 restarts every task but the first with PTRACE_SYSCALL, so its
-threads and children stop at every syscall (ipykernel's zmq, iopub and control threads, a
-pool's workers).
+(`StraceTracer.wrap`: `strace -f --seccomp-bpf ...`) and under the ptrace backend's (`python
+-m auditor.record.ptrace_run`); the table shows the medians. With a seccomp filter that holds,
+an unrecorded syscall costs what it costs untraced wherever it runs; strace 6.1 restarts every
+task but the first with PTRACE_SYSCALL, so its threads and children stop at every syscall
+(ipykernel's zmq, iopub and control threads, a pool's workers).
 
     .venv/bin/python bench/tracer_tasks.py [-n 3] [--calls 20000]
     .venv/bin/python bench/tracer_tasks.py --halt-poll-ns 200000   # root, KVM guests
