@@ -116,8 +116,8 @@ def _quiet_reads(side, key):
     get_errno, fsencode, readlink = ctypes.get_errno, os.fsencode, os.readlink
 
     def open_code(path):
-        if type(path) is not str:
-            return original(path)  # it raises the TypeError the import system expects
+        if type(path) is not str or "\0" in path:
+            return original(path)  # its TypeError, or ValueError (c_char_p would truncate)
         sys.audit("open", path, "rb", flags)  # as the C open_code would (io.open)
         fd = syscall(sys_openat, at_fdcwd, fsencode(path), flags, key)
         if fd < 0:

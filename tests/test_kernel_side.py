@@ -237,6 +237,10 @@ try:
     _io.open_code(os.path.join(work, "missing.py"))
 except FileNotFoundError as exc:
     missing = exc.filename
+try:
+    _io.open_code(os.path.join(work, "quietmod.py") + "\0.txt")
+except ValueError:
+    missing += " and a NUL refused"
 open("input.txt").read()
 child = os.fork()
 if child == 0:
@@ -286,7 +290,7 @@ def test_under_ptrace_the_import_systems_reads_are_the_kernel_sides_to_record(
     assert done.returncode == -9, done.stderr
     facts = json.loads(done.stdout)
     assert facts["values"] == ["q", "z", "bytes"]
-    assert facts["missing"] == str(work / "missing.py")
+    assert facts["missing"] == f"{work / 'missing.py'} and a NUL refused"
 
     opened = {(r["path"], r.get("real"), r["seq"], r["pid"])
               for r in map(json.loads, log.read_text().splitlines()) if r["ev"] == "opened"}
