@@ -26,6 +26,10 @@ from operator import ne
 MARK_PREFIX = "/.flo-backpack-mark/"
 
 _BUFFERED_LINES = 512
+# Open flags of anything but a plain read (write access, create, truncate, append, O_TMPFILE):
+# those opens stay the C open's, seen by the tracer.
+_NOT_READ_ONLY = (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                  | getattr(os, "O_TMPFILE", 0))
 # Names of the user namespace a `names` record never lists (besides those starting with "_"):
 # IPython's own, bound at start-up and rebound by it, never by the notebook.
 _SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
@@ -94,15 +98,20 @@ def _die_with_parent():
 
 
 def _quiet_reads(side, key):
-    """Read the import system's files (`_io.open_code`: modules' source and bytecode, zip
-    archives) with an openat whose mode argument is `key`, which the ptrace tracer's seccomp
-    filter lets run without a stop, and record each read that succeeds as an `opened` record
-    (its real path from the descriptor), written through at once so a kernel killed in the
-    cell loses none. A stop costs more than the rest of an import here. x86_64 Linux only
-    (the ptrace backend's); the C open stays for non-str paths and where ctypes cannot."""
+    """Read files with an openat whose mode argument is `key`, which the ptrace tracer's
+    seccomp filter lets run without a stop: the import system's (`_io.open_code`: modules'
+    source and bytecode, zip archives) and the notebook's own reads through `open`
+    (builtins.open, io.open and IPython's open, each given an opener; every other mode and a
+    caller's own opener are left to the C open). Each read that succeeds is recorded as an
+    `opened` record (its real path from the descriptor), written through at once so a kernel
+    killed in the cell loses none. A stop costs more than the rest of an import, or of reading
+    a small file, here. x86_64 Linux only (the ptrace backend's); the C open stays for non-str
+    paths and where ctypes cannot."""
     try:
         import _io
+        import builtins
         import ctypes
+        import functools
 
         syscall = ctypes.CDLL(None, use_errno=True).syscall
         syscall.restype = ctypes.c_long
@@ -110,25 +119,16 @@ def _quiet_reads(side, key):
                             ctypes.c_ulong)
     except (ImportError, OSError, AttributeError):
         return
-    original = _io.open_code
+    original_code, original_open = _io.open_code, _io.open
     sys_openat, at_fdcwd = 257, -100
-    flags = os.O_RDONLY | os.O_CLOEXEC
-    get_errno, fsencode, readlink = ctypes.get_errno, os.fsencode, os.readlink
+    read_only = os.O_RDONLY | os.O_CLOEXEC
+    get_errno, fsencode, readlink, os_open = ctypes.get_errno, os.fsencode, os.readlink, os.open
 
-    def open_code(path):
-        if type(path) is not str or "\0" in path:
-            return original(path)  # its TypeError, or ValueError (c_char_p would truncate)
-        sys.audit("open", path, "rb", flags)  # as the C open_code would (io.open)
+    def quiet_fd(path, flags):
+        """The descriptor of the keyed openat, its read recorded; -errno when it failed."""
         fd = syscall(sys_openat, at_fdcwd, fsencode(path), flags, key)
         if fd < 0:
-            number = get_errno()
-            raise OSError(number, os.strerror(number), path)
-        try:
-            opened = _io.open(fd, "rb")
-        except BaseException:
-            os.close(fd)
-            raise
-        opened.raw.name = path
+            return -get_errno()
         try:
             real = readlink(f"/proc/self/fd/{fd}")
         except OSError:
@@ -137,9 +137,45 @@ def _quiet_reads(side, key):
         # and neither may these, which stand for them.
         side.write_path("opened", _absolute(path), None, _as_named(path), real)
         side.flush()
+        return fd
+
+    def open_code(path):
+        if type(path) is not str or "\0" in path:
+            return original_code(path)  # its TypeError, or ValueError (c_char_p would truncate)
+        sys.audit("open", path, "rb", read_only)  # as the C open_code would (io.open)
+        fd = quiet_fd(path, read_only)
+        if fd < 0:
+            raise OSError(-fd, os.strerror(-fd), path)
+        try:
+            opened = _io.open(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        opened.raw.name = path
         return opened
 
+    def quiet_opener(path, flags):
+        if type(path) is str and "\0" not in path and not flags & _NOT_READ_ONLY:
+            fd = quiet_fd(path, flags)
+            if fd >= 0:
+                return fd
+        # As FileIO opens without an opener; a failed read is retried here so that its error
+        # (and its message, with the name as given) is the C open's, and the tracer sees it.
+        return os_open(path, flags, 0o666)
+
+    @functools.wraps(original_open)
+    def open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None,
+             closefd=True, opener=None):
+        if opener is None and type(mode) is str and not mode.strip("rbtU"):
+            opener = quiet_opener
+        return original_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
+
     _io.open_code = open_code
+    builtins.open = open
+    sys.modules["io"].open = open
+    shell_module = sys.modules.get("IPython.core.interactiveshell")
+    if getattr(shell_module, "io_open", None) is original_open:
+        shell_module.io_open = open  # the user namespace's `open` calls it (IPython 8+)
 
 
 def _beside(filename, run_name):

@@ -57,9 +57,13 @@ def test_a_kernel_killed_mid_cell_keeps_what_the_cell_imported(tmp_path: Path) -
 
 def test_ptrace_with_quiet_reads_finds_what_strace_finds(tmp_path: Path) -> None:
     """The same notebook (a local package, a pure-Python distribution and a compiled one,
-    and an import in a forked child) audited by strace, which sees every read itself, and by
-    ptrace, which leaves the imports' reads to the kernel side: the same pins, the same
-    workflow files, the same files per cell."""
+    and an import in a forked child; data read through IPython's open, io.open and pathlib, a
+    read that fails, a file written then read back) audited by strace, which sees every read
+    itself, and by ptrace, which leaves those reads to the kernel side: the same pins, the
+    same workflow files, the same files per cell, the same data inputs and outputs."""
+    (tmp_path / "inputs").mkdir()
+    for name in ("table.csv", "notes.txt", "raw.bin"):
+        (tmp_path / "inputs" / name).write_text(f"{name}\n")
     (tmp_path / "localpkg").mkdir()
     (tmp_path / "localpkg" / "__init__.py").write_text("from .part import PART\n")
     (tmp_path / "localpkg" / "part.py").write_text("PART = 'p'\n")
@@ -68,22 +72,31 @@ def test_ptrace_with_quiet_reads_finds_what_strace_finds(tmp_path: Path) -> None
         "import os\nchild = os.fork()\nif child == 0:\n    import packaging.version\n"
         "    os._exit(0)\nos.waitpid(child, 0)",
         "import psutil\npsutil.Process().name()",
+        "import io, pathlib\nrows = open('inputs/table.csv').read()\n"
+        "notes = pathlib.Path('inputs/notes.txt').read_text()\n"
+        "raw = io.open('inputs/raw.bin', 'rb').read()\n"
+        "try:\n    open('inputs/absent.csv')\nexcept FileNotFoundError:\n    pass\n"
+        "with open('made.txt', 'w') as f:\n    f.write(rows)\nmade = open('made.txt').read()",
     ])
     runs = {backend: _audit(tmp_path, backend, f"out-{backend}") for backend in ("strace",
                                                                                  "ptrace")}
     assert {backend: code for backend, (code, _) in runs.items()} == {"strace": 0, "ptrace": 0}
-    assert str(tmp_path / "localpkg" / "part.py") in _opened(tmp_path / "out-ptrace" / "audit")
+    quiet = _opened(tmp_path / "out-ptrace" / "audit")
+    assert {str(tmp_path / "localpkg" / "part.py"), str(tmp_path / "inputs" / "table.csv"),
+            str(tmp_path / "inputs" / "raw.bin")} <= quiet
 
     def found(summary: dict) -> tuple:
         pins = sorted((p["name"], p["version"], p["reason"], tuple(p.get("cells") or ()))
                       for p in summary["packages"])
         cells = {c["index"]: (sorted(c.get("files", [])), sorted(c.get("packages", [])))
                  for c in summary["cells"]}
-        return pins, cells
+        data = {key: summary["data"].get(key) for key in ("inputs", "outputs", "intermediates")}
+        return pins, cells, data
 
     assert found(runs["ptrace"][1]) == found(runs["strace"][1])
-    for name in ("environment.yml", "requirements.txt"):
-        texts = [(tmp_path / f"out-{b}" / "software" / name).read_text().splitlines()
+    assert found(runs["ptrace"][1])[2]["inputs"] and found(runs["ptrace"][1])[2]["intermediates"]
+    for name in ("software/environment.yml", "software/requirements.txt", "data/data.yml"):
+        texts = [(tmp_path / f"out-{b}" / name).read_text().splitlines()
                  for b in ("strace", "ptrace")]
         assert [line for line in texts[0] if not line.startswith("#")] == [
             line for line in texts[1] if not line.startswith("#")]

@@ -241,7 +241,24 @@ try:
     _io.open_code(os.path.join(work, "quietmod.py") + "\0.txt")
 except ValueError:
     missing += " and a NUL refused"
-open("input.txt").read()
+import builtins, io, pathlib
+read = [open("input.txt").read(), pathlib.Path("input2.txt").read_bytes().decode(),
+        io.open(file="input3.txt", mode="rt", encoding="utf-8", newline="").read()]
+with open("out.txt", "w") as f:
+    f.write("x")
+with open("input.txt", "r+") as f:
+    f.read()
+with open("input4.txt", opener=os.open) as f:
+    read.append(f.name + ":" + f.read())
+try:
+    open("absent.txt", "rb")
+except FileNotFoundError as exc:
+    read.append(str(exc))
+try:
+    open(".")
+except IsADirectoryError as exc:
+    read.append(type(exc).__name__)
+read.append(builtins.open is io.open and open.__name__)
 child = os.fork()
 if child == 0:
     import inchild
@@ -250,7 +267,8 @@ os.waitpid(child, 0)
 shell.events.handlers["post_run_cell"][0](None)
 data = quietmod.__loader__.get_data(quietmod.__file__)  # between cells
 shell.events.handlers["pre_run_cell"][0](None)
-print(json.dumps({"pid": os.getpid(), "child": child, "missing": missing,
+print(json.dumps({"pid": os.getpid(), "child": child, "missing": missing, "read": read,
+                  "pathlib_quiet": sys.version_info >= (3, 11),
                   "values": [quietmod.VALUE, inzip.VALUE, type(data).__name__]}), flush=True)
 import lastmod
 os.kill(os.getpid(), 9)  # the kernel killed in its second cell
@@ -262,10 +280,11 @@ def test_under_ptrace_the_import_systems_reads_are_the_kernel_sides_to_record(
         python: str, tmp_path: Path) -> None:
     """With the tracer's key, the kernel side reads modules (a source file through a symlink,
     a zip archive on sys.path, in the kernel and in a forked child, and in a kernel killed
-    mid-cell) without the tracer seeing them, and records each as an `opened` record with its
-    real path and cell, written through at once; the
-    modules import as they would, a missing file raises FileNotFoundError, and the files the
-    notebook's own code opens stay the tracer's."""
+    mid-cell), and the files the notebook's code reads through open, io.open or pathlib,
+    without the tracer seeing them, and records each as an `opened` record with its real path
+    and cell, written through at once; the modules import and the files read as they would,
+    a missing file raises FileNotFoundError (the C open's message, with the name as given),
+    and what opens for writing, or with the caller's own opener, stays the tracer's."""
     import zipfile
 
     from auditor.record.ptrace import PtraceTracer
@@ -276,7 +295,8 @@ def test_under_ptrace_the_import_systems_reads_are_the_kernel_sides_to_record(
     (work / "quietmod.py").symlink_to(work / "real" / "quietmod.py")
     (work / "inchild.py").write_text("VALUE = 'c'\n")
     (work / "lastmod.py").write_text("VALUE = 'l'\n")
-    (work / "input.txt").write_text("data\n")
+    for name in ("input.txt", "input2.txt", "input3.txt", "input4.txt"):
+        (work / name).write_text(f"{name}\r\n")
     with zipfile.ZipFile(work / "zipped.zip", "w") as archive:
         archive.writestr("inzip.py", "VALUE = 'z'\n")
     log, record = tmp_path / "hooks.jsonl", tmp_path / "record"
@@ -291,6 +311,9 @@ def test_under_ptrace_the_import_systems_reads_are_the_kernel_sides_to_record(
     facts = json.loads(done.stdout)
     assert facts["values"] == ["q", "z", "bytes"]
     assert facts["missing"] == f"{work / 'missing.py'} and a NUL refused"
+    assert facts["read"] == [
+        "input.txt\n", "input2.txt\r\n", "input3.txt\r\n", "input4.txt:input4.txt\n",
+        "[Errno 2] No such file or directory: 'absent.txt'", "IsADirectoryError", "open"]
 
     opened = {(r["path"], r.get("real"), r["seq"], r["pid"])
               for r in map(json.loads, log.read_text().splitlines()) if r["ev"] == "opened"}
@@ -302,8 +325,15 @@ def test_under_ptrace_the_import_systems_reads_are_the_kernel_sides_to_record(
         # get_data after the cell's end: no cell's (machinery, as the tracer would say)
         (str(work / "quietmod.py"), str(work / "real" / "quietmod.py"), None, facts["pid"]),
         (str(work / "lastmod.py"), str(work / "lastmod.py"), 1, facts["pid"]),
-    }
+        *((str(work / name), str(work / name), 0, facts["pid"])
+          for name in ("input.txt", "input3.txt")),
+        (str(work), str(work), 0, facts["pid"]),  # opened, then found to be a folder
+    } | ({(str(work / "input2.txt"), str(work / "input2.txt"), 0, facts["pid"])}
+         if facts["pathlib_quiet"] else set())
     traced = {e.path for e in tracer.events(record) if getattr(e, "path", "").startswith(
-        str(work)) and e.kind == "access"}
-    assert str(work / "input.txt") in traced
-    assert not traced & {p for p, _, _, _ in ours}
+        str(work)) and e.kind == "access" and e.mode != "d"}  # not the path finder's listing
+    # pathlib before 3.11 opens through an opener (3.8, 3.9) or io.open as it was (3.10)
+    assert traced == {str(work / "out.txt"), str(work / "input.txt"), str(work / "input4.txt"),
+                      *([] if facts["pathlib_quiet"] else [str(work / "input2.txt")])}
+    assert not {e.path for e in tracer.events(record) if e.kind == "access"
+                and e.path.startswith(str(work)) and e.mode == "r"} & {p for p, _, _, _ in ours}
