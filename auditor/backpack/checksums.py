@@ -46,52 +46,73 @@ def file_checksum(path: str | Path, algo: str = "sha256",
 
 
 def _feed(digest: hashlib._Hash, path: str | Path, progress: Progress | None) -> None:
-    """Stream one file's bytes into `digest`, CHUNK by CHUNK."""
-    with open(path, "rb") as src:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
+    """Stream one file's bytes into `digest`, CHUNK by CHUNK, through one buffer no larger
+    than the file (a folder of many small files costs few syscalls and no big allocations)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buffer = bytearray(min(CHUNK, os.fstat(fd).st_size + 1))
+        view = memoryview(buffer)
+        while count := os.readv(fd, (buffer,)):
+            digest.update(view[:count])
             if progress:
-                progress(len(chunk))
+                progress(count)
+    finally:
+        os.close(fd)
+
+
+# A folder's files as (relative POSIX path, absolute path, size in bytes).
+Listing = list[tuple[str, str, int]]
+
+
+def directory_listing(path: str | Path) -> Listing:
+    """Every file under `path` (recursively; symlinked directories are not followed, a
+    symlinked file counts as its target, an unreadable folder as empty) with its size, sorted
+    by the relative path's UTF-8 bytes: one stat per file."""
+    found: Listing = []
+
+    def walk(folder: str, prefix: str) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, f"{prefix}{entry.name}/")
+                elif entry.is_file():
+                    found.append((prefix + entry.name, entry.path, entry.stat().st_size))
+            except OSError:
+                continue  # gone since the listing, as a file os.path.isfile no longer finds
+
+    walk(os.fspath(path), "")
+    found.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
+    return found
 
 
 def directory_files(path: str | Path) -> list[tuple[str, Path]]:
-    """Every file under `path` (recursively; symlinked directories are not followed) as
-    (relative POSIX path, absolute path), sorted by the relative path's UTF-8 bytes."""
-    root = os.fspath(path)
-    found = []
-    for folder, dirs, names in os.walk(root):
-        dirs.sort()
-        relative_folder = os.path.relpath(folder, root)
-        for name in names:
-            full = os.path.join(folder, name)
-            if os.path.isfile(full):
-                relative = name if relative_folder == "." else f"{relative_folder}/{name}"
-                found.append((relative, full))
-    found.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
-    return [(relative, Path(full)) for relative, full in found]
+    """Every file under `path` as (relative POSIX path, absolute path): `directory_listing`."""
+    return [(relative, Path(full)) for relative, full, _ in directory_listing(path)]
 
 
-def directory_stats(path: str | Path,
-                    files: list[tuple[str, Path]] | None = None) -> tuple[int, int]:
+def directory_stats(path: str | Path, listing: Listing | None = None) -> tuple[int, int]:
     """(number of files, total bytes) of a directory, as `files` and `expected_size` count;
-    `files`: its `directory_files`, if the caller has them."""
-    files = directory_files(path) if files is None else files
-    return len(files), sum(full.stat().st_size for _, full in files)
+    `listing`: its `directory_listing`, if the caller has it."""
+    listing = directory_listing(path) if listing is None else listing
+    return len(listing), sum(size for _, _, size in listing)
 
 
 def directory_checksum(path: str | Path, algo: str = "sha256",
                        progress: Progress | None = None,
-                       files: list[tuple[str, Path]] | None = None) -> str:
+                       listing: Listing | None = None) -> str:
     """The checksum of a directory entry -> 'algo:hex'.
 
-    Byte layout fed to the hash, for each file of `directory_files` in that order:
+    Byte layout fed to the hash, for each file of `directory_listing` in that order:
     the relative POSIX path in UTF-8, a NUL byte, the file size in decimal ASCII, a NUL byte,
     then the file's contents. The size prefix makes the stream unambiguous (no two different
     trees produce the same bytes). Empty directories and file modes do not count.
     """
     digest = hashlib.new(algo)
-    for relative, full in directory_files(path) if files is None else files:
-        size = full.stat().st_size
+    for relative, full, size in directory_listing(path) if listing is None else listing:
         digest.update(relative.encode("utf-8", "surrogateescape") + b"\0"
                       + str(size).encode("ascii") + b"\0")
         _feed(digest, full, progress)

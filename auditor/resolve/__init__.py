@@ -64,17 +64,17 @@ class _Classifier:
     def __init__(self, index: EnvIndex, notebook_dir: str, ignore: Iterable[str]) -> None:
         self.index = index
         self.notebook_dir = os.path.normpath(notebook_dir).rstrip("/") + "/"
-        self.ignore = tuple(os.path.normpath(p) for p in ignore)
+        ignore = [os.path.normpath(p) for p in ignore]
+        self.ignore_exact = frozenset(("/proc", "/sys", "/dev", *ignore))
+        self.ignore_under = (*_PSEUDO, *(p.rstrip("/") + "/" for p in ignore))
 
     def _ignored(self, path: str | None) -> bool:
         if not path:
             return False
-        if path.startswith(_PSEUDO) or path in ("/proc", "/sys", "/dev"):
-            return True
-        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.ignore)
+        return path in self.ignore_exact or path.startswith(self.ignore_under)
 
     def verdict(self, path: str, real: str | None, mode: str) -> tuple[int, object]:
-        if self._ignored(path) or self._ignored(real):
+        if self._ignored(path) or (real != path and self._ignored(real)):
             return _SKIP, None
         if mode == "d":
             return _SKIP, None  # listing a directory is not using what is in it

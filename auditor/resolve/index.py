@@ -172,7 +172,9 @@ class EnvIndex:
             found = self._lookup(path)
         if found is None:
             # Named through a symlink the index does not know (lib64 -> lib, a linked home).
-            resolved = self._realpath(real or path)
+            # A tracer's `real` is a descriptor's path, never a symlink itself: only its
+            # folder is resolved (once per folder), with no lstat of the file.
+            resolved = self._realpath(real, link=False) if real else self._realpath(path)
             if resolved not in (real, path):
                 found = self._lookup(resolved)
         self._memo[key] = found

@@ -101,12 +101,12 @@ class DataCollector:
 
     def _state_for(self, path: str, named: str, real: str | None) -> PathState | None:
         """A new path's state; None when it is no data (system, environment, tool state)."""
-        rules = self.rules
-        if rules.is_system(path) or rules.is_system(named) or self.owned(named, real):
+        rules, other = self.rules, named != path  # most paths are named as they are
+        if rules.is_system(path) or (other and rules.is_system(named)) or self.owned(named, real):
             return None
-        if rules.is_secret(path) or rules.is_secret(named):
+        if rules.is_secret(path) or (other and rules.is_secret(named)):
             return PathState(secret=True)
-        if rules.is_tool_state(path) or rules.is_tool_state(named):
+        if rules.is_tool_state(path) or (other and rules.is_tool_state(named)):
             return None
         return PathState(secret=False)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from ...backpack.checksums import (
     CHUNK,
     directory_checksum,
-    directory_files,
+    directory_listing,
     directory_stats,
     file_checksum,
 )
@@ -68,7 +68,7 @@ def sha256_folder(folder: str, progress: Progress | None = None) -> tuple[str, i
     """(checksum, files, total size) of a folder entry (the layout of
     checksums.directory_checksum); None if a file vanished while it was hashed."""
     try:
-        listing = directory_files(folder)  # walked once for both
+        listing = directory_listing(folder)  # walked once for both
         files, size = directory_stats(folder, listing)
         digest = directory_checksum(folder, "sha256", _counting(folder, size, progress), listing)
         return digest, files, size
