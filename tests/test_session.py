@@ -145,6 +145,20 @@ def test_hooks_run_records_kernel_cells_opens_and_imports(tmp_path: Path) -> Non
     _assert_nothing_left(recording, tmp_path)
 
 
+def test_the_hook_log_is_read_by_kind(tmp_path: Path) -> None:
+    """Records of the kinds asked for, in file order, whether `ev` comes first (as the kernel
+    side writes it) or not; other kinds, a torn last line and non-objects are left out."""
+    (tmp_path / "hooks.jsonl").write_text(
+        '{"ev":"open","pid":1,"t":1.0,"path":"/a"}\n'
+        '{"ev":"opened","pid":1,"t":2.0,"path":"/b"}\n'
+        '[1, 2]\n'
+        '{"pid":1,"ev":"opened","t":3.0,"path":"/c"}\n'
+        '{"pid":1,"ev":"open","t":4.0,"path":"/d"}\n'
+        '{"ev":"opened","pid":1,"t":5.0,"pa')
+    assert [r["path"] for r in read_hook_log(tmp_path, ("opened",))] == ["/b", "/c"]
+    assert [r["path"] for r in read_hook_log(tmp_path)] == ["/a", "/b", "/c", "/d"]
+
+
 def test_failing_cell_stops_the_run_and_names_the_cell(tmp_path: Path) -> None:
     path = _notebook(tmp_path, "x = 1", "raise ValueError('bad input row 7')",
                      "open('never-written.txt', 'w')")

@@ -8,7 +8,7 @@ come from hooks.jsonl (PEP 578 audit hook + IPython cell events, kernels/flo_ker
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from ..events import Access, Bind, CellMark, Connect, Event, Exec, Import, Spawn
 from .base import Tracer, register
 
 HOOK_LOG = "hooks.jsonl"
+_EV = '{"ev":"'  # how every record begins (kernels/flo_kernel.py)
 
 
 @register
@@ -49,11 +50,11 @@ def hook_events(record_dir: Path) -> Iterator[Event]:
     `_quiet_reads`); the strace and ptrace backends merge these into their own streams by
     time.
     """
+    kinds = ("import", "url", "connect", "names", "opened")
     selected = ([event for event in _convert(entry)
                  if isinstance(event, (Import, Bind)) or entry["ev"] == "opened"
                  or (isinstance(event, Connect) and (event.url or event.host))]
-                for entry in read_hook_log(record_dir)
-                if entry.get("ev") in ("import", "url", "connect", "names", "opened"))
+                for entry in read_hook_log(record_dir, kinds))
     return _in_time_order(selected)
 
 
@@ -124,16 +125,23 @@ def kernel_record(record_dir: Path) -> dict[str, Any]:
     return {}
 
 
-def read_hook_log(record_dir: Path) -> Iterator[dict[str, Any]]:
-    """The records of hooks.jsonl in file order; a torn last line (killed writer) is skipped."""
+def read_hook_log(record_dir: Path, kinds: Container[str] | None = None
+                  ) -> Iterator[dict[str, Any]]:
+    """The records of hooks.jsonl in file order; a torn last line (killed writer) is skipped.
+    `kinds`: only records of those `ev` values (the others are not decoded where `ev` comes
+    first, as the kernel side writes it)."""
     path = Path(record_dir) / HOOK_LOG
     if not path.exists():
         return
     with open(path, encoding="utf-8", errors="surrogateescape") as src:
         for line in src:
+            if kinds is not None and line.startswith(_EV):
+                end = line.find('"', len(_EV))
+                if end > 0 and line[len(_EV):end] not in kinds:
+                    continue
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(entry, dict):
+            if isinstance(entry, dict) and (kinds is None or entry.get("ev") in kinds):
                 yield entry
