@@ -80,7 +80,7 @@ def _evidence(record_dir: Path, kernel_pid: int | None) -> _Evidence:
     static: set[str] = set()
     importers: list[dict[str, Any]] = []
     called: set[str] | None = None
-    for entry in read_hook_log(record_dir):
+    for entry in read_hook_log(record_dir, ("import", "importer", "calls")):
         if kernel_pid is not None and entry.get("pid") != kernel_pid:
             continue  # a forked child: its own imports come after the kernel's
         kind = entry.get("ev")

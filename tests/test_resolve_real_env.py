@@ -97,6 +97,46 @@ def test_dpkg_owners_batches_and_follows_merged_usr():
     assert "/no/such/file" not in owners
 
 
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="dpkg is not installed")
+def test_dpkg_answers_are_kept_while_its_database_is_unchanged(tmp_path, monkeypatch):
+    """What dpkg said (owned, unowned, Essential) is answered again without asking it, from
+    the answers file, until its database changes; a dpkg that fails is never taken to mean
+    "unowned"."""
+    from auditor.resolve.system import Answers, essential_packages
+
+    admin = tmp_path / "dpkg"
+    admin.mkdir()
+    for name in ("status", "diversions"):
+        if os.path.exists(f"/var/lib/dpkg/{name}"):
+            shutil.copy2(f"/var/lib/dpkg/{name}", admin / name)
+    kept = tmp_path / "cache" / "dpkg.json"
+    paths = ["/usr/bin/dpkg", "/no/such/file", sys.executable]
+    first = Answers(kept, str(admin))
+    owners = dpkg_owners(paths, first)
+    essential = essential_packages(owners.values(), first)
+    first.save()
+    assert owners["/usr/bin/dpkg"] == "dpkg" and "dpkg" in essential
+
+    # A dpkg that only leaves a trace that it ran, and fails.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("dpkg", "dpkg-query"):
+        (fake / tool).write_text(f"#!/bin/sh\ntouch {tmp_path}/{tool}-ran\nexit 2\n")
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    again = Answers(kept, str(admin))
+    assert dpkg_owners(paths, again) == owners
+    assert essential_packages(owners.values(), again) == essential
+    assert not list(tmp_path.glob("*-ran"))
+
+    with open(admin / "status", "a") as status:  # a package installed or removed
+        status.write("\n")
+    changed = Answers(kept, str(admin))
+    assert dpkg_owners(paths, changed) == {}
+    assert (tmp_path / "dpkg-ran").exists()
+    assert "/no/such/file" not in changed.owners  # dpkg failed: nothing is known of it
+
+
 def test_module_names_resolve_by_search_path_like_the_import_system(venv, tmp_path):
     from auditor.resolve.modules import NOT_FOUND, ModuleOwners
 

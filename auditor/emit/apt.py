@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..events import Accept, Access, Connect, Event, Exec
-from ..resolve.system import dpkg_owners, essential_packages
+from ..resolve.system import Answers, default_answers_file, dpkg_owners, essential_packages
 from ..roles import TOOL, Roles, is_python_interpreter
 
 _LIBRARY = re.compile(r"\.so(\.\d+)*$")
@@ -97,8 +97,10 @@ def draft_apt(observer: RunObserver, roles: Roles, outside: Iterable[str]) -> Ap
         counted = [pid for pid, in_cell in by_pid.items() if in_cell or roles.of(pid) == TOOL]
         if counted:
             used.setdefault(path, set()).update(_sides(roles, counted))
-    owners = dpkg_owners(used)
-    essential = essential_packages(owners.values())
+    answers = Answers(default_answers_file())
+    owners = dpkg_owners(used, answers)
+    essential = essential_packages(owners.values(), answers)
+    answers.save()
     spec = AptSpec()
     for path, package in sorted(owners.items()):
         if package in essential and path not in observer.executed:

@@ -3,18 +3,28 @@
 dpkg records each file under the path its package shipped, which on merged-/usr systems may be
 `/lib/...` while the file is opened as `/usr/lib/...` (or the reverse), so every path is asked
 about under each of its spellings and answers are mapped back to the path as given.
+
+dpkg's answers are kept between audits (`Answers`: $XDG_CACHE_HOME/flo-backpack/dpkg.json)
+for as long as its database is unchanged: an audit asks dpkg only about paths no earlier audit
+on this machine asked about, since dpkg -S reads every package's file list to answer.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 from ..common.process import run
 
 _BATCH = 200
 _MERGED = ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")
+ADMIN_DIR = "/var/lib/dpkg"
+# What dpkg rewrites on every change to what is installed (packages, their files, diversions).
+_DATABASE_FILES = ("status", "diversions")
 
 
 def _spellings(path: str) -> set[str]:
@@ -27,26 +37,90 @@ def _spellings(path: str) -> set[str]:
     return names
 
 
-def dpkg_owners(paths: Iterable[str]) -> dict[str, str]:
+def default_answers_file() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "flo-backpack" / "dpkg.json"
+
+
+class Answers:
+    """dpkg's answers (path -> owning package or None, package -> Essential) kept in `file`,
+    valid while the database under `admin_dir` is unchanged; a file that is unreadable, of
+    another database state, or absent (`file` None) starts empty."""
+
+    def __init__(self, file: Path | None, admin_dir: str = ADMIN_DIR) -> None:
+        self.file, self.state = file, _database_state(admin_dir)
+        self.owners: dict[str, str | None] = {}
+        self.essential: dict[str, bool] = {}
+        self.changed = False
+        if file is None or self.state is None:
+            return
+        try:
+            kept = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(kept, dict) and kept.get("state") == self.state:
+            self.owners = dict(kept.get("owners") or {})
+            self.essential = dict(kept.get("essential") or {})
+
+    def save(self) -> None:
+        """Write the answers if any are new (atomically; a cache that cannot be written is
+        only a slower next audit)."""
+        if not self.changed or self.file is None or self.state is None:
+            return
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=self.file.parent, prefix=".dpkg-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump({"state": self.state, "owners": self.owners,
+                               "essential": self.essential}, out)
+                os.replace(temp, self.file)
+            except BaseException:
+                os.unlink(temp)
+                raise
+        except OSError:
+            pass
+
+
+def _database_state(admin_dir: str) -> str | None:
+    parts = []
+    for name in _DATABASE_FILES:
+        try:
+            info = os.stat(os.path.join(admin_dir, name))
+        except FileNotFoundError:
+            parts.append(f"{name}:-")
+            continue
+        except OSError:
+            return None
+        parts.append(f"{name}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}")
+    return " ".join(parts)
+
+
+def dpkg_owners(paths: Iterable[str], answers: Answers | None = None) -> dict[str, str]:
     """Map each path some Debian package owns to that package ("libc6:amd64" -> "libc6").
 
-    Paths no package owns are left out. Returns {} where dpkg is not installed.
+    Paths no package owns are left out. Returns {} where dpkg is not installed. `answers`:
+    what dpkg said before, asked again only about the rest (and told what it says now).
     """
     if shutil.which("dpkg") is None:
         return {}
+    answers = answers or Answers(None)
+    wanted = [path for path in dict.fromkeys(paths)
+              if not any(c in path for c in "*?[\\")]  # dpkg -S would read these as patterns
     asked: dict[str, set[str]] = {}  # spelling -> paths as given
-    for path in paths:
-        if any(c in path for c in "*?[\\"):  # dpkg -S would read these as a pattern
-            continue
-        for name in _spellings(path):
-            asked.setdefault(name, set()).add(path)
-    owners: dict[str, str] = {}
+    for path in wanted:
+        if path not in answers.owners:
+            for name in _spellings(path):
+                asked.setdefault(name, set()).add(path)
+    found: dict[str, str] = {}
+    unanswered: set[str] = set()  # in a batch dpkg failed on: not known to be unowned
     names = sorted(asked)
     for start in range(0, len(names), _BATCH):
         batch = names[start:start + _BATCH]
         # Exit 1 means some paths are not owned; the owned ones are still printed.
         done = run(["dpkg", "-S", *batch], check=False, timeout=120, what="dpkg -S")
         if done.returncode not in (0, 1):
+            unanswered.update(path for name in batch for path in asked[name])
             continue
         for line in done.stdout.splitlines():
             if line.startswith("diversion "):
@@ -56,16 +130,30 @@ def dpkg_owners(paths: Iterable[str]) -> dict[str, str]:
                 continue
             package = packages.split(",")[0].strip().split(":")[0]
             for path in asked[name]:
-                owners.setdefault(path, package)
-    return owners
+                found.setdefault(path, package)
+    for path in {path for paths_as_given in asked.values() for path in paths_as_given}:
+        if path in found or path not in unanswered:
+            answers.owners[path] = found.get(path)
+            answers.changed = True
+    return {path: owner for path in wanted
+            if (owner := found.get(path) or answers.owners.get(path))}
 
 
-def essential_packages(packages: Iterable[str]) -> set[str]:
+def essential_packages(packages: Iterable[str], answers: Answers | None = None) -> set[str]:
     """The packages among `packages` that Debian marks Essential (on every Debian system)."""
+    answers = answers or Answers(None)
     names = sorted(set(packages))
     if not names or shutil.which("dpkg-query") is None:
         return set()
-    done = run(["dpkg-query", "-W", "-f", "${Package} ${Essential}\\n", *names], check=False,
-               timeout=120, what="dpkg-query")
-    return {line.split()[0] for line in done.stdout.splitlines()
-            if line.endswith(" yes") and line.split()}
+    asked = [name for name in names if name not in answers.essential]
+    if asked:
+        done = run(["dpkg-query", "-W", "-f", "${Package} ${Essential}\\n", *asked],
+                   check=False, timeout=120, what="dpkg-query")
+        said = {line.split()[0]: line.endswith(" yes") for line in done.stdout.splitlines()
+                if line.split()}
+        if done.returncode in (0, 1):  # 1: some are not installed (not Essential, then)
+            answers.essential.update({name: said.get(name, False) for name in asked})
+            answers.changed = True
+        else:
+            return {name for name in names if said.get(name) or answers.essential.get(name)}
+    return {name for name in names if answers.essential.get(name)}
