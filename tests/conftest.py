@@ -27,7 +27,7 @@ pytest_plugins = ["conftest_slurm", "conftest_sge"]
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures" / "notebooks"
-#: The backend `--backend auto` picks on x86_64 with python-ptrace, audited unless a test asks
+#: The backend `--backend auto` picks on x86_64, audited unless a test asks
 #: for another; a test that reads strace's own record (trace.strace) asks for "strace".
 DEFAULT_BACKEND = "ptrace"
 #: The raw record file of each syscall backend (audit/trace<suffix>, trace-<name><suffix>).
@@ -246,6 +246,6 @@ MACHINERY = requires_closure(["ipykernel"])
 #: flo-backpack itself and those of its dependencies a notebook kernel does not need. (psutil
 #: would belong here, but IPython requires it, so the machinery closure legitimately pins it.)
 OWN_UNUSED = {"flo-backpack"} | (
-    {canonicalize_name(n) for n in ("rich", "nbclient", "nbformat", "psutil", "python-ptrace")}
+    {canonicalize_name(n) for n in ("rich", "nbclient", "nbformat", "psutil")}
     - MACHINERY
 )

@@ -215,16 +215,7 @@ def test_probe_finds_ptrace_usable_and_asks_once(monkeypatch: pytest.MonkeyPatch
         _probe.cache_clear()
 
 
-def test_probe_runs_no_program_when_the_tracer_imports_from_anywhere(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Installed (this checkout is), the probe is a forked child traced in this process; it
-    traces /bin/true only when flo-backpack may import from the cwd alone."""
-    import auditor.record.ptrace as backend
-
-    def no_program(*_args: object, **_kwargs: object) -> None:
-        raise AssertionError("the probe started a program")
-
-    monkeypatch.setattr(backend, "run", no_program)
+def test_the_probe_is_a_forked_child_it_reaps() -> None:
     _probe.cache_clear()
     try:
         assert _probe() is None
@@ -233,20 +224,24 @@ def test_probe_runs_no_program_when_the_tracer_imports_from_anywhere(
         _probe.cache_clear()
 
 
-def test_importable_elsewhere_only_through_what_is_not_the_cwd(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import importlib.machinery
-
-    import auditor.record.ptrace as backend
-
-    monkeypatch.setattr(sys, "meta_path", [importlib.machinery.PathFinder])
-    monkeypatch.chdir(REPO)
-    monkeypatch.setattr(sys, "path", [str(REPO)])
-    assert not backend._importable_elsewhere()  # the checkout is the cwd: only from here
-    monkeypatch.chdir(tmp_path)
-    assert backend._importable_elsewhere()
-    monkeypatch.setattr(sys, "path", [str(tmp_path)])
-    assert not backend._importable_elsewhere()
+def test_the_tracer_runs_on_the_bare_interpreter_from_any_cwd(tmp_path: Path) -> None:
+    """The tracer process needs the standard library and this package's folder only: run by
+    an interpreter of this version where flo-backpack is not installed (no site-packages of
+    ours), with no PYTHONPATH, from a folder that holds nothing of it, it traces."""
+    bare = Path.home() / ".pyenv" / "versions"
+    version = ".".join(map(str, sys.version_info[:2]))
+    found = sorted(bare.glob(f"{version}.*/bin/python{version}"))
+    if not found:
+        pytest.skip(f"no pyenv CPython {version} here")
+    (tmp_path / "input.txt").write_text("x\n")
+    argv = PtraceTracer().wrap(["/bin/sh", "-c", "cat input.txt > /dev/null"], tmp_path)
+    assert argv[1:3] == ["-S", "-c"]  # no site: none of its start-up
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    done = subprocess.run([str(found[0]), *argv[1:]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    paths = {e.path for e in PtraceTracer().events(tmp_path) if e.kind == "access"}
+    assert str(tmp_path / "input.txt") in paths
 
 
 def test_events_of_a_record_without_trace_is_a_clear_error(tmp_path: Path) -> None:

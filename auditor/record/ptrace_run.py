@@ -1,9 +1,10 @@
 """The ptrace tracer program: run a command, trace it and all its descendants, write events.
 
 `python -m auditor.record.ptrace_run -o trace.jsonl -- CMD...` is the ptrace backend's tracer
-(see `auditor.record.ptrace`); it records what the strace backend does. The ptrace calls go
-through python-ptrace's bindings; PTRACE_GET_SYSCALL_INFO (Linux 5.3+) tells entry from exit without
-per-architecture register juggling. Like `strace --seccomp-bpf`, a seccomp filter makes
+(see `auditor.record.ptrace`, which starts it with -S); it records what the strace backend
+does. The ptrace calls are libc's, through ctypes (`ptrace_syscalls.ptrace`: the standard
+library is all the tracer imports); PTRACE_GET_SYSCALL_INFO (Linux 5.3+) tells entry from exit
+without per-architecture register juggling. Like `strace --seccomp-bpf`, a seccomp filter makes
 tracees stop only at the syscalls we record; without it every syscall stops and all but the
 recorded ones are skipped by number before anything is decoded. A recorded syscall costs
 three stops (seccomp, entry, exit); a read-only open whose outcome the tracer can tell from
@@ -27,9 +28,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ptrace import PtraceError
-from ptrace.binding import func as pt
-
 from ..common.realpaths import RealPaths
 from ..events import (
     Accept,
@@ -52,10 +50,8 @@ if TYPE_CHECKING:
     #: What signal.signal takes and returns (typeshed's private _HANDLER).
     SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
-PTRACE_EVENT_SECCOMP = 7
-PTRACE_O_TRACESECCOMP, PTRACE_O_EXITKILL = 0x80, 0x100000
-OPTIONS = (pt.PTRACE_O_TRACESYSGOOD | pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEVFORK
-           | pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL)
+OPTIONS = (linux.PTRACE_O_TRACESYSGOOD | linux.PTRACE_O_TRACEFORK | linux.PTRACE_O_TRACEVFORK
+           | linux.PTRACE_O_TRACECLONE | linux.PTRACE_O_TRACEEXEC | linux.PTRACE_O_EXITKILL)
 WALL = 0x40000000
 SYSCALL_STOP = signal.SIGTRAP | 0x80
 # After each stop the tracer polls for the next one this long before it sleeps in waitpid:
@@ -111,10 +107,11 @@ class WaitLoop:
     # -- running -------------------------------------------------------------------------
 
     def resume(self, task: Task, sig: int = 0) -> None:
-        restart = pt.ptrace_cont if self.seccomp and not task.in_seccomp_call else pt.ptrace_syscall
+        restart = (linux.PTRACE_CONT if self.seccomp and not task.in_seccomp_call
+                   else linux.PTRACE_SYSCALL)
         try:
-            restart(task.tid, sig)
-        except PtraceError as exc:  # killed (SIGKILL) while stopped: its exit comes next
+            linux.ptrace(restart, task.tid, 0, sig)
+        except OSError as exc:  # killed (SIGKILL) while stopped: its exit comes next
             if exc.errno != errno.ESRCH:
                 raise
 
@@ -167,7 +164,7 @@ class WaitLoop:
             elif not (sig in STOP_SIGNALS and _is_group_stop(tid)):
                 deliver = sig  # a signal for the tracee: pass it on
             # (a group-stop cannot be kept without PTRACE_LISTEN: the tracee runs on)
-        except PtraceError as exc:  # SIGKILLed while stopped: its exit is reported next
+        except OSError as exc:  # SIGKILLed while stopped: its exit is reported next
             if exc.errno != errno.ESRCH:
                 raise
         self.resume(task, deliver)
@@ -175,32 +172,33 @@ class WaitLoop:
             self.settle()
 
     def on_event(self, task: Task, event: int) -> None:
-        if event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
-            child = pt.ptrace_geteventmsg(task.tid)
-            thread = event == pt.PTRACE_EVENT_CLONE and _tgid_of(child) == task.tgid
+        if event in (linux.PTRACE_EVENT_FORK, linux.PTRACE_EVENT_VFORK,
+                     linux.PTRACE_EVENT_CLONE):
+            child = linux.event_message(task.tid)
+            thread = event == linux.PTRACE_EVENT_CLONE and _tgid_of(child) == task.tgid
             self.emit(Spawn(pid=task.tgid, child=child, thread=thread, t=time.time()))
             if child in self.held:
                 self.held.discard(child)
                 self.resume(self.tasks[child])
             else:
                 self.announced.add(child)
-        elif event == pt.PTRACE_EVENT_EXEC:
-            former = pt.ptrace_geteventmsg(task.tid)
+        elif event == linux.PTRACE_EVENT_EXEC:
+            former = linux.event_message(task.tid)
             if former != task.tid:  # a non-leader thread exec'd and took the leader's tid
                 moved = self.tasks.pop(former, None)
                 if moved is not None:
                     task.nr, task.args, task.entered = moved.nr, moved.args, moved.entered
                     task.in_seccomp_call = moved.in_seccomp_call
             self.memory.forget(task.tgid)
-        elif event == PTRACE_EVENT_SECCOMP:
+        elif event == linux.PTRACE_EVENT_SECCOMP:
             self.on_syscall(task)
 
     # -- syscalls ------------------------------------------------------------------------
 
     def on_syscall(self, task: Task) -> None:
         info = linux.SyscallInfo()
-        pt.ptrace(linux.PTRACE_GET_SYSCALL_INFO, task.tid, ctypes.sizeof(info),
-                  ctypes.addressof(info))
+        linux.ptrace(linux.PTRACE_GET_SYSCALL_INFO, task.tid, ctypes.sizeof(info),
+                     ctypes.addressof(info))
         if info.op == linux.SYSCALL_INFO_SECCOMP:
             task.in_seccomp_call = True
             self.enter(task, info.words[0], tuple(info.words[1:7]))
@@ -355,8 +353,8 @@ def _tgid_of(tid: int) -> int:
 
 def _is_group_stop(tid: int) -> bool:
     try:
-        pt.ptrace_getsiginfo(tid)
-    except PtraceError as exc:
+        linux.signal_info(tid)
+    except OSError as exc:
         return exc.errno == errno.EINVAL
     return False
 
@@ -368,9 +366,9 @@ def _child(argv: list[str] | None, report: int, seccomp: bool,
     """In the forked child: become a tracee, install the filter, stop, then exec argv (with
     None, wait to be killed: the probe's child)."""
     try:
-        pt.ptrace_traceme()
-    except PtraceError as exc:
-        os.write(report, f"E ptrace(PTRACE_TRACEME) failed: {exc}".encode())
+        linux.ptrace(linux.PTRACE_TRACEME, 0)
+    except OSError as exc:
+        os.write(report, f"E ptrace(PTRACE_TRACEME) failed: {exc.strerror}".encode())
         os._exit(126)
     mode = b"S" if seccomp and linux.install_seccomp(quiet_key) else b"F"
     os.write(report, mode)
@@ -417,10 +415,11 @@ def probe() -> str | None:
     except OSError as exc:
         return str(exc)
     try:
-        pt.ptrace_setoptions(pid, OPTIONS | (PTRACE_O_TRACESECCOMP if seccomp else 0))
+        linux.ptrace(linux.PTRACE_SETOPTIONS, pid, 0,
+                     OPTIONS | (linux.PTRACE_O_TRACESECCOMP if seccomp else 0))
         return None
-    except PtraceError as exc:
-        return f"ptrace(PTRACE_SETOPTIONS) failed: {exc}"
+    except OSError as exc:
+        return f"ptrace(PTRACE_SETOPTIONS) failed: {exc.strerror}"
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, WALL)
@@ -435,8 +434,8 @@ def trace(argv: list[str], out: TextIO, *, seccomp: bool = True,
     tracer.tasks[pid] = Task(pid, pid)
     forward = _forward_signals(tracer)
     try:
-        options = OPTIONS | (PTRACE_O_TRACESECCOMP if tracer.seccomp else 0)
-        pt.ptrace_setoptions(pid, options)
+        options = OPTIONS | (linux.PTRACE_O_TRACESECCOMP if tracer.seccomp else 0)
+        linux.ptrace(linux.PTRACE_SETOPTIONS, pid, 0, options)
         tracer.resume(tracer.tasks[pid])
         tracer.loop()
     finally:

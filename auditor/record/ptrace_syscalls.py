@@ -11,6 +11,7 @@ import functools
 import os
 import socket
 import struct
+from typing import Any
 
 # Linux x86_64 syscall numbers of what we record; other architectures are not supported.
 SYS_OPEN, SYS_CREAT, SYS_OPENAT, SYS_OPENAT2 = 2, 85, 257, 437
@@ -34,8 +35,17 @@ O_TMPFILE_ONLY = 0o20000000  # __O_TMPFILE: O_TMPFILE is this | O_DIRECTORY
 AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
 PATH_MAX, ARG_MAX_COUNT = 4096, 65536
 
+# ptrace(2) requests, options and stop events.
+PTRACE_TRACEME, PTRACE_CONT, PTRACE_SYSCALL = 0, 7, 24
+PTRACE_SETOPTIONS, PTRACE_GETEVENTMSG, PTRACE_GETSIGINFO = 0x4200, 0x4201, 0x4202
 PTRACE_GET_SYSCALL_INFO = 0x420E
+PTRACE_O_TRACESYSGOOD, PTRACE_O_TRACEFORK, PTRACE_O_TRACEVFORK = 0x1, 0x2, 0x4
+PTRACE_O_TRACECLONE, PTRACE_O_TRACEEXEC, PTRACE_O_TRACESECCOMP = 0x8, 0x10, 0x80
+PTRACE_O_EXITKILL = 0x100000
+PTRACE_EVENT_FORK, PTRACE_EVENT_VFORK, PTRACE_EVENT_CLONE = 1, 2, 3
+PTRACE_EVENT_EXEC, PTRACE_EVENT_SECCOMP = 4, 7
 SYSCALL_INFO_ENTRY, SYSCALL_INFO_EXIT, SYSCALL_INFO_SECCOMP = 1, 2, 3
+SIGINFO_SIZE = 128
 
 
 class SyscallInfo(ctypes.Structure):
@@ -110,6 +120,36 @@ class TraceeMemory:
 @functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
+
+
+@functools.cache
+def _ptrace_call() -> Any:
+    call = _libc().ptrace
+    call.restype = ctypes.c_long
+    call.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+    return call
+
+
+def ptrace(request: int, tid: int, address: int = 0, data: int = 0) -> int:
+    """ptrace(2) (no PEEK requests: -1 is always an error); OSError with its errno."""
+    result = _ptrace_call()(request, tid, address or None, data or None)
+    if result == -1:
+        number = ctypes.get_errno()
+        raise OSError(number, f"ptrace({request:#x}, {tid}): {os.strerror(number)}")
+    return result
+
+
+def event_message(tid: int) -> int:
+    """PTRACE_GETEVENTMSG: the new task's tid at a fork/clone stop, the former tid at exec."""
+    message = ctypes.c_ulong()
+    ptrace(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(message))
+    return message.value
+
+
+def signal_info(tid: int) -> None:
+    """PTRACE_GETSIGINFO, for its error alone: EINVAL at a group-stop."""
+    info = ctypes.create_string_buffer(SIGINFO_SIZE)
+    ptrace(PTRACE_GETSIGINFO, tid, 0, ctypes.addressof(info))
 
 
 def readlink(path: str) -> str | None:
