@@ -101,7 +101,7 @@ def _quiet_reads(side, key):
     """Read files with an openat whose mode argument is `key`, which the ptrace tracer's
     seccomp filter lets run without a stop: the import system's (`_io.open_code`: modules'
     source and bytecode, zip archives) and the notebook's own reads through `open`
-    (builtins.open, io.open and IPython's open, each given an opener; every other mode and a
+    (builtins.open and IPython's open, each given an opener; io.open, every other mode and a
     caller's own opener are left to the C open). Each read that succeeds is recorded as an
     `opened` record (its real path from the descriptor), written through at once so a kernel
     killed in the cell loses none. A stop costs more than the rest of an import, or of reading
@@ -170,9 +170,12 @@ def _quiet_reads(side, key):
             opener = quiet_opener
         return original_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
 
+    # Pickled by reference as builtins.open (a process that unpickles it gets its own).
+    # io.open stays the C function: pickle finds builtins by module and name (`io.open`), and
+    # cloudpickle pickles IPython's open by value, with the C open as its __wrapped__.
+    open.__module__ = "builtins"
     _io.open_code = open_code
     builtins.open = open
-    sys.modules["io"].open = open
     shell_module = sys.modules.get("IPython.core.interactiveshell")
     if getattr(shell_module, "io_open", None) is original_open:
         shell_module.io_open = open  # the user namespace's `open` calls it (IPython 8+)

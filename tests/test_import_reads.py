@@ -57,8 +57,9 @@ def test_a_kernel_killed_mid_cell_keeps_what_the_cell_imported(tmp_path: Path) -
 
 def test_ptrace_with_quiet_reads_finds_what_strace_finds(tmp_path: Path) -> None:
     """The same notebook (a local package, a pure-Python distribution and a compiled one,
-    and an import in a forked child; data read through IPython's open, io.open and pathlib, a
-    read that fails, a file written then read back) audited by strace, which sees every read
+    and an import in a forked child; data read through IPython's open, builtins.open, io.open
+    and pathlib, a read that fails, a file written then read back, a function that opens
+    files pickled by value as Dask does) audited by strace, which sees every read
     itself, and by ptrace, which leaves those reads to the kernel side: the same pins, the
     same workflow files, the same files per cell, the same data inputs and outputs."""
     (tmp_path / "inputs").mkdir()
@@ -75,6 +76,9 @@ def test_ptrace_with_quiet_reads_finds_what_strace_finds(tmp_path: Path) -> None
         "import io, pathlib\nrows = open('inputs/table.csv').read()\n"
         "notes = pathlib.Path('inputs/notes.txt').read_text()\n"
         "raw = io.open('inputs/raw.bin', 'rb').read()\n"
+        "import builtins, cloudpickle\ndef count(name):\n    return len(open(name).read())\n"
+        "copied = cloudpickle.loads(cloudpickle.dumps(count))('inputs/table.csv')\n"
+        "again = builtins.open('inputs/raw.bin', 'rb').read()\n"
         "try:\n    open('inputs/absent.csv')\nexcept FileNotFoundError:\n    pass\n"
         "with open('made.txt', 'w') as f:\n    f.write(rows)\nmade = open('made.txt').read()",
     ])

@@ -243,7 +243,7 @@ except ValueError:
     missing += " and a NUL refused"
 import builtins, io, pathlib
 read = [open("input.txt").read(), pathlib.Path("input2.txt").read_bytes().decode(),
-        io.open(file="input3.txt", mode="rt", encoding="utf-8", newline="").read()]
+        open(file="input3.txt", mode="rt", encoding="utf-8", newline="").read()]
 with open("out.txt", "w") as f:
     f.write("x")
 with open("input.txt", "r+") as f:
@@ -258,7 +258,9 @@ try:
     open(".")
 except IsADirectoryError as exc:
     read.append(type(exc).__name__)
-read.append(builtins.open is io.open and open.__name__)
+import pickle
+read.append([pickle.loads(pickle.dumps(f)) is f for f in (_io.open, io.open, open)]
+            + [io.open is _io.open, open.__name__])
 child = os.fork()
 if child == 0:
     import inchild
@@ -268,7 +270,6 @@ shell.events.handlers["post_run_cell"][0](None)
 data = quietmod.__loader__.get_data(quietmod.__file__)  # between cells
 shell.events.handlers["pre_run_cell"][0](None)
 print(json.dumps({"pid": os.getpid(), "child": child, "missing": missing, "read": read,
-                  "pathlib_quiet": sys.version_info >= (3, 11),
                   "values": [quietmod.VALUE, inzip.VALUE, type(data).__name__]}), flush=True)
 import lastmod
 os.kill(os.getpid(), 9)  # the kernel killed in its second cell
@@ -280,11 +281,12 @@ def test_under_ptrace_the_import_systems_reads_are_the_kernel_sides_to_record(
         python: str, tmp_path: Path) -> None:
     """With the tracer's key, the kernel side reads modules (a source file through a symlink,
     a zip archive on sys.path, in the kernel and in a forked child, and in a kernel killed
-    mid-cell), and the files the notebook's code reads through open, io.open or pathlib,
-    without the tracer seeing them, and records each as an `opened` record with its real path
+    mid-cell), and the files the notebook's code reads through open, without the tracer
+    seeing them, and records each as an `opened` record with its real path
     and cell, written through at once; the modules import and the files read as they would,
     a missing file raises FileNotFoundError (the C open's message, with the name as given),
-    and what opens for writing, or with the caller's own opener, stays the tracer's."""
+    what opens for writing, with the caller's own opener or through io.open (pathlib) stays
+    the tracer's, and open, io.open and the C open still pickle as themselves."""
     import zipfile
 
     from auditor.record.ptrace import PtraceTracer
@@ -313,7 +315,8 @@ def test_under_ptrace_the_import_systems_reads_are_the_kernel_sides_to_record(
     assert facts["missing"] == f"{work / 'missing.py'} and a NUL refused"
     assert facts["read"] == [
         "input.txt\n", "input2.txt\r\n", "input3.txt\r\n", "input4.txt:input4.txt\n",
-        "[Errno 2] No such file or directory: 'absent.txt'", "IsADirectoryError", "open"]
+        "[Errno 2] No such file or directory: 'absent.txt'", "IsADirectoryError",
+        [True, True, True, True, "open"]]
 
     opened = {(r["path"], r.get("real"), r["seq"], r["pid"])
               for r in map(json.loads, log.read_text().splitlines()) if r["ev"] == "opened"}
@@ -328,12 +331,11 @@ def test_under_ptrace_the_import_systems_reads_are_the_kernel_sides_to_record(
         *((str(work / name), str(work / name), 0, facts["pid"])
           for name in ("input.txt", "input3.txt")),
         (str(work), str(work), 0, facts["pid"]),  # opened, then found to be a folder
-    } | ({(str(work / "input2.txt"), str(work / "input2.txt"), 0, facts["pid"])}
-         if facts["pathlib_quiet"] else set())
+    }
     traced = {e.path for e in tracer.events(record) if getattr(e, "path", "").startswith(
         str(work)) and e.kind == "access" and e.mode != "d"}  # not the path finder's listing
-    # pathlib before 3.11 opens through an opener (3.8, 3.9) or io.open as it was (3.10)
+    # pathlib opens through io.open (3.10+) or an opener of its own: the C open's
     assert traced == {str(work / "out.txt"), str(work / "input.txt"), str(work / "input4.txt"),
-                      *([] if facts["pathlib_quiet"] else [str(work / "input2.txt")])}
+                      str(work / "input2.txt")}
     assert not {e.path for e in tracer.events(record) if e.kind == "access"
                 and e.path.startswith(str(work)) and e.mode == "r"} & {p for p, _, _, _ in ours}
