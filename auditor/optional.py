@@ -31,11 +31,15 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
+from .common.kept import Kept, cache_folder
 from .record.hooks import read_hook_log
 
 #: Exception names whose handler swallows a failed import.
 _CATCHES_IMPORT = frozenset({"ImportError", "ModuleNotFoundError", "Exception", "BaseException"})
 _PROBES = ("find_spec", "find_loader")
+#: The format of the kept guards (`KeptGuards`); another one is read as empty.
+_GUARDS_STATE = "guards 1"
+_KEPT_FILES = 5000  # more files than this kept: start afresh
 
 
 @dataclass(frozen=True)
@@ -99,9 +103,24 @@ def _evidence(record_dir: Path, kernel_pid: int | None) -> _Evidence:
 
 def find_candidates(record_dir: Path, *, pins: Iterable[Any], index: Any,
                     module_owner: Any, notebook_dir: str, kernel_pid: int | None,
-                    python: str, cell_sources: Mapping[int, str]) -> list[Candidate]:
+                    python: str, cell_sources: Mapping[int, str],
+                    kept_guards: Path | None = None) -> list[Candidate]:
     """The pins (`emit.environment.Pin`, reason "used") that the run imported only through
-    another distribution's optional import; see the module docstring for the rule."""
+    another distribution's optional import; see the module docstring for the rule.
+    `kept_guards`: where the guards read from library sources are kept between audits
+    (default: guards.json in flo-backpack's cache folder)."""
+
+    guards = KeptGuards(kept_guards or cache_folder() / "guards.json")
+    try:
+        return _candidates(record_dir, pins, index, module_owner, notebook_dir, kernel_pid,
+                           python, cell_sources, guards)
+    finally:
+        guards.save()
+
+
+def _candidates(record_dir: Path, pins: Iterable[Any], index: Any, module_owner: Any,
+                notebook_dir: str, kernel_pid: int | None, python: str,
+                cell_sources: Mapping[int, str], guards: KeptGuards) -> list[Candidate]:
     from .emit.environment import USED, top_level_imports
 
     evidence = _evidence(record_dir, kernel_pid)
@@ -140,7 +159,7 @@ def find_candidates(record_dir: Path, *, pins: Iterable[Any], index: Any,
         if pin.reason != USED or pin.key in named or pin.key not in first_import:
             continue
         entry = first_import[pin.key]
-        importer, at, guard = _importer(entry, pin.key, folder, owner_of_file)
+        importer, at, guard = _importer(entry, pin.key, folder, owner_of_file, guards.at)
         if importer is None:
             continue
         ran = (pin.key in ran_in) if called is not None else None
@@ -152,7 +171,8 @@ def find_candidates(record_dir: Path, *, pins: Iterable[Any], index: Any,
 
 
 def _importer(entry: Mapping[str, Any], key: str, folder: str,
-              owner_of_file: Callable[[str], str | None]) -> tuple[str | None, str, str | None]:
+              owner_of_file: Callable[[str], str | None],
+              guarded: Callable[[str, int], str | None]) -> tuple[str | None, str, str | None]:
     """Walk the stack of the first import of distribution `key` (innermost first): the
     distribution whose code imported it, where ("file:line"), and the guard around the import
     (`guard_at`); (None, "", ...) when the workflow itself, or `key`'s own code, imported it."""
@@ -166,7 +186,7 @@ def _importer(entry: Mapping[str, Any], key: str, folder: str,
         owner = owner_of_file(filename)
         if owner == key:
             break  # imported by its own code (an entry point it loaded): unknown
-        guard = guard or guard_at(filename, line)  # an `_optional(name)` helper's caller
+        guard = guard or guarded(filename, line)  # an `_optional(name)` helper's caller
         if importer is None and owner is not None:
             importer, at = owner, f"{filename}:{line}"
     return importer, at, guard
@@ -186,10 +206,35 @@ def _version(text: str) -> tuple[int, ...]:
 
 # ----------------------------------------------------------------- the guard, by ast
 
+class KeptGuards(Kept):
+    """`guard_at`'s answers kept between audits, per file while its size and mtime are those
+    it was read with: a library's source is parsed once per machine, not once per audit."""
+
+    def __init__(self, file: Path | None) -> None:
+        super().__init__(file, _GUARDS_STATE)
+        if len(self.data) > _KEPT_FILES:
+            self.data.clear()
+
+    def at(self, path: str, line: int) -> str | None:
+        found = _stamp(path)
+        if found is None:
+            return guard_at(path, line)
+        stamp = list(found)
+        kept = self.data.get(path)
+        if not isinstance(kept, dict) or kept.get("stamp") != stamp \
+                or not isinstance(kept.get("lines"), dict):
+            kept = self.data[path] = {"stamp": stamp, "lines": {}}
+        lines = kept["lines"]
+        if str(line) not in lines:
+            lines[str(line)] = guard_at(path, line)
+            self.changed = True
+        return lines[str(line)]
+
+
 def guard_at(path: str, line: int) -> str | None:
     """How the statement at `line` of the module at `path` is guarded against a failed
     import, as a phrase ("guards it with try/except ImportError (line 148)"), or None."""
-    tree = _parse(path)
+    tree = _parse(path, _stamp(path))
     if tree is None:
         return None
     for node in _enclosing(tree, line):
@@ -205,8 +250,17 @@ def guard_at(path: str, line: int) -> str | None:
     return None
 
 
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
 @lru_cache(maxsize=256)
-def _parse(path: str) -> ast.Module | None:
+def _parse(path: str, _stamp: tuple[int, int] | None) -> ast.Module | None:
+    """The module at `path`, parsed once per version of it (`_stamp`: its size and mtime)."""
     try:
         return ast.parse(Path(path).read_text(encoding="utf-8", errors="replace"))
     except (OSError, SyntaxError, ValueError):

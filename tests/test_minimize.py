@@ -171,6 +171,31 @@ def test_importer_records_name_the_helper_and_its_caller(tmp_path: Path) -> None
     assert guard_at(importers["busy"]["frames"][0][0], 10) is None
 
 
+def test_guards_are_kept_between_audits_while_the_source_is_unchanged(tmp_path: Path) -> None:
+    """A library's guard is read once and answered from the kept file after; a source whose
+    size or mtime differs is read again."""
+    from auditor.optional import KeptGuards
+
+    source = tmp_path / "lib.py"
+    guarded = "try:\n    import extra\nexcept ImportError:\n    extra = None\n"
+    source.write_text(guarded)
+    kept = tmp_path / "cache" / "guards.json"
+    first = KeptGuards(kept)
+    phrase = "guards it with try/except ImportError (line 1)"
+    assert first.at(str(source), 2) == phrase
+    first.save()
+    stamp = source.stat()
+    unguarded = "if 1:\n    import extra\nelse:\n    extra = None\n"
+    unguarded += "#" * (len(guarded) - len(unguarded) - 1) + "\n"  # the same size
+    source.write_text(unguarded)  # the same size; its mtime put back: still the kept answer
+    os.utime(source, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert KeptGuards(kept).at(str(source), 2) == phrase
+    os.utime(source, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
+    assert KeptGuards(kept).at(str(source), 2) is None
+    kept.write_text("{torn")
+    assert KeptGuards(kept).at(str(source), 2) is None  # an unreadable file: read afresh
+
+
 @pytest.mark.skipif(not PY312.exists(), reason="needs CPython 3.12 for sys.monitoring")
 def test_calls_records_list_the_files_whose_functions_ran(tmp_path: Path) -> None:
     records = _kernel_side_records(str(PY312), tmp_path)

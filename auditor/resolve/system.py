@@ -4,20 +4,20 @@ dpkg records each file under the path its package shipped, which on merged-/usr 
 `/lib/...` while the file is opened as `/usr/lib/...` (or the reverse), so every path is asked
 about under each of its spellings and answers are mapped back to the path as given.
 
-dpkg's answers are kept between audits (`Answers`: $XDG_CACHE_HOME/flo-backpack/dpkg.json)
-for as long as its database is unchanged: an audit asks dpkg only about paths no earlier audit
-on this machine asked about, since dpkg -S reads every package's file list to answer.
+dpkg's answers are kept between audits (`Answers`, a `common.kept.Kept`: dpkg.json in
+flo-backpack's cache folder) for as long as its database is unchanged: an audit asks dpkg
+only about paths no earlier audit on this machine asked about, since dpkg -S reads every
+package's file list to answer.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..common.kept import Kept, cache_folder
 from ..common.process import run
 
 _BATCH = 200
@@ -38,48 +38,17 @@ def _spellings(path: str) -> set[str]:
 
 
 def default_answers_file() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "flo-backpack" / "dpkg.json"
+    return cache_folder() / "dpkg.json"
 
 
-class Answers:
-    """dpkg's answers (path -> owning package or None, package -> Essential) kept in `file`,
-    valid while the database under `admin_dir` is unchanged; a file that is unreadable, of
-    another database state, or absent (`file` None) starts empty."""
+class Answers(Kept):
+    """dpkg's answers (`owners`: path -> owning package or None; `essential`: package ->
+    Essential) kept in `file`, valid while the database under `admin_dir` is unchanged."""
 
     def __init__(self, file: Path | None, admin_dir: str = ADMIN_DIR) -> None:
-        self.file, self.state = file, _database_state(admin_dir)
-        self.owners: dict[str, str | None] = {}
-        self.essential: dict[str, bool] = {}
-        self.changed = False
-        if file is None or self.state is None:
-            return
-        try:
-            kept = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
-        if isinstance(kept, dict) and kept.get("state") == self.state:
-            self.owners = dict(kept.get("owners") or {})
-            self.essential = dict(kept.get("essential") or {})
-
-    def save(self) -> None:
-        """Write the answers if any are new (atomically; a cache that cannot be written is
-        only a slower next audit)."""
-        if not self.changed or self.file is None or self.state is None:
-            return
-        try:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=self.file.parent, prefix=".dpkg-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    json.dump({"state": self.state, "owners": self.owners,
-                               "essential": self.essential}, out)
-                os.replace(temp, self.file)
-            except BaseException:
-                os.unlink(temp)
-                raise
-        except OSError:
-            pass
+        super().__init__(file, _database_state(admin_dir))
+        self.owners: dict[str, str | None] = self.data.setdefault("owners", {})
+        self.essential: dict[str, bool] = self.data.setdefault("essential", {})
 
 
 def _database_state(admin_dir: str) -> str | None:
