@@ -109,7 +109,6 @@ def find_candidates(record_dir: Path, *, pins: Iterable[Any], index: Any,
     another distribution's optional import; see the module docstring for the rule.
     `kept_guards`: where the guards read from library sources are kept between audits
     (default: guards.json in flo-backpack's cache folder)."""
-
     guards = KeptGuards(kept_guards or cache_folder() / "guards.json")
     try:
         return _candidates(record_dir, pins, index, module_owner, notebook_dir, kernel_pid,
@@ -226,7 +225,7 @@ class KeptGuards(Kept):
             kept = self.data[path] = {"stamp": stamp, "lines": {}}
         lines = kept["lines"]
         if str(line) not in lines:
-            lines[str(line)] = guard_at(path, line)
+            lines[str(line)] = _guard(path, line, found)
             self.changed = True
         return lines[str(line)]
 
@@ -234,7 +233,11 @@ class KeptGuards(Kept):
 def guard_at(path: str, line: int) -> str | None:
     """How the statement at `line` of the module at `path` is guarded against a failed
     import, as a phrase ("guards it with try/except ImportError (line 148)"), or None."""
-    tree = _parse(path, _stamp(path))
+    return _guard(path, line, _stamp(path))
+
+
+def _guard(path: str, line: int, stamp: tuple[int, int] | None) -> str | None:
+    tree = _parse(path, stamp)
     if tree is None:
         return None
     for node in _enclosing(tree, line):

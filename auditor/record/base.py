@@ -33,8 +33,8 @@ class Tracer(ABC):
         record that names paths relative to it; None when recording."""
         self.cwd = cwd
         #: The openat mode argument this tracer's filter lets through unrecorded, for the
-        #: kernel side to read the import system's files with and record them itself (the
-        #: `opened` record); None: every open is the tracer's to record.
+        #: kernel side to read the import system's files and the notebook's `open` reads with
+        #: and record them itself (the `opened` record); None: every open is the tracer's.
         self.quiet_key: int | None = None
 
     @classmethod

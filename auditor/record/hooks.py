@@ -46,9 +46,9 @@ def hook_events(record_dir: Path) -> Iterator[Event]:
 
     Syscall traces cannot show which module a cell named, which URL it opened, which host
     name an address was looked up as, or which names a cell bound, and under ptrace the
-    import system's reads are the kernel side's to record (kernels/flo_kernel.py
-    `_quiet_reads`); the strace and ptrace backends merge these into their own streams by
-    time.
+    import system's reads and the notebook's `open` reads are the kernel side's to record
+    (kernels/flo_kernel.py `_quiet_reads`); the strace and ptrace backends merge these into
+    their own streams by time.
     """
     kinds = ("import", "url", "connect", "names", "opened")
     selected = ([event for event in _convert(entry)

@@ -4,9 +4,9 @@ The kernel runs under `auditor.record.ptrace_run` (flo-audit's own interpreter, 
 -S and this package's folder on its path: the tracer needs nothing but the standard library,
 and skipping site-packages' start-up is most of its own start), a tracer process that writes
 the events of `auditor.events` straight to `trace.jsonl`, so reading the record back is just
-loading it. Its seccomp filter
-holds in every thread and child (strace 6.1 restarts those to stop at every syscall), so a
-kernel's zmq threads and a notebook's workers run at full speed between recorded syscalls.
+loading it. Its seccomp filter holds in every thread and child (strace 6.1 restarts those to
+stop at every syscall), so a kernel's zmq threads and a notebook's workers run at full speed
+between recorded syscalls.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ class PtraceTracer(Tracer):
 
     def __init__(self, cwd: str | None = None) -> None:
         super().__init__(cwd)
-        # The mode argument that lets the kernel side's own reads for imports pass the
-        # filter unstopped (it records them itself): random per audit, never a real mode.
+        # The mode argument that lets the kernel side's own reads (imports, the notebook's
+        # open) pass the filter unstopped (it records them itself): random per audit, never a
+        # real mode.
         self.quiet_key = secrets.randbits(64) | 1 << 63
 
     @classmethod

@@ -473,7 +473,7 @@ def main(args: list[str] | None = None) -> int:
                         help="stop at every syscall instead of filtering with seccomp-bpf")
     parser.add_argument("--quiet-key", type=lambda text: int(text, 16), default=None,
                         metavar="HEX", help="openat with this mode argument is not recorded "
-                        "(the kernel side records its own import reads)")
+                        "(the kernel side records those reads itself)")
     parser.add_argument("command", nargs="+", metavar="CMD")
     options = parser.parse_args(args)
     try:

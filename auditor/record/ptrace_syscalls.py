@@ -234,9 +234,10 @@ def seccomp_program(quiet_key: int | None = None) -> SockFprog:
     """BPF: stop (SECCOMP_RET_TRACE) at the recorded x86_64 syscalls, allow everything else.
 
     With `quiet_key`, an openat whose mode argument is that 64-bit value runs without a stop:
-    the kernel side's own reads for the import system (kernels/flo_kernel.py `_quiet_reads`),
-    which it records itself. The mode of an open that creates nothing is ignored by the
-    kernel, and no program passes a random 64-bit value there by chance."""
+    the kernel side's own reads for the import system and the notebook's `open`
+    (kernels/flo_kernel.py `_quiet_reads`), which it records itself. The mode of an open that
+    creates nothing is ignored by the kernel, and no program passes a random 64-bit value
+    there by chance."""
     ld_abs, jeq, ret = 0x20, 0x15, 0x06
     allow, trace = 0x7FFF0000, 0x7FF00000
     nrs = sorted(RECORDED)

@@ -217,7 +217,7 @@ class _Run:
     async def bootstrap(self) -> None:
         config = {"log": str(self.record_dir / HOOK_LOG),
                   "marks": self.options.tracer.name != "hooks"}
-        if self.options.tracer.quiet_key is not None:  # the kernel side reads imports itself
+        if self.options.tracer.quiet_key is not None:  # the kernel side reads files itself
             config["quiet_key"] = self.options.tracer.quiet_key
         code = bootstrap_code(config, self.options.user_file)
         # nbclient stores the executed cell back at its index: lend it a slot past the end.

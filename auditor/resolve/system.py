@@ -76,11 +76,11 @@ def dpkg_owners(paths: Iterable[str], answers: Answers | None = None) -> dict[st
     answers = answers or Answers(None)
     wanted = [path for path in dict.fromkeys(paths)
               if not any(c in path for c in "*?[\\")]  # dpkg -S would read these as patterns
+    new = [path for path in wanted if path not in answers.owners]
     asked: dict[str, set[str]] = {}  # spelling -> paths as given
-    for path in wanted:
-        if path not in answers.owners:
-            for name in _spellings(path):
-                asked.setdefault(name, set()).add(path)
+    for path in new:
+        for name in _spellings(path):
+            asked.setdefault(name, set()).add(path)
     found: dict[str, str] = {}
     unanswered: set[str] = set()  # in a batch dpkg failed on: not known to be unowned
     names = sorted(asked)
@@ -100,7 +100,7 @@ def dpkg_owners(paths: Iterable[str], answers: Answers | None = None) -> dict[st
             package = packages.split(",")[0].strip().split(":")[0]
             for path in asked[name]:
                 found.setdefault(path, package)
-    for path in {path for paths_as_given in asked.values() for path in paths_as_given}:
+    for path in new:
         if path in found or path not in unanswered:
             answers.owners[path] = found.get(path)
             answers.changed = True
