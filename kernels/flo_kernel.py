@@ -122,17 +122,16 @@ def _quiet_reads(side, key):
     original_code, original_open = _io.open_code, _io.open
     sys_openat, at_fdcwd = 257, -100
     read_only = os.O_RDONLY | os.O_CLOEXEC
-    get_errno, fsencode, readlink, os_open = ctypes.get_errno, os.fsencode, os.readlink, os.open
+    get_errno, fsencode, os_open = ctypes.get_errno, os.fsencode, os.open
+
+    real_path = _descriptor_paths(side)
 
     def quiet_fd(path, flags):
         """The descriptor of the keyed openat, its read recorded; -errno when it failed."""
         fd = syscall(sys_openat, at_fdcwd, fsencode(path), flags, key)
         if fd < 0:
             return -get_errno()
-        try:
-            real = readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            real = None
+        real = real_path(fd)
         # Written through: the tracer's records are never lost with the kernel's buffer,
         # and neither may these, which stand for them.
         side.write_path("opened", _absolute(path), None, _as_named(path), real)
@@ -181,6 +180,26 @@ def _quiet_reads(side, key):
         shell_module.io_open = open  # the user namespace's `open` calls it (IPython 8+)
 
 
+def _descriptor_paths(side):
+    """`real_path(fd)`: the path a descriptor of this process shows (None if unreadable), read
+    in its /proc/PID/fd, kept open per process (side.pid is set again at fork): a readlink
+    there looks up one name, not the four of /proc/self/fd/N."""
+    folders = {}
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY
+    readlink = os.readlink
+
+    def real_path(fd):
+        try:
+            folder = folders.get(side.pid)
+            if folder is None:
+                folder = folders[side.pid] = os.open(f"/proc/{side.pid}/fd", flags)
+            return readlink(str(fd), dir_fd=folder)
+        except OSError:
+            return None
+
+    return real_path
+
+
 def _beside(filename, run_name):
     """Run a kernel-side file that lives beside this one, by path (never imported)."""
     return runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), filename),
@@ -215,15 +234,14 @@ class _KernelSide:
         # (None without the bulk reader), and the identities of their values.
         self.ns_names, self.ns_keys, self.ns_ids = self.namespace()
         self.handlers = {
-            "open": self.on_open,
             "subprocess.Popen": self.on_popen,
             "os.exec": self.on_exec,
             "os.posix_spawn": self.on_posix_spawn,
             "os.system": self.on_system,
-            "os.listdir": self.on_listdir,
-            "os.scandir": self.on_listdir,
-            "glob.glob": self.on_glob,
         }
+        if not marks:  # a syscall tracer records every open and listing itself
+            self.handlers.update({"open": self.on_open, "os.listdir": self.on_listdir,
+                                  "os.scandir": self.on_listdir, "glob.glob": self.on_glob})
 
     # -- the log ------------------------------------------------------------------------
 
@@ -380,16 +398,15 @@ class _KernelSide:
 
     def on_open(self, args):
         path = _path_arg(args[0])
-        if path is None or path.startswith(MARK_PREFIX):
+        if path is None:
             return
         given = _as_named(path)
         path = _absolute(path)
         if path == self.log_path:
             return
         mode = _open_mode(args[1] if len(args) > 1 else None, args[2] if len(args) > 2 else None)
-        # The event comes before the attempt, and a failed read is not a use. A syscall
-        # tracer (marks on) records which opens succeeded, so only hooks alone pay the stat.
-        if mode == "r" and not self.marks and not os.path.exists(path):
+        # The event comes before the attempt, and a failed read is not a use.
+        if mode == "r" and not os.path.exists(path):
             return
         self.write_path("open", path, mode, given)
 

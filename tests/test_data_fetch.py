@@ -21,7 +21,12 @@ import pytest
 import yaml
 from test_envs import make_backpack
 
-from auditor.backpack.checksums import directory_checksum, parse_checksum
+from auditor.backpack.checksums import (
+    CHUNK,
+    directory_checksum,
+    directory_listing,
+    parse_checksum,
+)
 from auditor.backpack.data import DataSpecError
 from auditor.backpack.layout import load_backpack
 from provisioner.data import DataError, fetch, profile_notebook_dir, verify
@@ -486,6 +491,24 @@ def test_directory_checksum_byte_layout(tmp_path: Path) -> None:
     assert parse_checksum("SHA1:" + "A" * 40) == ("sha1", "a" * 40)
     with pytest.raises(ValueError, match="length 12"):
         parse_checksum("abcdefabcdef")
+
+
+def test_directory_checksum_reads_files_whole_whatever_the_listing_says(tmp_path: Path) -> None:
+    # The listing's sizes spare a stat and a last empty read per file; a file that grew or
+    # shrank since it was listed is still read to its end (and the stream records the listed
+    # size, so such a folder does not match itself listed afresh).
+    (tmp_path / "d").mkdir()
+    grown, shrunk = tmp_path / "d/grown.bin", tmp_path / "d/shrunk.bin"
+    grown.write_bytes(b"x" * 10)
+    shrunk.write_bytes(b"y" * 10)
+    listing = directory_listing(tmp_path / "d")
+    grown.write_bytes(b"x" * (CHUNK + 7))
+    shrunk.write_bytes(b"y" * 3)
+    stream = (b"grown.bin\x0010\x00" + b"x" * (CHUNK + 7)
+              + b"shrunk.bin\x0010\x00" + b"yyy")
+    assert directory_checksum(tmp_path / "d", listing=listing) == sha256(stream)
+    fresh = b"grown.bin\x00%d\x00" % (CHUNK + 7) + b"x" * (CHUNK + 7) + b"shrunk.bin\x003\x00yyy"
+    assert directory_checksum(tmp_path / "d") == sha256(fresh)
 
 
 def test_bad_checksum_text_names_file_and_entry(tmp_path: Path) -> None:

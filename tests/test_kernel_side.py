@@ -170,14 +170,16 @@ def test_markers_match_packaging(tmp_path: Path) -> None:
     assert records[0]["markers"] == default_environment()
 
 
-def test_with_a_syscall_tracer_marks_are_opened_but_not_logged(tmp_path: Path) -> None:
+def test_with_a_syscall_tracer_opens_and_listings_are_left_to_it(tmp_path: Path) -> None:
     records, _ = _run(sys.executable, tmp_path, marks=True)
-    opened = {r["path"] for r in records if r["ev"] == "open"}
-    assert not any(p.startswith("/.flo-backpack-mark/") for p in opened)
-    # The tracer knows which opens failed, so the hook skips its existence check.
-    assert str(tmp_path / "work" / "missing.txt") in opened
+    # The tracer records every open (which succeeded, in which mode) and every listing: the
+    # kernel side writes none of them, only what a syscall cannot show.
+    assert not [r for r in records if r["ev"] in ("open", "listdir")]
     assert [(r["seq"], r["phase"]) for r in records if r["ev"] == "cell"] == [
         (0, "start"), (0, "end")]
+    assert {r["module"] for r in records if r["ev"] == "import"} >= {"json", "csv"}
+    assert [r["url"] for r in records if r["ev"] == "url"] == [
+        f"file://{tmp_path / 'work'}/input.txt"]
 
 
 def test_open_modes_from_python_mode_strings_and_flags() -> None:

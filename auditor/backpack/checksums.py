@@ -45,17 +45,25 @@ def file_checksum(path: str | Path, algo: str = "sha256",
     return f"{algo}:{digest.hexdigest()}"
 
 
-def _feed(digest: hashlib._Hash, path: str | Path, progress: Progress | None) -> None:
+def _feed(digest: hashlib._Hash, path: str | Path, progress: Progress | None,
+          size: int | None = None) -> None:
     """Stream one file's bytes into `digest`, CHUNK by CHUNK, through one buffer no larger
-    than the file (a folder of many small files costs few syscalls and no big allocations)."""
+    than the file (a folder of many small files costs few syscalls and no big allocations).
+    `size`: the file's size from a listing, when known (no fstat; a read that fills less than
+    the buffer, with `size` bytes in, is the end: no read of nothing to learn it)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        buffer = bytearray(min(CHUNK, os.fstat(fd).st_size + 1))
-        view = memoryview(buffer)
+        if size is None:
+            size = os.fstat(fd).st_size
+        buffer = bytearray(min(CHUNK, size + 1))
+        view, done = memoryview(buffer), 0
         while count := os.readv(fd, (buffer,)):
             digest.update(view[:count])
+            done += count
             if progress:
                 progress(count)
+            if count < len(buffer) and done >= size:
+                break
     finally:
         os.close(fd)
 
@@ -115,7 +123,7 @@ def directory_checksum(path: str | Path, algo: str = "sha256",
     for relative, full, size in directory_listing(path) if listing is None else listing:
         digest.update(relative.encode("utf-8", "surrogateescape") + b"\0"
                       + str(size).encode("ascii") + b"\0")
-        _feed(digest, full, progress)
+        _feed(digest, full, progress, size)
     return f"{algo}:{digest.hexdigest()}"
 
 

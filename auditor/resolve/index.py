@@ -170,12 +170,12 @@ class EnvIndex:
             found = self._lookup(real)
         if found is None:
             found = self._lookup(path)
-        if found is None:
+        if found is None and not real:
             # Named through a symlink the index does not know (lib64 -> lib, a linked home).
-            # A tracer's `real` is a descriptor's path, never a symlink itself: only its
-            # folder is resolved (once per folder), with no lstat of the file.
-            resolved = self._realpath(real, link=False) if real else self._realpath(path)
-            if resolved not in (real, path):
+            # A tracer's `real` is a descriptor's path, which the kernel spells with every
+            # symlink resolved: looked up above, nothing is left to resolve.
+            resolved = self._realpath(path)
+            if resolved != path:
                 found = self._lookup(resolved)
         self._memo[key] = found
         return found

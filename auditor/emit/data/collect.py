@@ -43,6 +43,7 @@ class DataCollector:
         self.outcomes = UrlOutcomes(responses)
         self.notebook_dir = os.path.normpath(notebook_dir)
         self.cwd = os.path.normpath(cwd)
+        self.cwd_slash = self.cwd.rstrip("/") + "/"
         self.place = Place(rules, self.notebook_dir, self.cwd)
         self.paths: dict[str, PathState | None] = {}
         self.listed: dict[str, dict[int, PathUse] | None] = {}  # None: not a data folder
@@ -94,10 +95,15 @@ class DataCollector:
     def _as_named(self, event: Access) -> str:
         """The path as the code named it when that was relative to the notebook's folder (the
         kernel's working directory), so data.yml can keep '../data/x.csv'; else absolute."""
-        given = event.given
-        if given and os.path.normpath(os.path.join(self.cwd, given)) == event.path:
+        given, path = event.given, event.path
+        if not given:
+            return path
+        if (path.endswith(given) and path[:-len(given)] == self.cwd_slash
+                and "/." not in f"/{given}" and "//" not in given and given[-1] != "/"):
+            return given  # cwd + "/" + given with nothing to normalise: most relative names
+        if os.path.normpath(os.path.join(self.cwd, given)) == path:
             return given
-        return event.path
+        return path
 
     def _state_for(self, path: str, named: str, real: str | None) -> PathState | None:
         """A new path's state; None when it is no data (system, environment, tool state)."""
