@@ -126,15 +126,16 @@ def _quiet_reads(side, key):
 
     real_path = _descriptor_paths(side)
 
-    def quiet_fd(path, flags):
-        """The descriptor of the keyed openat, its read recorded; -errno when it failed."""
+    def quiet_fd(path, flags, ev="opened"):
+        """The descriptor of the keyed openat, its read recorded as `ev`; -errno when it
+        failed."""
         fd = syscall(sys_openat, at_fdcwd, fsencode(path), flags, key)
         if fd < 0:
             return -get_errno()
         real = real_path(fd)
         # Written through: the tracer's records are never lost with the kernel's buffer,
         # and neither may these, which stand for them.
-        side.write_path("opened", _absolute(path), None, _as_named(path), real)
+        side.write_path(ev, _absolute(path), None, _as_named(path), real)
         side.flush()
         return fd
 
@@ -178,6 +179,35 @@ def _quiet_reads(side, key):
     shell_module = sys.modules.get("IPython.core.interactiveshell")
     if getattr(shell_module, "io_open", None) is original_open:
         shell_module.io_open = open  # the user namespace's `open` calls it (IPython 8+)
+    _quiet_listings(quiet_fd)
+
+
+def _quiet_listings(quiet_fd):
+    """The import system's directory listings (FileFinder fills its cache with `_os.listdir`,
+    `_os` being the posix module) through the keyed openat too, each recorded as a `listed`
+    record: its `_os` becomes a copy of posix whose listdir lists an open descriptor. Every
+    other caller of listdir, and a path that is not a str, keep posix's (the tracer sees it)."""
+    external = sys.modules.get("_frozen_importlib_external")
+    posix = getattr(external, "_os", None)
+    if posix is None or not hasattr(posix, "listdir"):
+        return
+    posix_listdir, close = posix.listdir, posix.close
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+    def listdir(path=None):
+        if type(path) is str and path and "\0" not in path:
+            fd = quiet_fd(path, flags, "listed")
+            if fd >= 0:
+                try:
+                    return posix_listdir(fd)
+                finally:
+                    close(fd)
+        return posix_listdir(path)  # its error (the tracer sees the failed open) or names
+
+    seen = type(sys)(posix.__name__, posix.__doc__)
+    seen.__dict__.update(posix.__dict__)
+    seen.listdir = listdir
+    external._os = seen
 
 
 def _descriptor_paths(side):

@@ -231,7 +231,7 @@ os.chdir(work)
 shell = Shell()
 runpy.run_path(kernel_side, run_name="_flo_backpack_kernel")["attach"](
     shell, {"log": log, "marks": True, "quiet_key": int(key)})
-sys.path[:0] = [work, os.path.join(work, "zipped.zip")]
+sys.path[:0] = [os.path.join(work, "absent"), work, os.path.join(work, "zipped.zip")]
 shell.events.handlers["pre_run_cell"][0](None)
 import quietmod
 import inzip
@@ -334,8 +334,18 @@ def test_under_ptrace_the_import_systems_reads_are_the_kernel_sides_to_record(
           for name in ("input.txt", "input3.txt")),
         (str(work), str(work), 0, facts["pid"]),  # opened, then found to be a folder
     }
-    traced = {e.path for e in tracer.events(record) if getattr(e, "path", "").startswith(
-        str(work)) and e.kind == "access" and e.mode != "d"}  # not the path finder's listing
+    listed = {(r["path"], r.get("real"), r["seq"], r["pid"])
+              for r in map(json.loads, log.read_text().splitlines()) if r["ev"] == "listed"}
+    # The path finder's listings: the folder on sys.path, listed by the kernel side; the
+    # missing one was posix's listdir, a failed open the tracer saw and nobody recorded.
+    assert {entry for entry in listed if entry[0].startswith(str(work))} == {
+        (str(work), str(work), 0, facts["pid"])}
+    attached = json.loads(log.read_text().splitlines()[0])["t"]  # the `kernel` record
+    ours_traced = [e for e in tracer.events(record)
+                   if getattr(e, "path", "").startswith(str(work)) and e.kind == "access"]
+    # (the path finder's listing of the cwd before the kernel side attached is the tracer's)
+    assert [e.t < attached for e in ours_traced if e.mode == "d"] == [True]
+    traced = {e.path for e in ours_traced if e.mode != "d"}
     # pathlib opens through io.open (3.10+) or an opener of its own: the C open's
     assert traced == {str(work / "out.txt"), str(work / "input.txt"), str(work / "input4.txt"),
                       str(work / "input2.txt")}

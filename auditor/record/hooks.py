@@ -42,17 +42,17 @@ class HooksTracer(Tracer):
 
 def hook_events(record_dir: Path) -> Iterator[Event]:
     """The Import events, URLs, named connects, namespace bindings and the kernel side's own
-    reads (`opened`) of hooks.jsonl, in time order.
+    reads and listings (`opened`, `listed`) of hooks.jsonl, in time order.
 
     Syscall traces cannot show which module a cell named, which URL it opened, which host
     name an address was looked up as, or which names a cell bound, and under ptrace the
-    import system's reads and the notebook's `open` reads are the kernel side's to record
-    (kernels/flo_kernel.py `_quiet_reads`); the strace and ptrace backends merge these into
-    their own streams by time.
+    import system's reads and listings and the notebook's `open` reads are the kernel side's
+    to record (kernels/flo_kernel.py `_quiet_reads`); the strace and ptrace backends merge
+    these into their own streams by time.
     """
-    kinds = ("import", "url", "connect", "names", "opened")
+    kinds = ("import", "url", "connect", "names", "opened", "listed")
     selected = ([event for event in _convert(entry)
-                 if isinstance(event, (Import, Bind)) or entry["ev"] == "opened"
+                 if isinstance(event, (Import, Bind)) or entry["ev"] in ("opened", "listed")
                  or (isinstance(event, Connect) and (event.url or event.host))]
                 for entry in read_hook_log(record_dir, kinds))
     return _in_time_order(selected)
@@ -88,6 +88,9 @@ def _convert(entry: dict[str, Any]) -> list[Event]:
                            given=entry.get("as"))]
         if kind == "opened":  # a read that succeeded, made by the kernel side itself
             return [Access(pid, entry["path"], "r", real=entry.get("real"), t=t,
+                           source="hook", given=entry.get("as"))]
+        if kind == "listed":  # the import system's listing, made by the kernel side itself
+            return [Access(pid, entry["path"], "d", real=entry.get("real"), t=t,
                            source="hook", given=entry.get("as"))]
         if kind == "listdir":
             given = entry.get("as")
