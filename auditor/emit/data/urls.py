@@ -15,14 +15,13 @@ server read are inputs like any others.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from ...backpack.data import DataEntry
-from ...record.hooks import HOOK_LOG
+from ...record.hooks import HOOK_LOG, read_hook_log
 from .draft import DataDraft, PathUse, entry_name
 from .hashing import Progress, checksum_url
 from .rules import PORTS, is_local, normalize_url, strip_credentials
@@ -30,7 +29,6 @@ from .rules import PORTS, is_local, normalize_url, strip_credentials
 #: (the URL's first use, its file name) -> (target relative to the notebook, unpack op or None)
 SavedCopy = Callable[[PathUse, str], "tuple[str, str | None] | None"]
 
-RESPONSE_RECORD = '"ev":"response"'  # how the kernel side writes them (compact JSON)
 _MAX_HOPS = 20
 
 
@@ -91,19 +89,12 @@ def read_responses(record_dir: str | Path, kernel: Mapping[str, Any]) -> list[di
     responses (a record made before it did: every requested URL then counts as read)."""
     if not kernel.get("url_status"):
         return None
-    found: list[dict] = []
+    if not (Path(record_dir) / HOOK_LOG).exists():
+        return None  # (read_hook_log reads a missing log as empty)
     try:
-        with open(Path(record_dir) / HOOK_LOG, encoding="utf-8",
-                  errors="surrogateescape") as log:
-            for line in log:
-                if RESPONSE_RECORD in line:
-                    try:
-                        found.append(json.loads(line))
-                    except ValueError:
-                        continue  # a torn last line
+        return list(read_hook_log(Path(record_dir), ("response",)))
     except OSError:
         return None
-    return found
 
 
 def draft_remote(draft: DataDraft, firsts: Mapping[str, PathUse | None],
