@@ -49,6 +49,7 @@ from auditor.common.execution import (
     FailedCell,
     Status,
     Stopped,
+    connect,
     notebook_client,
     run_cells,
     run_stoppable,
@@ -215,7 +216,7 @@ def execute(workflow: Path, output: Path, *, python: Path, cwd: Path,
                 await client.async_start_new_kernel(
                     env=activated(kernel_environment(env or {}), python),
                     preexec_fn=parent_death(signal.SIGKILL), **streams)
-                await client.async_start_new_kernel_client()
+                await connect(client)
             except Exception as exc:  # RuntimeError (no kernel_info), OSError (no exec), ...
                 raise _start_failed(python, kernel_log, exc) from None
             if before_cells is not None:

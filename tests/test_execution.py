@@ -2,6 +2,9 @@
 how. The recorder and flo-run's runner both run their cells through it; their own tests
 (test_session, test_audit_signals, test_run_e2e, test_run_checks) check the rest end to end.
 
+- `connect`: ready once the kernel answers with IOPub connected: a first cell's output,
+  printed at once, is all there; a kernel that dies before it answers is a RuntimeError with
+  the kernel gone and the channels closed.
 - Which cells run: code cells with a source, not tagged `skip-execution`, in order.
 - A cell that raises, a cell past the timeout, a kernel killed mid-cell: the run stops there
   with the `Status` and `FailedCell` both sides report; progress says start and end per cell.
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import nbformat
 import psutil
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync
 
@@ -35,6 +39,7 @@ from auditor.common.execution import (
     FailedCell,
     Status,
     cells_to_run,
+    connect,
     notebook_client,
     run_cells,
     run_stoppable,
@@ -63,7 +68,7 @@ def _run(nb: nbformat.NotebookNode, cwd: Path, *, timeout: float | None = None,
 
     async def work() -> CellsRun:
         await client.async_start_new_kernel()
-        await client.async_start_new_kernel_client()
+        await connect(client)
         return await run_cells(client, timeout=timeout, after_cell=after_cell,
                                on_cell=lambda *seen: progress.append(seen))
 
@@ -87,6 +92,50 @@ def _wait_for(path: Path, what: str, alive: Callable[[], bool] = lambda: True,
 
 def _outputs(cell: nbformat.NotebookNode) -> str:
     return "".join(o.get("text", "") for o in cell.get("outputs", []))
+
+
+def test_connect_is_ready_with_iopub_connected_in_fresh_kernels(tmp_path: Path) -> None:
+    """Kernel after kernel, the cell sent right after `connect` has every output it printed
+    and displayed: had connect returned before IOPub's subscription was up, the first of them
+    (or the status nbclient waits for) would be lost."""
+    for _ in range(3):
+        nb = _notebook("print('first'); print('second')", "display('shown')")
+        ran, _ = _run(nb, tmp_path)
+        assert ran.status == Status.COMPLETE
+        assert _outputs(nb.cells[0]) == "first\nsecond\n"
+        assert [o.get("data", {}).get("text/plain") for o in nb.cells[1].outputs] == [
+            "'shown'"]
+
+
+def test_connect_to_a_kernel_that_dies_at_start_raises_and_cleans_up(tmp_path: Path) -> None:
+    """A kernelspec whose process exits at once: RuntimeError saying it died, no kernel left
+    to the manager and no client channels (nbclient's clean-up ran)."""
+    spec = tmp_path / "kernels" / "dies"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-c", "import sys; sys.exit(3)", "{connection_file}"],
+        "display_name": "dies", "language": "python"}))
+    km = AsyncKernelManager(kernel_name="dies", kernel_spec_manager=KernelSpecManager(
+        kernel_dirs=[str(tmp_path / "kernels")]))
+    client = notebook_client(_notebook("print(1)"), km, cwd=tmp_path, timeout=None,
+                             startup_timeout=60)
+
+    async def work() -> None:
+        await client.async_start_new_kernel()
+        await connect(client)
+
+    started = time.monotonic()
+    try:
+        run_sync(work)()
+    except RuntimeError as exc:
+        assert "died" in str(exc), exc
+    else:
+        raise AssertionError("connect to a dead kernel returned")
+    finally:
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=True)
+    assert time.monotonic() - started < 30, "it did not wait out the 60 s startup timeout"
+    assert client.kc is None and not run_sync(km.is_alive)()
 
 
 def test_cells_run_in_order_skipping_what_nbclient_skips(tmp_path: Path) -> None:
@@ -180,7 +229,8 @@ from pathlib import Path
 import nbformat
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync
-from auditor.common.execution import Stopped, notebook_client, run_cells, run_stoppable
+from auditor.common.execution import (Stopped, connect, notebook_client, run_cells,
+                                      run_stoppable)
 
 folder = Path(sys.argv[1])
 nb = nbformat.read(folder / "nb.ipynb", as_version=4)
@@ -192,7 +242,7 @@ before = {int(s): signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
 async def work():
     await client.async_start_new_kernel()
-    await client.async_start_new_kernel_client()
+    await connect(client)
     return await run_cells(client, on_cell=lambda *seen: progress.append(seen))
 
 result = {}

@@ -4,6 +4,8 @@ The audit's recorder (auditor/record/session.py) and flo-run's runner (provision
 each start a kernel their own way (under a tracer; in the manager environment), then run the
 notebook's cells here:
 
+- `connect`: the client's channels to the started kernel, ready once the kernel answers
+  and its IOPub is seen connected (without jupyter_client's fixed waits).
 - `cells_to_run`: the cells nbclient sends to a kernel (code, not blank, not tagged
   `skip-execution`), in notebook order.
 - `run_cells` executes them one at a time, reports each start and end (`CellProgress`), calls
@@ -27,16 +29,18 @@ import asyncio
 import math
 import signal
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from types import FrameType
 
+    from jupyter_client.asynchronous.client import AsyncKernelClient
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
     from nbformat import NotebookNode
@@ -46,6 +50,9 @@ T = TypeVar("T")
 #: nbclient does not execute a cell with this tag (its `skip_cells_with_tag` default).
 SKIP_TAG = "skip-execution"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: How long `connect` waits, after a kernel_info reply, for the IOPub message that shows the
+#: subscription is connected before it asks again (a request and its reply take about 1 ms).
+IOPUB_PROBE_S = 0.05
 
 class Status(str, Enum):
     """How a run ended (a `str`: compares and serialises as its value)."""
@@ -129,6 +136,59 @@ def notebook_client(nb: NotebookNode, km: KernelManager, *, cwd: Path,
     return NotebookClient(nb, km=km, timeout=seconds, startup_timeout=startup_timeout,
                           allow_errors=False, resources={"metadata": {"path": str(cwd)}},
                           **names)
+
+
+async def connect(client: NotebookClient) -> None:
+    """Open `client.kc` to the kernel `client.km` started, as nbclient's
+    `async_start_new_kernel_client` does, and wait until the kernel is ready: its kernel_info
+    reply has come and IOPub has delivered a message (so no output of the first cell is lost).
+
+    jupyter_client's own wait sits out two fixed timeouts: 0.2 s for that IOPub message, then
+    0.2 s of silence on IOPub before it returns, on every kernel start. Here a reply whose
+    IOPub message has not come within `IOPUB_PROBE_S` is asked for again at once, and what
+    IOPub holds then is dropped without waiting (nbclient reads only the messages of the cell
+    it runs). A kernel that dies or does not answer within `client.startup_timeout` raises
+    RuntimeError, with the kernel shut down and the channels closed, as nbclient's does."""
+    from queue import Empty
+
+    from nbclient.util import run_hook
+
+    assert client.km is not None
+    # An async manager (both callers') makes an AsyncKernelClient; nbclient types it as the base.
+    kc = cast("AsyncKernelClient", client.km.client())
+    client.kc = kc
+    deadline = time.monotonic() + client.startup_timeout
+    try:
+        kc.start_channels()
+        while True:
+            kc.kernel_info()
+            try:
+                reply = await kc.shell_channel.get_msg(timeout=1)
+            except Empty:
+                reply = None
+            if reply is not None and reply["msg_type"] == "kernel_info_reply":
+                try:
+                    await kc.iopub_channel.get_msg(timeout=IOPUB_PROBE_S)
+                except Empty:
+                    pass  # IOPub not subscribed yet: the next request's status will show it
+                else:
+                    kc._handle_kernel_info_reply(reply)  # the protocol version it adapts to
+                    break
+            if not await kc.is_alive():
+                raise RuntimeError("the kernel died before replying to kernel_info")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the kernel did not reply to kernel_info within "
+                                   f"{client.startup_timeout} s")
+        while True:  # (the async channel's get_msgs waits for ever: it polls with no timeout)
+            try:
+                await kc.iopub_channel.get_msg(timeout=0)
+            except Empty:
+                break
+    except Exception:
+        await client._async_cleanup_kernel()
+        raise
+    kc.allow_stdin = False
+    await run_hook(client.on_notebook_start, notebook=client.nb)
 
 
 async def run_cells(client: NotebookClient, *, timeout: float | None = None,

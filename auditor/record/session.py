@@ -43,6 +43,7 @@ from ..common.execution import (
     CellProgress,
     FailedCell,
     Status,
+    connect,
     notebook_client,
     run_cells,
     run_stoppable,
@@ -200,7 +201,7 @@ class _Run:
                 cwd=str(self.cwd), env=env, stdout=self.stderr, stderr=self.stderr,
                 preexec_fn=parent_death(self.options.tracer.death_signal()))
             self._remember_kernel()
-            await self.client.async_start_new_kernel_client()
+            await connect(self.client)
         except RecordError:
             raise
         except Exception as exc:
