@@ -143,8 +143,9 @@ async def connect(client: NotebookClient) -> None:
     `async_start_new_kernel_client` does, and wait until the kernel is ready: its kernel_info
     reply has come and IOPub has delivered a message (so no output of the first cell is lost).
 
-    jupyter_client's own wait sits out two fixed timeouts: 0.2 s for that IOPub message, then
-    0.2 s of silence on IOPub before it returns, on every kernel start. Here a reply whose
+    jupyter_client's own wait has two fixed timeouts: 0.2 s for that IOPub message before it
+    asks again, then 0.2 s of silence on IOPub before it returns, on every kernel start (in
+    nbclient's start and so in a plain run too). Here a reply whose
     IOPub message has not come within `IOPUB_PROBE_S` is asked for again at once, and what
     IOPub holds then is dropped without waiting (nbclient reads only the messages of the cell
     it runs). A kernel that dies or does not answer within `client.startup_timeout` raises
