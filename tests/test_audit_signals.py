@@ -105,15 +105,19 @@ def test_sigkill_mid_cell_leaves_nothing_running_and_the_next_start_sweeps(
         tmp_path: Path, backend: str, workers: int) -> None:
     """SIGKILL runs no teardown: the tracers, the kernel and the --workers scheduler and worker
     die by their parent-death signal, and the folders left in the temporary directory are
-    removed by the next flo-audit."""
+    removed by the next flo-audit. With --workers the cell first waits for its worker, as a
+    notebook using the pool does, so the kill comes with the pool up (not while a worker is
+    still starting)."""
     from auditor.record.base import get_tracer
 
     if (reason := get_tracer(backend).unavailable()) is not None:
         pytest.skip(reason)
     marker = tmp_path / "started.json"
     nb = nbformat.v4.new_notebook()
+    wait = (f"from distributed import Client\nClient().wait_for_workers({workers}, timeout=120)\n"
+            if workers else "")
     nb.cells = [nbformat.v4.new_code_cell(
-        "import json, os, pathlib, time\n"
+        wait + "import json, os, pathlib, time\n"
         f"part = pathlib.Path({str(marker)!r} + '.part')\n"
         "part.write_text(json.dumps(os.getpid()))\n"
         f"part.rename({str(marker)!r})\n"
