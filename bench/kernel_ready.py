@@ -12,7 +12,10 @@ Each round times, from the kernel's launch: when the client is ready, then CELLS
 cells run through `run_cells` after it (so a change to the start that slowed every cell after
 it would show). Prints the medians and the difference per way.
 
-    .venv/bin/python bench/kernel_ready.py [-n 5] [--cells 1000]
+    .venv/bin/python bench/kernel_ready.py [-n 5] [--cells 1000] [--connect-first]
+
+`--connect-first` starts each even round with connect instead of nbclient (run it both ways:
+a difference that follows the order is the order's, not the start's).
 
 It prints; it does not pass or fail.
 """
@@ -62,11 +65,12 @@ async def one_round(way: str, cells: int, cwd: Path) -> tuple[float, float]:
             await km.shutdown_kernel(now=True)
 
 
-async def measure(rounds: int, cells: int) -> dict[str, list[tuple[float, float]]]:
+async def measure(rounds: int, cells: int, ways: tuple[str, ...] = WAYS,
+                  ) -> dict[str, list[tuple[float, float]]]:
     results: dict[str, list[tuple[float, float]]] = {way: [] for way in WAYS}
     with tempfile.TemporaryDirectory(prefix="flo-ready-") as tmp:
         for i in range(rounds):
-            for way in WAYS if i % 2 == 0 else reversed(WAYS):
+            for way in ways if i % 2 == 0 else reversed(ways):
                 ready, ran = await one_round(way, cells, Path(tmp))
                 results[way].append((ready, ran))
                 print(f"  round {i + 1}: {way:8s} ready {ready:6.3f} s, {cells} cells "
@@ -79,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--rounds", type=int, default=5)
     parser.add_argument("--cells", type=int, default=1000,
                         help="trivial cells run after the start (default: %(default)s)")
+    parser.add_argument("--connect-first", action="store_true",
+                        help="even rounds start with connect (default: with nbclient)")
     args = parser.parse_args(argv)
-    results = asyncio.run(measure(args.rounds, args.cells))
+    ways = tuple(reversed(WAYS)) if args.connect_first else WAYS
+    results = asyncio.run(measure(args.rounds, args.cells, ways))
     ready = {way: statistics.median(r for r, _ in runs) for way, runs in results.items()}
     ran = {way: statistics.median(c for _, c in runs) for way, runs in results.items()}
     print(f"\nmedians of {args.rounds} alternating rounds, seconds")
