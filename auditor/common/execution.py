@@ -145,11 +145,11 @@ async def connect(client: NotebookClient) -> None:
 
     jupyter_client's own wait has two fixed timeouts: 0.2 s for that IOPub message before it
     asks again, then 0.2 s of silence on IOPub before it returns, on every kernel start (in
-    nbclient's start and so in a plain run too). Here a reply whose
-    IOPub message has not come within `IOPUB_PROBE_S` is asked for again at once, and what
-    IOPub holds then is dropped without waiting (nbclient reads only the messages of the cell
-    it runs). A kernel that dies or does not answer within `client.startup_timeout` raises
-    RuntimeError, with the kernel shut down and the channels closed, as nbclient's does."""
+    nbclient's start and so in a plain run too). Here a reply whose IOPub message has not
+    come within `IOPUB_PROBE_S` is asked for again at once, and what IOPub holds then is
+    dropped without waiting (nbclient reads only the messages of the cell it runs). A kernel
+    that dies or does not answer within `client.startup_timeout` raises RuntimeError, with
+    the kernel shut down and the channels closed, as nbclient's does."""
     from queue import Empty
 
     from nbclient.util import run_hook
